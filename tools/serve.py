@@ -1,0 +1,65 @@
+"""Building and running an inference server from command-line settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tools.registry import GeneratorOptions, load_generator, load_target
+from tools.server import is_loopback
+from tools.service import BatchingConfig, InferenceService, ServiceLimits
+from tools.store import ActivationCache, ImageStore, default_cache_dir
+
+log = logging.getLogger("line.server")
+
+
+class ServeConfigError(ValueError):
+    """Server settings that cannot work together."""
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``line serve`` takes."""
+
+    generators: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8400
+    device: str = "auto"
+    store: Path = field(default_factory=lambda: default_cache_dir() / "store")
+    token: str | None = None
+    generator_options: GeneratorOptions = field(default_factory=GeneratorOptions)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+    trust_checkpoints: bool = False
+
+    def check(self) -> None:
+        """Refuse settings that would expose the server or serve nothing."""
+        if not self.generators and not self.targets:
+            raise ServeConfigError(
+                "nothing to serve: pass --generator SPEC and/or --target SPEC, e.g. "
+                "--generator tiny-sd --target torchvision:resnet18:random"
+            )
+        if not is_loopback(self.host) and not self.token:
+            raise ServeConfigError(
+                f"refusing to bind {self.host}: only loopback addresses are served without a "
+                "token. Set --token (or LINE_SERVER_TOKEN) to require "
+                "'Authorization: Bearer <token>' on every request"
+            )
+
+
+def build_service(config: ServeConfig) -> InferenceService:
+    """Load every backend once and assemble the service."""
+    config.check()
+    generators = []
+    for spec in config.generators:
+        log.info("loading generator %s", spec)
+        generators.append(load_generator(spec, config.device, config.generator_options))
+    targets = []
+    for spec in config.targets:
+        log.info("loading target %s", spec)
+        targets.append(load_target(spec, config.device, config.trust_checkpoints))
+    store = ImageStore(config.store)
+    cache = ActivationCache(Path(config.store) / "activations.sqlite")
+    return InferenceService(generators, targets, store, cache, config.batching, config.limits)
