@@ -25,13 +25,17 @@ def _fail(message: str) -> None:
 def serve(
     generator: Annotated[
         list[str] | None,
-        typer.Option(help="Generator spec (repeatable; the first is the default): tiny-sd, "
-        "procedural:shapes, a diffusers hub id or folder."),
+        typer.Option(
+            help="Generator spec (repeatable; the first is the default): tiny-sd, "
+            "procedural:shapes, a diffusers hub id or folder."
+        ),
     ] = None,
     target: Annotated[
         list[str] | None,
-        typer.Option(help="Target spec (repeatable): torchvision:<arch>[:<weights>|random], "
-        "places365:<checkpoint>, python:<file.py>:<factory>, planted:shapes."),
+        typer.Option(
+            help="Target spec (repeatable): torchvision:<arch>[:<weights>|random], "
+            "places365:<checkpoint>, python:<file.py>:<factory>, planted:shapes."
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; non-loopback needs --token.")] = (
         "127.0.0.1"

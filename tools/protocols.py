@@ -49,7 +49,7 @@ class ImageGenerator(Protocol):
     """The spec the user gave (``tiny-sd``, ``stabilityai/sd-turbo``, ``procedural:shapes``)."""
 
     identity: str
-    """Everything about the backend that changes pixels (name, dtype, ...), hashed into image ids."""
+    """What about the backend changes pixels (name, version, dtype), hashed into image ids."""
 
     device: str
 
@@ -84,5 +84,5 @@ class TargetModel(Protocol):
         ...
 
     def activations(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
-        """The layer's activations for a batch of RGB images as a float32 ``[batch, units]`` array."""
+        """The layer's activations on RGB images as a float32 ``[batch, units]`` array."""
         ...

@@ -275,7 +275,9 @@ class InferenceService:
                 waits.append(task)
             records.append(ImageRecord(key, prompt, seed, cached))
         if waits:
-            results = await asyncio.gather(*(asyncio.shield(w) for w in waits), return_exceptions=True)
+            results = await asyncio.gather(
+                *(asyncio.shield(w) for w in waits), return_exceptions=True
+            )
             for result in results:
                 if isinstance(result, BaseException):
                     raise _as_service_error(result)
@@ -383,9 +385,8 @@ class InferenceService:
         """Run one activation batch and cache its layer vectors in one write."""
         rows = [np.asarray(row, dtype=np.float32) for row in run_activation_batch(model, jobs)]
         try:
-            self.cache.put_many(
-                model.name, jobs[0].layer, {job.image_id: row for job, row in zip(jobs, rows)}
-            )
+            vectors = {job.image_id: row for job, row in zip(jobs, rows, strict=True)}
+            self.cache.put_many(model.name, jobs[0].layer, vectors)
         except StoreWriteError as error:  # measuring still works; only caching is lost
             log.warning("%s", error)
         return rows

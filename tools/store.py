@@ -129,7 +129,7 @@ class ImageStore:
 
 
 class ActivationCache:
-    """Layer vectors per (image id, target, layer): SQLite on disk with an in-memory LRU in front."""
+    """Layer vectors per (image id, target, layer): SQLite on disk, an in-memory LRU in front."""
 
     def __init__(self, path: str | Path, memory_entries: int = 100_000) -> None:
         self.path = Path(path)
@@ -185,9 +185,7 @@ class ActivationCache:
                 self._remember((image_id_, target, layer), vector)
                 rows.append((image_id_, target, layer, vector.tobytes()))
             try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO activations VALUES (?, ?, ?, ?)", rows
-                )
+                self._db.executemany("INSERT OR REPLACE INTO activations VALUES (?, ?, ?, ?)", rows)
                 self._db.commit()
             except sqlite3.OperationalError as error:
                 self._db.rollback()

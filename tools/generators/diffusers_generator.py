@@ -83,9 +83,7 @@ def load_diffusers_pipeline(source: str | Path, device: str, dtype: str):
     from diffusers import AutoPipelineForText2Image
 
     try:
-        pipeline = AutoPipelineForText2Image.from_pretrained(
-            str(source), dtype=_torch_dtype(dtype)
-        )
+        pipeline = AutoPipelineForText2Image.from_pretrained(str(source), dtype=_torch_dtype(dtype))
     except Exception as error:  # hub, file and config errors all land here
         raise BackendSpecError(
             f"could not load the diffusers pipeline {str(source)!r}: {error}. Pass a hub id of a "

@@ -47,7 +47,7 @@ def imagenet_preprocess() -> Preprocess:
     )
 
 
-def reduce_to_units(output) -> "object | None":
+def reduce_to_units(output) -> object | None:
     """Reduce a layer output to ``[batch, units]``; ``None`` when it has no unit axis we know."""
     import torch
 
@@ -128,7 +128,7 @@ class TorchTarget:
         return self._torch.stack(tensors).to(self.device)
 
     def forward_layer(self, batch, layer: str):
-        """Run the model on a preprocessed batch and return the layer's ``[batch, units]`` tensor."""
+        """Run the model on a preprocessed batch; the layer's ``[batch, units]`` tensor."""
         self.layer_info(layer)
         captured = {}
         stop_early = self._calls.get(layer, 0) == 1
@@ -257,7 +257,7 @@ def create_places365_target(rest: str, device: str, trust_checkpoints: bool = Fa
 
 
 def create_python_target(rest: str, device: str, trust_checkpoints: bool = False):
-    """``python:<file.py>:<factory>``: a user's module; the factory may also return preprocessing."""
+    """``python:<file.py>:<factory>``: a user's module, optionally with its preprocessing."""
     import torch
 
     path_text, sep, factory_name = rest.rpartition(":")
