@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 
@@ -110,6 +111,9 @@ class InferenceService:
         self.limits = limits or ServiceLimits()
         self.metrics = ServerMetrics()
         self._workers = DeviceWorkers()
+        # One thread for store and cache I/O: PNG coding on many threads at once would compete
+        # with the model's own threads for the cores.
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="line-store")
         self._batchers: dict[tuple, MicroBatcher] = {}
         self._rendering: dict[str, asyncio.Task] = {}
         self._measuring: dict[tuple[str, str, str], asyncio.Task] = {}
@@ -187,6 +191,9 @@ class InferenceService:
         for batcher in self._batchers.values():
             depths[batcher.backend] = depths.get(batcher.backend, 0) + batcher.queue_depth
         return depths
+
+    async def _in_io_thread(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
 
     # ----- images --------------------------------------------------------------------------
     def resolve_settings(
@@ -300,7 +307,7 @@ class InferenceService:
         if rendered.understood is not None:
             metadata["understood"] = rendered.understood
             log.debug("%s understood %s in %r", generator.name, rendered.understood, job.prompt)
-        await asyncio.to_thread(self.store.put, key, rendered.image, metadata)
+        await self._in_io_thread(self.store.put, key, rendered.image, metadata)
         self.metrics.images_generated.labels(generator.name).inc()
 
     # ----- activations ---------------------------------------------------------------------
@@ -347,7 +354,7 @@ class InferenceService:
                 )
             units = list(units)
         self._check_image_ids(image_ids)
-        cached = await asyncio.to_thread(self.cache.get_many, target, layer, set(image_ids))
+        cached = await self._in_io_thread(self.cache.get_many, target, layer, set(image_ids))
         waits = {}
         for value in dict.fromkeys(image_ids):
             if value in cached:
@@ -376,7 +383,7 @@ class InferenceService:
         batcher = self._batcher(
             ("target", target, layer), target, model.device, partial(self._measure_batch, model)
         )
-        image = await asyncio.to_thread(self.store.load, key)
+        image = await self._in_io_thread(self.store.load, key)
         vector = await batcher.submit(ActivationJob(key, image, layer))
         self.metrics.activations_computed.labels(target).inc()
         return vector
@@ -403,6 +410,7 @@ class InferenceService:
         for batcher in self._batchers.values():
             await batcher.aclose()
         await asyncio.to_thread(self._workers.shutdown)
+        self._io.shutdown(wait=True)
         self.cache.close()
 
 

@@ -1,0 +1,26 @@
+"""``make bench``: every benchmark, one after another, figures printed and saved as JSON."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+BENCHMARKS = ["bench.server_bench", "bench.toyworld_bench"]
+
+
+def main() -> None:
+    """Run each benchmark module's ``run()``."""
+    os.environ.setdefault("LINE_CACHE", os.path.abspath("bench-results/cache"))
+    for name in BENCHMARKS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+            continue
+        print(f"\n== {name} ==")
+        module.run()
+
+
+if __name__ == "__main__":
+    main()

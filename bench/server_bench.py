@@ -1,0 +1,185 @@
+"""Server benchmark: raw generator throughput vs the batched server under concurrent clients.
+
+Raw: ``tiny-sd`` at 64x64 called directly at batch 1, 8 and ``max_batch``. Server: a real
+``line serve`` process (tiny-sd + torchvision:resnet18:random) under 1, 8 and 64 concurrent clients,
+each asking for 5 images of distinct prompts. Writes ``bench-results/server.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tools.client import LineClient
+from tools.protocols import RenderJob
+from tools.registry import load_generator
+from tools.server import free_port
+
+MAX_BATCH = 32
+MAX_WAIT_MS = 10.0
+IMAGES_PER_CLIENT = 5
+CLIENT_COUNTS = (1, 8, 64)
+REPEATS = 3  # shared machines are noisy: every figure is the median of this many runs
+RESULTS = Path("bench-results")
+
+
+def raw_throughput(generator, batch: int, min_seconds: float = 1.5) -> float:
+    """Images per second of ``generator.render`` on batches of ``batch`` distinct prompts.
+
+    The median over ``REPEATS`` timed runs of at least ``min_seconds`` each.
+    """
+    settings = generator.default_settings()
+    generator.render([RenderJob("warm up", 0, settings)] * batch)
+    rates = []
+    for repeat in range(REPEATS):
+        images, started, call = 0, time.perf_counter(), 0
+        while time.perf_counter() - started < min_seconds or call < 2:
+            prompts = [f"raw {batch} {repeat} {call} {i}" for i in range(batch)]
+            generator.render([RenderJob(p, i, settings) for i, p in enumerate(prompts)])
+            images += batch
+            call += 1
+        rates.append(images / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def _metric_sum(text: str, name: str, backend: str) -> float:
+    match = re.search(rf'{re.escape(name)}\{{backend="{re.escape(backend)}"\}} (\S+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+async def _load(url: str, clients: int, round_: str) -> dict[str, float]:
+    async with LineClient(url, retries=0, max_connections=max(clients, 1)) as client:
+        await client.generate_images([f"warm {round_}"], [0])
+        before = await client.metrics_text()
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(
+                client.generate_images(
+                    [f"client {c} image {i} round {round_}" for i in range(IMAGES_PER_CLIENT)],
+                    list(range(IMAGES_PER_CLIENT)),
+                )
+                for c in range(clients)
+            )
+        )
+        wall = time.perf_counter() - started
+        after = await client.metrics_text()
+    count = _metric_sum(after, "line_batch_size_count", "tiny-sd") - _metric_sum(
+        before, "line_batch_size_count", "tiny-sd"
+    )
+    total = _metric_sum(after, "line_batch_size_sum", "tiny-sd") - _metric_sum(
+        before, "line_batch_size_sum", "tiny-sd"
+    )
+    busy = _metric_sum(after, "line_backend_busy_seconds_total", "tiny-sd") - _metric_sum(
+        before, "line_backend_busy_seconds_total", "tiny-sd"
+    )
+    images = clients * IMAGES_PER_CLIENT
+    return {
+        "clients": clients,
+        "images": images,
+        "seconds": wall,
+        "images_per_s": images / wall,
+        "mean_batch": total / count if count else 0.0,
+        "generator_busy": busy / wall,
+    }
+
+
+def start_server(store: str) -> tuple[subprocess.Popen, str]:
+    """A real ``line serve`` process on a free port; returns once /healthz answers."""
+    import httpx
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "agent.cli", "serve",
+        "--generator", "tiny-sd", "--target", "torchvision:resnet18:random",
+        "--port", str(port), "--store", store, "--device", "cpu",
+        "--max-batch", str(MAX_BATCH), "--max-wait-ms", str(MAX_WAIT_MS),
+        "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("line serve exited during start-up")
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("line serve did not start in 180 s")
+
+
+def run() -> dict:
+    """Run the benchmark, print its table, write ``bench-results/server.json``."""
+    generator = load_generator("tiny-sd", "cpu")
+    raw = {batch: raw_throughput(generator, batch) for batch in (1, 8, MAX_BATCH)}
+    with tempfile.TemporaryDirectory() as store:
+        process, url = start_server(store)
+        try:
+            rows = []
+            for clients in CLIENT_COUNTS:
+                runs = [asyncio.run(_load(url, clients, f"{clients}-{r}")) for r in range(REPEATS)]
+                rows.append(sorted(runs, key=lambda run: run["images_per_s"])[REPEATS // 2])
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    for row in rows:
+        same = max(1, round(row["mean_batch"]))
+        if same not in raw:
+            raw[same] = raw_throughput(generator, same)
+        row["raw_at_same_batch"] = raw[same]
+        row["server_over_raw_same_batch"] = row["images_per_s"] / raw[same]
+        row["server_over_raw_max_batch"] = row["images_per_s"] / raw[MAX_BATCH]
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "generator": "tiny-sd 64x64, 1 step, cpu",
+        "max_batch": MAX_BATCH,
+        "max_wait_ms": MAX_WAIT_MS,
+        "repeats": REPEATS,
+        "raw_images_per_s": {str(batch): value for batch, value in sorted(raw.items())},
+        "server": rows,
+        "server_over_raw": rows[-1]["server_over_raw_max_batch"],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "server.json").write_text(json.dumps(result, indent=2))
+    print(format_table(result))
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The benchmark as a Markdown table (pasted into the README)."""
+    raw = result["raw_images_per_s"]
+    lines = [
+        f"Raw generator ({result['generator']}), images/s: "
+        + ", ".join(f"batch {batch}: {value:.1f}" for batch, value in raw.items()),
+        "",
+        "| clients | images/s | mean batch | generator busy | server/raw (same batch) "
+        f"| server/raw (batch {result['max_batch']}) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["server"]:
+        lines.append(
+            f"| {row['clients']} | {row['images_per_s']:.1f} | {row['mean_batch']:.1f} "
+            f"| {row['generator_busy']:.0%} | {row['server_over_raw_same_batch']:.2f} "
+            f"| {row['server_over_raw_max_batch']:.2f} |"
+        )
+    lines.append(
+        f"\nserver_over_raw (64 clients vs raw at max_batch): {result['server_over_raw']:.2f} "
+        f"(medians of {result['repeats']} runs; {result['machine']})"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run()
