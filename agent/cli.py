@@ -9,11 +9,14 @@ from typing import Annotated
 
 import typer
 
+from tools.toyworld.cli import toyworld_app
+
 app = typer.Typer(
     help="LINE: LLM-based iterative neuron explanations for vision models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(toyworld_app, name="toyworld")
 
 
 def _fail(message: str) -> None:

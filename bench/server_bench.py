@@ -21,15 +21,19 @@ from pathlib import Path
 
 from tools.client import LineClient
 from tools.protocols import RenderJob
-from tools.registry import load_generator
+from tools.registry import GeneratorOptions, load_generator
 from tools.server import free_port
 
-MAX_BATCH = 32
+# Defaults are the figures the README reports; LINE_BENCH_* variables rerun it elsewhere (a GPU).
+DEVICE = os.environ.get("LINE_BENCH_DEVICE", "cpu")
+SIZE = int(os.environ.get("LINE_BENCH_SIZE", "64"))
+STEPS = int(os.environ.get("LINE_BENCH_STEPS", "1"))
+MAX_BATCH = int(os.environ.get("LINE_BENCH_MAX_BATCH", "32"))
 MAX_WAIT_MS = 10.0
 IMAGES_PER_CLIENT = 5
 CLIENT_COUNTS = (1, 8, 64)
 REPEATS = 3  # shared machines are noisy: every figure is the median of this many runs
-RESULTS = Path("bench-results")
+RESULTS = Path(os.environ.get("LINE_BENCH_RESULTS", "bench-results"))
 
 
 def raw_throughput(generator, batch: int, min_seconds: float = 1.5) -> float:
@@ -100,7 +104,8 @@ def start_server(store: str) -> tuple[subprocess.Popen, str]:
     command = [
         sys.executable, "-m", "agent.cli", "serve",
         "--generator", "tiny-sd", "--target", "torchvision:resnet18:random",
-        "--port", str(port), "--store", store, "--device", "cpu",
+        "--port", str(port), "--store", store, "--device", DEVICE,
+        "--width", str(SIZE), "--height", str(SIZE), "--steps", str(STEPS),
         "--max-batch", str(MAX_BATCH), "--max-wait-ms", str(MAX_WAIT_MS),
         "--log-level", "warning",
     ]  # fmt: skip
@@ -122,7 +127,8 @@ def start_server(store: str) -> tuple[subprocess.Popen, str]:
 
 def run() -> dict:
     """Run the benchmark, print its table, write ``bench-results/server.json``."""
-    generator = load_generator("tiny-sd", "cpu")
+    options = GeneratorOptions(steps=STEPS, width=SIZE, height=SIZE)
+    generator = load_generator("tiny-sd", DEVICE, options)
     raw = {batch: raw_throughput(generator, batch) for batch in (1, 8, MAX_BATCH)}
     with tempfile.TemporaryDirectory() as store:
         process, url = start_server(store)
@@ -143,7 +149,7 @@ def run() -> dict:
         row["server_over_raw_max_batch"] = row["images_per_s"] / raw[MAX_BATCH]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "generator": "tiny-sd 64x64, 1 step, cpu",
+        "generator": f"tiny-sd {SIZE}x{SIZE}, {STEPS} step(s), {DEVICE}",
         "max_batch": MAX_BATCH,
         "max_wait_ms": MAX_WAIT_MS,
         "repeats": REPEATS,
@@ -151,6 +157,10 @@ def run() -> dict:
         "server": rows,
         "server_over_raw": rows[-1]["server_over_raw_max_batch"],
     }
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        result["machine"] += f", {torch.cuda.get_device_name()}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "server.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))

@@ -70,6 +70,13 @@ class LayerInfo:
     units: int
 
 
+class UnknownLayerError(KeyError, ValueError):
+    """A layer name a target does not have; the message lists the valid ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @runtime_checkable
 class TargetModel(Protocol):
     """A vision model whose units LINE explains. Sees pixels only."""

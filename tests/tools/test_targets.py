@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from torchvision import models
 
+from tools.protocols import UnknownLayerError
 from tools.registry import BackendSpecError, load_target
-from tools.targets.torch_target import UnknownLayerError, imagenet_preprocess
+from tools.targets.torch_target import imagenet_preprocess
 
 
 def images(count: int = 3, size: int = 80) -> list[Image.Image]:

@@ -17,20 +17,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tools.protocols import LayerInfo
+from tools.protocols import LayerInfo, UnknownLayerError
 from tools.registry import BackendSpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Preprocess = Callable[[Image.Image], "object"]
-
-
-class UnknownLayerError(KeyError):
-    """A layer name the target does not have."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def imagenet_preprocess() -> Preprocess:

@@ -1,0 +1,301 @@
+"""The planted:shapes target: planted units find their concepts (AUC), AND/OR/none behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.stats import rankdata
+
+from tools.protocols import LayerInfo, TargetModel, UnknownLayerError
+from tools.registry import BackendSpecError, load_target
+from tools.toyworld.calibrate import main_object_detections, shape_feature_table
+from tools.toyworld.controls import random_toy_scene_prompts
+from tools.toyworld.detect import SHAPE_PROTOTYPES, PixelClassifier
+from tools.toyworld.planted import (
+    FEATURE_UNITS,
+    FEATURES_LAYER,
+    PlantedShapesModel,
+    create_planted_target,
+)
+from tools.toyworld.procedural import render_prompt
+from tools.toyworld.truth import PLANTED_LAYER, as_json, planted_ground_truth
+from tools.toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
+
+SEEDS = range(6)
+CONTROL_SIZE = 80
+MIN_AUC = 0.95
+
+# Several phrasings per concept; each is rendered with every seed in SEEDS.
+CONCEPT_PROMPTS: dict[str, list[str]] = {
+    "red": ["a red object", "red circles", "a photo of a crimson shape", "two red squares"],
+    "blue": ["a blue object", "navy triangles", "a blue heart", "three blue crosses"],
+    "yellow": ["a yellow object", "gold stars", "a yellow checkered square", "lemon diamonds"],
+    "green": ["a green object", "emerald circles", "a green striped heart", "two lime crosses"],
+    "purple": ["a purple object", "violet triangles", "a purple dotted star", "a lavender hexagon"],
+    "circle": ["a circle", "red circles", "a striped disc", "a photo of a round object"],
+    "triangle": [
+        "a triangle",
+        "blue triangles",
+        "a checkered triangle",
+        "a large triangular thing",
+    ],
+    "square": ["a square", "squares", "a dotted green square", "a pink box"],
+    "star": ["a star", "stars", "a yellow star", "three purple stars"],
+    "hexagon": ["a hexagon", "hexagons", "a red hexagonal shape", "a dotted hexagon"],
+    "heart": ["a heart", "hearts", "a pink heart", "two checkered hearts"],
+    "striped": ["a striped object", "stripes", "a striped circle", "striped squares"],
+    "dotted": ["a dotted object", "polka dots", "a spotted circle", "a blue polka-dot heart"],
+    "checkered": ["a checkered object", "a checkerboard", "chequered squares", "a checked star"],
+    "blue triangle": [
+        "a blue triangle",
+        "blue triangles",
+        "a navy triangle",
+        "a striped blue triangle",
+    ],
+    "red circle": ["a red circle", "red circles", "a crimson disc", "a large dotted red circle"],
+    "striped square": [
+        "a striped square",
+        "striped squares",
+        "a red striped box",
+        "two striped squares",
+    ],
+    "green star": ["a green star", "green stars", "an emerald star", "a checkered green star"],
+    "dotted heart": [
+        "a dotted heart",
+        "polka dot hearts",
+        "a red spotted heart",
+        "two dotted hearts",
+    ],
+    "star or cross": ["a star", "a cross", "crosses", "a plus sign"],
+    "pink or orange": ["a pink object", "an orange object", "pink circles", "orange squares"],
+    "striped or checkered": [
+        "a striped object",
+        "a checkered object",
+        "striped circles",
+        "checkered squares",
+    ],
+    "diamond or hexagon": ["a diamond", "a hexagon", "diamonds", "hexagons"],
+    "many small objects": [
+        "many small objects",
+        "lots of tiny shapes",
+        "many small circles",
+        "numerous little stars",
+    ],
+    "large objects": [
+        "a large object",
+        "a huge circle",
+        "a big square",
+        "a giant striped triangle",
+    ],
+}
+# For AND units: prompts with only one half of the conjunction (the other half absent).
+AND_HALVES: dict[str, tuple[list[str], list[str]]] = {
+    "blue triangle": (
+        ["a blue circle", "a blue square", "a blue star"],
+        ["a red triangle", "a green triangle", "a yellow triangle"],
+    ),
+    "red circle": (
+        ["a red square", "a red heart", "a red star"],
+        ["a blue circle", "a yellow circle", "a green circle"],
+    ),
+    "striped square": (
+        ["a striped circle", "a striped star", "a striped heart"],
+        ["a plain square", "a dotted square", "a checkered square"],
+    ),
+    "green star": (
+        ["a green circle", "a green cross", "a green square"],
+        ["a red star", "a blue star", "a yellow star"],
+    ),
+    "dotted heart": (
+        ["a dotted circle", "a dotted square", "a dotted star"],
+        ["a striped heart", "a plain heart", "a checkered heart"],
+    ),
+}
+# For OR units: prompts with only one of the alternatives.
+OR_HALVES: dict[str, tuple[list[str], list[str]]] = {
+    "star or cross": (["a star", "stars"], ["a cross", "crosses"]),
+    "pink or orange": (["a pink object", "pink squares"], ["an orange object", "orange circles"]),
+    "striped or checkered": (
+        ["a striped object", "striped hearts"],
+        ["a checkered object", "checkered stars"],
+    ),
+    "diamond or hexagon": (["a diamond", "diamonds"], ["a hexagon", "hexagons"]),
+}
+
+TRUTH = planted_ground_truth()
+UNITS_BY_CONCEPT = {u.concept: u for u in TRUTH if u.kind != "none"}
+NONE_UNITS = [u for u in TRUTH if u.kind == "none"]
+
+
+def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """P(positive outranks negative), ties counted 1/2."""
+    ranks = rankdata(np.concatenate([positives, negatives]))
+    n1, n0 = len(positives), len(negatives)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+@pytest.fixture(scope="module")
+def model() -> PlantedShapesModel:
+    return PlantedShapesModel()
+
+
+@pytest.fixture(scope="module")
+def controls(model: PlantedShapesModel) -> np.ndarray:
+    images = [render_prompt(p, s).image for p, s in random_toy_scene_prompts(CONTROL_SIZE)]
+    return model.activations(images, PLANTED_LAYER)
+
+
+@pytest.fixture(scope="module")
+def concept_activations(model: PlantedShapesModel) -> dict[str, np.ndarray]:
+    """Planted-layer activations of every concept's images, rendered once for all tests."""
+    return {concept: _activations(model, prompts) for concept, prompts in CONCEPT_PROMPTS.items()}
+
+
+def _activations(model: PlantedShapesModel, prompts: list[str]) -> np.ndarray:
+    images = [
+        render_prompt(prompt, 1000 * k + seed).image
+        for k, prompt in enumerate(prompts)
+        for seed in SEEDS
+    ]
+    return model.activations(images, PLANTED_LAYER)
+
+
+def test_every_concept_unit_has_prompts_and_enough_units_are_planted() -> None:
+    assert set(CONCEPT_PROMPTS) == set(UNITS_BY_CONCEPT)
+    kinds = [u.kind for u in TRUTH]
+    assert len(TRUTH) >= 24
+    assert {"single", "and", "or", "count", "none"} <= set(kinds)
+    assert [u.unit for u in TRUTH] == list(range(len(TRUTH)))
+
+
+@pytest.mark.parametrize("concept", sorted(CONCEPT_PROMPTS))
+def test_planted_unit_finds_its_concept(
+    concept: str, concept_activations: dict[str, np.ndarray], controls: np.ndarray
+) -> None:
+    unit = UNITS_BY_CONCEPT[concept].unit
+    score = auc(concept_activations[concept][:, unit], controls[:, unit])
+    assert score >= MIN_AUC, f"{concept}: AUC {score:.3f} against random toy scenes"
+
+
+@pytest.mark.parametrize("concept", sorted(AND_HALVES))
+def test_and_unit_needs_both_halves(
+    concept: str,
+    model: PlantedShapesModel,
+    concept_activations: dict[str, np.ndarray],
+    controls: np.ndarray,
+) -> None:
+    unit = UNITS_BY_CONCEPT[concept].unit
+    both = concept_activations[concept][:, unit]
+    for half in AND_HALVES[concept]:
+        alone = _activations(model, half)[:, unit]
+        assert auc(alone, controls[:, unit]) <= 0.75, (concept, half)
+        assert alone.mean() < 0.25 * both.mean(), (concept, half)
+
+
+@pytest.mark.parametrize("concept", sorted(OR_HALVES))
+def test_or_unit_fires_for_each_half(
+    concept: str, model: PlantedShapesModel, controls: np.ndarray
+) -> None:
+    unit = UNITS_BY_CONCEPT[concept].unit
+    for half in OR_HALVES[concept]:
+        score = auc(_activations(model, half)[:, unit], controls[:, unit])
+        assert score >= MIN_AUC, (concept, half, score)
+
+
+@pytest.mark.parametrize("none_unit", NONE_UNITS, ids=lambda u: u.note)
+def test_none_units_score_near_chance_for_every_concept(
+    none_unit, concept_activations: dict[str, np.ndarray], controls: np.ndarray
+) -> None:
+    for concept, activations in concept_activations.items():
+        score = auc(activations[:, none_unit.unit], controls[:, none_unit.unit])
+        assert abs(score - 0.5) <= 0.25, (concept, score)
+
+
+def test_noise_units_are_deterministic_and_spread(
+    model: PlantedShapesModel, controls: np.ndarray
+) -> None:
+    image = render_prompt("a red circle", 3).image
+    first = model.activations([image], PLANTED_LAYER)
+    second = model.activations([image.copy()], PLANTED_LAYER)
+    assert np.array_equal(first, second)
+    for unit in NONE_UNITS:
+        values = controls[:, unit.unit]
+        if unit.note.startswith("constant"):
+            assert np.all(values == values[0])
+        else:
+            assert 0.2 < values.std() and len(np.unique(values)) == len(values)
+
+
+def test_activations_are_graded_not_binary(concept_activations: dict[str, np.ndarray]) -> None:
+    unit = UNITS_BY_CONCEPT["red"].unit
+    assert len(np.unique(np.round(concept_activations["red"][:, unit], 3))) > 10
+
+
+def test_layers_shapes_and_errors(model: PlantedShapesModel) -> None:
+    assert isinstance(model, TargetModel)
+    assert model.layers() == [
+        LayerInfo(PLANTED_LAYER, len(TRUTH)),
+        LayerInfo(FEATURES_LAYER, len(FEATURE_UNITS)),
+    ]
+    images = [render_prompt("a blue triangle", 0, 160, 120).image, Image.new("L", (50, 70), 90)]
+    for layer in model.layers():
+        out = model.activations(images, layer.name)
+        assert out.shape == (2, layer.units) and out.dtype == np.float32
+        assert np.isfinite(out).all()
+    assert model.activations([], PLANTED_LAYER).shape == (0, len(TRUTH))
+    with pytest.raises(UnknownLayerError, match="valid layers: planted, features") as info:
+        model.activations(images, "layer4")
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+
+
+def test_input_size_does_not_change_the_answer(model: PlantedShapesModel) -> None:
+    unit = UNITS_BY_CONCEPT["blue triangle"].unit
+    for width, height in ((96, 96), (512, 512), (300, 200)):
+        triangle = render_prompt("a blue triangle", 5, width, height).image
+        circle = render_prompt("a blue circle", 5, width, height).image
+        resized = render_prompt("a blue triangle", 5).image.resize((width, width))
+        out = model.activations([triangle, circle, resized], PLANTED_LAYER)[:, unit]
+        assert out[0] > 0.5 and out[2] > 0.5 and out[1] < 0.05, (width, height, out)
+
+
+def test_factory_and_registry() -> None:
+    target = load_target("planted:shapes", device="cpu")
+    assert target.name == "planted:shapes" and target.device == "cpu"
+    with pytest.raises(BackendSpecError, match="planted:shapes"):
+        create_planted_target("cars", "cpu", trust_checkpoints=False)
+
+
+def test_truth_json_lists_every_unit() -> None:
+    import json
+
+    rows = json.loads(as_json())
+    assert len(rows) == len(TRUTH)
+    for row in rows:
+        assert {"layer", "unit", "concept", "kind", "attributes"} <= set(row)
+        assert row["layer"] == PLANTED_LAYER
+
+
+def test_detectors_read_colour_shape_and_texture() -> None:
+    classifier = PixelClassifier.build()
+    right = {"shape": 0, "texture": 0, "colour": 0}
+    total = 0
+    for k, shape in enumerate(SHAPES):
+        for j, texture in enumerate(TEXTURES):
+            colour = COLOURS[(k + j) % len(COLOURS)]
+            for _, _, found in main_object_detections(
+                f"a {colour} {texture} {shape}", 50 + k, classifier
+            ):
+                total += 1
+                right["shape"] += SHAPES[int(found.shape.argmax())] == shape
+                right["texture"] += TEXTURES[int(found.texture.argmax())] == texture
+                right["colour"] += COLOURS[int(found.colour.argmax())] == colour
+    assert total == len(SHAPES) * len(TEXTURES)
+    assert all(count >= 0.95 * total for count in right.values()), right
+
+
+def test_shape_prototypes_still_match_the_renderer() -> None:
+    table = shape_feature_table(range(2000, 2002))
+    for shape, rows in table.items():
+        mean, std = (np.asarray(v) for v in SHAPE_PROTOTYPES[shape])
+        assert np.all(np.abs(rows.mean(axis=0) - mean) <= 2 * std), shape

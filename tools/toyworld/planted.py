@@ -1,0 +1,193 @@
+"""``planted:shapes``: a target model whose units have known concepts, computed from pixels only.
+
+Each image is analysed by :mod:`tools.toyworld.detect` (objects with graded colour, shape,
+texture and size). Two layers read that analysis:
+
+- ``planted``: the units listed in :mod:`tools.toyworld.truth`. An attribute unit sums, over
+  objects, the object's membership times its salience (bigger objects count more, a medium
+  object counts about 1); ``and`` multiplies memberships on one object, ``or`` combines them
+  with a noisy-or; ``count`` units softly count objects; ``none`` units are pixel-hash noise
+  or a constant.
+- ``features``: generic detector outputs (colour, shape and texture salience, object counts,
+  foreground fraction), not part of the ground truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from tools.protocols import LayerInfo, UnknownLayerError
+from tools.registry import BackendSpecError
+from tools.toyworld.detect import (
+    DetectedObject,
+    ImageAnalysis,
+    PixelClassifier,
+    analyse_pixels,
+    to_analysis_array,
+)
+from tools.toyworld.truth import PLANTED_LAYER, PlantedUnit, planted_ground_truth
+from tools.toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
+
+TARGET_NAMES = ("shapes",)
+FEATURES_LAYER = "features"
+SALIENCE_RADIUS = 0.2
+"""An object of this radius (fraction of the image side) has salience 1; salience ~ radius^2."""
+SMALL_RADIUS, LARGE_RADIUS, SIZE_SOFTNESS = 0.115, 0.245, 0.012
+MEMBERSHIP_FLOOR = 0.03
+MANY_SCALE = 4.0
+"""Count units report the soft count divided by this."""
+
+FEATURE_UNITS: tuple[str, ...] = (
+    *(f"{c} salience" for c in COLOURS),
+    *(f"{s} salience" for s in SHAPES),
+    *(f"{t} salience" for t in TEXTURES),
+    "object count",
+    "small object count",
+    "large object count",
+    "foreground fraction",
+)
+"""What each unit of the ``features`` layer measures, by index."""
+
+ObjectScore = Callable[[DetectedObject], float]
+ImageScore = Callable[[ImageAnalysis, np.ndarray], float]
+
+
+def salience(obj: DetectedObject) -> float:
+    """How much an object counts: ~(radius / 0.2)^2, so about 1 for a medium-sized object."""
+    return (obj.radius / SALIENCE_RADIUS) ** 2
+
+
+def is_small(obj: DetectedObject) -> float:
+    """Soft membership of "small" (radius below ~11% of the image side)."""
+    return float(1.0 / (1.0 + np.exp((obj.radius - SMALL_RADIUS) / SIZE_SOFTNESS)))
+
+
+def is_large(obj: DetectedObject) -> float:
+    """Soft membership of "large" (radius above ~25% of the image side)."""
+    return float(1.0 / (1.0 + np.exp((LARGE_RADIUS - obj.radius) / SIZE_SOFTNESS)))
+
+
+def _floored(membership: float) -> float:
+    """ReLU-style floor: memberships below ``MEMBERSHIP_FLOOR`` count as exactly 0."""
+    return max(0.0, membership - MEMBERSHIP_FLOOR) / (1.0 - MEMBERSHIP_FLOOR)
+
+
+def attribute_score(attribute: str) -> ObjectScore:
+    """Membership of one canonical attribute for one detected object."""
+    if attribute in COLOURS:
+        index = COLOURS.index(attribute)
+        return lambda obj: _floored(float(obj.colour[index]))
+    if attribute in SHAPES:
+        index = SHAPES.index(attribute)
+        return lambda obj: _floored(float(obj.shape[index]))
+    if attribute in TEXTURES:
+        index = TEXTURES.index(attribute)
+        return lambda obj: _floored(float(obj.texture[index]))
+    if attribute == "small":
+        return is_small
+    if attribute == "large":
+        return is_large
+    raise ValueError(f"no detector for attribute {attribute!r}")
+
+
+def _combine(kind: str, scores: list[ObjectScore]) -> ObjectScore:
+    if kind in ("single", "and", "count"):
+        return lambda obj: float(np.prod([score(obj) for score in scores]))
+    if kind == "or":
+        return lambda obj: 1.0 - float(np.prod([1.0 - score(obj) for score in scores]))
+    raise ValueError(f"cannot combine attributes for kind {kind!r}")
+
+
+def _salience_sum(score: ObjectScore) -> ImageScore:
+    return lambda analysis, _pixels: sum(score(o) * salience(o) for o in analysis.objects)
+
+
+def _soft_count(score: ObjectScore, scale: float = 1.0) -> ImageScore:
+    return lambda analysis, _pixels: sum(score(o) for o in analysis.objects) / scale
+
+
+def _pixel_hash(salt: int) -> ImageScore:
+    def unit(_analysis: ImageAnalysis, pixels: np.ndarray) -> float:
+        digest = hashlib.blake2b(pixels.tobytes(), digest_size=8, salt=salt.to_bytes(8, "little"))
+        return int.from_bytes(digest.digest(), "little") / 2.0**64
+
+    return unit
+
+
+def planted_unit_function(unit: PlantedUnit) -> ImageScore:
+    """How a ground-truth entry is computed from an image analysis (and its pixels)."""
+    if unit.kind == "none":
+        if unit.note.startswith("constant"):
+            return lambda _analysis, _pixels: 1.0
+        return _pixel_hash(salt=unit.unit)
+    attributes = [a for a in unit.attributes if a != "many"]
+    score = _combine(unit.kind, [attribute_score(a) for a in attributes])
+    if unit.kind == "count":
+        return _soft_count(score, MANY_SCALE if "many" in unit.attributes else 1.0)
+    return _salience_sum(score)
+
+
+def _feature_functions() -> list[ImageScore]:
+    functions = [
+        _salience_sum(attribute_score(attribute)) for attribute in (*COLOURS, *SHAPES, *TEXTURES)
+    ]
+    functions += [
+        lambda analysis, _pixels: float(len(analysis.objects)),
+        _soft_count(is_small),
+        _soft_count(is_large),
+        lambda analysis, _pixels: analysis.foreground_fraction,
+    ]
+    return functions
+
+
+@dataclass
+class PlantedShapesModel:
+    """The ``planted:shapes`` target model (pure NumPy/SciPy, runs on the CPU)."""
+
+    name: str = "planted:shapes"
+    device: str = "cpu"
+    classifier: PixelClassifier = field(default_factory=PixelClassifier.build, repr=False)
+    units: dict[str, list[ImageScore]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.units = {
+            PLANTED_LAYER: [planted_unit_function(u) for u in planted_ground_truth()],
+            FEATURES_LAYER: _feature_functions(),
+        }
+
+    def layers(self) -> list[LayerInfo]:
+        """``planted`` (the ground-truth units) and ``features`` (generic detector outputs)."""
+        return [LayerInfo(name=name, units=len(units)) for name, units in self.units.items()]
+
+    def analyse(self, image: Image.Image) -> tuple[ImageAnalysis, np.ndarray]:
+        """The object analysis of one image and the 224x224 pixels it was computed from."""
+        pixels = to_analysis_array(image)
+        return analyse_pixels(pixels, self.classifier), pixels
+
+    def activations(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
+        """``[batch, units]`` float32 activations of ``layer`` for RGB images of any size."""
+        if layer not in self.units:
+            raise UnknownLayerError(
+                f"planted:shapes has no layer {layer!r}; valid layers: {', '.join(self.units)}"
+            )
+        functions = self.units[layer]
+        out = np.zeros((len(images), len(functions)), dtype=np.float32)
+        for row, image in enumerate(images):
+            analysis, pixels = self.analyse(image)
+            out[row] = [function(analysis, pixels) for function in functions]
+        return out
+
+
+def create_planted_target(rest: str, device: str, trust_checkpoints: bool) -> PlantedShapesModel:
+    """Factory for ``planted:<name>`` specs; ``device`` and ``trust_checkpoints`` are unused."""
+    if rest not in TARGET_NAMES:
+        raise BackendSpecError(
+            f"unknown planted target {rest!r}; valid: "
+            + ", ".join(f"'planted:{name}'" for name in TARGET_NAMES)
+        )
+    return PlantedShapesModel()
