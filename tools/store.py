@@ -91,19 +91,28 @@ class ImageStore:
         """Whether the image is in the store."""
         return self.path(image_id_).is_file()
 
-    def put(self, image_id_: str, image: Image.Image, metadata: dict[str, object]) -> None:
-        """Write an image atomically: a reader sees the whole file or none."""
-        target = self.path(image_id_)
+    @staticmethod
+    def encode_png(image: Image.Image, metadata: dict[str, object]) -> bytes:
+        """The PNG bytes of an image with its provenance as a text chunk."""
         info = PngImagePlugin.PngInfo()
         info.add_text("line", json.dumps(metadata, sort_keys=True))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
+        return buffer.getvalue()
+
+    def put(self, image_id_: str, image: Image.Image, metadata: dict[str, object]) -> None:
+        """Write an image atomically: a reader sees the whole file or none."""
+        self.put_png(image_id_, self.encode_png(image, metadata))
+
+    def put_png(self, image_id_: str, png: bytes) -> None:
+        """Write encoded PNG bytes atomically."""
+        target = self.path(image_id_)
         temporary = None
         try:
             target.parent.mkdir(exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
             with os.fdopen(handle, "wb") as stream:
-                stream.write(buffer.getvalue())
+                stream.write(png)
             os.replace(temporary, target)
         except OSError as error:
             if temporary and os.path.exists(temporary):
