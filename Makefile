@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.line-installed
 
-.PHONY: install test lint format bench clean
+.PHONY: install test lint format bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ format: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/line demo
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

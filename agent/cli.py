@@ -129,5 +129,142 @@ def layers(
         typer.echo(f"{row['layer']:<{width}}  {row['units']}")
 
 
+def _progress_printer(quiet: bool):
+    """A tqdm bar over neurons with images, LLM calls and tokens (``None`` when quiet)."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(progress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=progress.total, unit="neuron", dynamic_ncols=True)
+        bar.n = progress.done + progress.failed
+        bar.set_postfix(
+            images=progress.images,
+            llm_calls=progress.llm_calls,
+            tokens=progress.tokens,
+            failed=progress.failed,
+        )
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return update, close
+
+
+def _print_results(rows: list[dict], extra: list[str] = (), limit: int = 40) -> None:
+    columns = ["unit", "label", "score", "status", *extra]
+    table = [columns] + [
+        [f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
+        for row in rows[:limit]
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for index, line in enumerate(table):
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        if index == 0:
+            typer.echo("  ".join("-" * width for width in widths))
+    if len(rows) > limit:
+        typer.echo(f"... {len(rows) - limit} more in results.csv")
+    done = sum(row["status"] == "done" for row in rows)
+    failed = [row for row in rows if row["status"] != "done"]
+    typer.echo(
+        f"{done} of {len(rows)} neurons explained; {sum(row['llm_calls'] for row in rows)} LLM "
+        f"calls, {sum(row['tokens'] for row in rows)} tokens, "
+        f"{sum(row['images'] for row in rows)} images"
+    )
+    for row in failed[:10]:
+        typer.secho(f"unit {row['unit']} failed: {row['reason']}", fg=typer.colors.YELLOW)
+    if failed:
+        typer.echo("rerun with --resume to retry the failed neurons")
+
+
+@app.command()
+def run(
+    target: Annotated[
+        str | None, typer.Option(help="Target spec, e.g. torchvision:resnet50.")
+    ] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer name (see `line layers`).")] = None,
+    units: Annotated[str | None, typer.Option(help="Units: 0-99, 3,7,9 or 0-3,10.")] = None,
+    generator: Annotated[
+        str | None, typer.Option(help="Generator spec (a local server needs one).")
+    ] = None,
+    llm: Annotated[
+        str | None,
+        typer.Option(help="provider:model, openai-compatible:<model>, or offline:vocab."),
+    ] = None,
+    llm_base_url: Annotated[
+        str | None, typer.Option(help="Base URL for openai-compatible servers.")
+    ] = None,
+    prompts: Annotated[str, typer.Option(help="Prompt variant name or folder.")] = "paper",
+    out: Annotated[Path | None, typer.Option(help="Run folder to create.")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Inference server URL; without it one is started.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Neurons explained at once.")] = 64,
+    seed: Annotated[int, typer.Option(help="Run seed (image seeds derive from it).")] = 0,
+    temperature: Annotated[float | None, typer.Option(help="Override the variant's.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Override the variant's.")] = None,
+    device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
+    store: Annotated[Path | None, typer.Option(help="Store folder of a local server.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+) -> None:
+    """Explain neurons: propose, render, measure, refine, for many neurons at once."""
+    from agent.launch import RunSetupError, execute_run, settings_from_options
+
+    try:
+        settings, folder = settings_from_options(
+            target=target, layer=layer, units=units, generator=generator, llm=llm,
+            llm_base_url=llm_base_url, prompts=prompts, out=out, server=server,
+            concurrency=concurrency, seed=seed, temperature=temperature, iterations=iterations,
+            resume=resume,
+        )  # fmt: skip
+        update, close = _progress_printer(quiet)
+        try:
+            rows = execute_run(settings, folder, device=device, store=store, on_progress=update)
+        finally:
+            close()
+    except RunSetupError as error:
+        _fail(str(error))
+    if not quiet:
+        _print_results(rows)
+    typer.echo(f"run folder: {folder.path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder [default: runs/demo-<time>].")
+    ] = None,
+    llm: Annotated[
+        str, typer.Option(help="LLM spec; the default is not an LLM.")
+    ] = "offline:vocab",
+    llm_base_url: Annotated[str | None, typer.Option(help="For openai-compatible.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Neurons explained at once.")] = 32,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Explain every planted unit of the offline toy world and compare with the ground truth."""
+    from agent.launch import RunSetupError, run_demo
+
+    update, close = _progress_printer(quiet)
+    try:
+        rows, folder = run_demo(out, llm, llm_base_url, concurrency, on_progress=update)
+    except RunSetupError as error:
+        _fail(str(error))
+    finally:
+        close()
+    _print_results(rows, extra=["truth", "match"])
+    matched = [row for row in rows if row["match"] in (True, False)]
+    typer.echo(
+        f"ground truth recovered for {sum(row['match'] is True for row in matched)} of "
+        f"{len(matched)} planted units with a concept"
+    )
+    typer.echo(f"run folder: {folder.path}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,375 @@
+"""The LangGraph state machines that explain one neuron: ``paper`` and ``agentic``.
+
+paper:    seed? -> propose -> evaluate -> ... (iterations) -> summarize -> score_summary -> finish
+agentic:  agent <-> tools (until the budget is spent or the agent stops) -> summarize -> ... finish
+
+Every node returns a partial state update, checkpointed after it runs, so an interrupted run
+resumes at the node it stopped in and no finished step is repeated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from agent.providers import UnusableAnswer, extract_concept_from_text, extract_tool_call
+from agent.scoreboard import (
+    Scoreboard,
+    check_concept,
+    format_score_lines,
+    format_tried_lines,
+)
+from agent.state import NeuronState, RunContext
+from agent.tools import (
+    AGENTIC_TOOLS,
+    PROPOSE_CONCEPT,
+    SUBMIT_EXPLANATION,
+    AgentToolbox,
+    evaluate_concept,
+)
+
+MAX_NUDGES = 2  # reminders when the agent stops calling tools too early
+MIN_CONCEPTS = 3  # ...that is, before measuring this many concepts
+
+
+def _message_record(message) -> dict[str, Any]:
+    record: dict[str, Any] = {"role": message.type, "content": message.content}
+    if getattr(message, "tool_calls", None):
+        record["tool_calls"] = [
+            {"name": call["name"], "args": call["args"]} for call in message.tool_calls
+        ]
+    if getattr(message, "tool_call_id", None):
+        record["tool_call_id"] = message.tool_call_id
+    return record
+
+
+def _reply_accounting(step: str, attempt: int, messages: list, reply) -> tuple[dict, dict]:
+    """A log row and counter increments for one LLM exchange."""
+    log = {
+        "step": step,
+        "attempt": attempt,
+        "request": [_message_record(message) for message in messages],
+        "response": _message_record(reply.message),
+        "input_tokens": reply.input_tokens,
+        "output_tokens": reply.output_tokens,
+        "cached": reply.cached,
+        "attempts": reply.attempts,
+    }
+    counters = {
+        "llm_calls": 0 if reply.cached else 1,
+        "llm_cached": 1 if reply.cached else 0,
+        "input_tokens": reply.input_tokens,
+        "output_tokens": reply.output_tokens,
+        "rate_limited": reply.rate_limited,
+        "server_errors": reply.server_errors,
+        "timeouts": reply.timeouts,
+    }
+    return log, counters
+
+
+def _reask_messages(reply_message: AIMessage, reason: str) -> list:
+    """Messages that tell the LLM why its answer could not be used."""
+    text = f"That answer could not be used: {reason}. Please answer again as asked."
+    calls = getattr(reply_message, "tool_calls", None) or []
+    if calls:
+        return [reply_message, *(ToolMessage(text, tool_call_id=call["id"]) for call in calls)]
+    return [reply_message, HumanMessage(text)]
+
+
+async def _ask_for_concept(
+    ctx: RunContext,
+    step: str,
+    messages: list,
+    tool,
+    board: Scoreboard,
+    allow_tried: bool,
+) -> tuple[dict | None, list[dict], dict[str, int]]:
+    """Ask until a usable concept comes back (at most ``max_reasks`` re-asks).
+
+    Returns the tool arguments (``None`` if every answer was unusable), log rows and counters.
+    """
+    logs: list[dict] = []
+    counters: dict[str, int] = {}
+    conversation = list(messages)
+    for attempt in range(ctx.variant.settings.max_reasks + 1):
+        reply = await ctx.llm.invoke(conversation, tools=[tool])
+        log, spent = _reply_accounting(step, attempt, conversation, reply)
+        for key, value in spent.items():
+            counters[key] = counters.get(key, 0) + value
+        try:
+            try:
+                _name, args = extract_tool_call(reply.message, [tool.name])
+            except UnusableAnswer:
+                if getattr(reply.message, "tool_calls", None):
+                    raise
+                text = extract_concept_from_text(str(reply.message.content or ""))
+                if text is None:
+                    raise
+                args = {"concept": text}
+            args = dict(args)
+            args["concept"] = check_concept(args.get("concept"))
+            if not allow_tried and board.has(args["concept"]):
+                raise UnusableAnswer(f"{args['concept']!r} was already tried; propose a new one")
+        except (UnusableAnswer, ValueError) as error:
+            log["unusable"] = str(error)
+            logs.append(log)
+            counters["reasks"] = counters.get("reasks", 0) + 1
+            conversation += _reask_messages(reply.message, str(error))
+            continue
+        logs.append(log)
+        return args, logs, counters
+    counters["unusable_answers"] = counters.get("unusable_answers", 0) + 1
+    return None, logs, counters
+
+
+# ----- paper strategy ------------------------------------------------------------------------
+async def propose(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """Ask the LLM for the next concept, given the scoreboard and the tried list."""
+    ctx = runtime.context
+    settings = ctx.variant.settings
+    board = Scoreboard.from_dicts(state.get("entries", []))
+    iteration = state.get("iteration", 0)
+    prompt = ctx.variant.render(
+        "proposal",
+        iteration=iteration,
+        iterations=settings.iterations,
+        scoreboard=format_score_lines(board.top(settings.scoreboard_size)) or "(empty)",
+        tried=format_tried_lines(board.tried()) or "(none yet)",
+    )
+    messages = [SystemMessage(ctx.variant.render("system")), HumanMessage(prompt)]
+    args, logs, counters = await _ask_for_concept(
+        ctx, "propose", messages, PROPOSE_CONCEPT, board, allow_tried=False
+    )
+    update: dict[str, Any] = {"llm_log": logs, "counters": counters}
+    if args is None:  # the round is lost, the run goes on
+        update["iteration"] = iteration + 1
+        update["pending"] = None
+    else:
+        update["pending"] = {"concept": args["concept"], "source": "proposal"}
+    return update
+
+
+async def evaluate(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """Render and measure the pending concept and put it on the scoreboard."""
+    ctx = runtime.context
+    pending = state["pending"]
+    iteration = state.get("iteration", 0) + 1
+    entry = await evaluate_concept(ctx, pending["concept"], iteration, pending["source"])
+    return {
+        "entries": [entry.to_dict()],
+        "iteration": iteration,
+        "pending": None,
+        "counters": {"images": len(entry.image_ids)},
+    }
+
+
+def after_propose(state: NeuronState) -> str:
+    if state.get("pending"):
+        return "evaluate"
+    return "propose" if _rounds_left(state) else "summarize"
+
+
+def _rounds_left(state: NeuronState) -> bool:
+    return state.get("iteration", 0) < state["neuron"]["iterations"]
+
+
+def after_evaluate(state: NeuronState) -> str:
+    return "propose" if _rounds_left(state) else "summarize"
+
+
+# ----- agentic strategy ----------------------------------------------------------------------
+def _budget_left(state: NeuronState) -> str | None:
+    """Why the agentic budget is spent, or ``None`` while it lasts (budgets live in the state)."""
+    neuron = state["neuron"]
+    counters = state.get("counters", {})
+    if len(state.get("entries", [])) >= neuron["max_concepts"]:
+        return "concept budget spent"
+    if counters.get("images", 0) >= neuron["max_images"]:
+        return "image budget spent"
+    if counters.get("agent_turns", 0) >= neuron["max_llm_turns"]:
+        return "LLM turn budget spent"
+    return None
+
+
+async def agent(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """One agent turn: the LLM reads the conversation and may call tools."""
+    ctx = runtime.context
+    settings = ctx.variant.settings
+    update: dict[str, Any] = {}
+    messages = list(state.get("messages", []))
+    if not messages:
+        board = Scoreboard.from_dicts(state.get("entries", []))
+        values = {
+            "max_concepts": settings.max_concepts,
+            "max_images": settings.max_images,
+            "scoreboard": format_score_lines(board.top(settings.scoreboard_size)) or "(none yet)",
+        }
+        messages = [
+            SystemMessage(ctx.variant.render("system", **values)),
+            HumanMessage(ctx.variant.render("task", **values)),
+        ]
+        update["messages"] = messages
+    reply = await ctx.llm.invoke(messages, tools=AGENTIC_TOOLS)
+    log, counters = _reply_accounting("agent", 0, messages[-1:], reply)
+    counters["agent_turns"] = 1
+    message = reply.message
+    if not isinstance(message, AIMessage):
+        message = AIMessage(content=str(message.content))
+    update["messages"] = [*update.get("messages", []), message]
+    update["llm_log"] = [log]
+    update["counters"] = counters
+    return update
+
+
+async def run_tools(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """Execute the last message's tool calls in order; errors go back to the LLM as text."""
+    toolbox = AgentToolbox(runtime.context, state)
+    last = state["messages"][-1]
+    replies, entries, counters = [], [], {}
+    generated: dict[str, dict] = {}
+    iteration = state.get("iteration", 0)
+    for call in last.tool_calls:
+        text, update = await toolbox.call(call["name"], dict(call.get("args") or {}))
+        replies.append(ToolMessage(text, tool_call_id=call["id"], name=call["name"]))
+        entries += update.get("entries", [])
+        generated.update(update.get("generated", {}))
+        iteration = update.get("iteration", iteration)
+        for key, value in update.get("counters", {}).items():
+            counters[key] = counters.get(key, 0) + value
+    for call in getattr(last, "invalid_tool_calls", None) or []:
+        counters["tool_errors"] = counters.get("tool_errors", 0) + 1
+        replies.append(
+            ToolMessage(
+                f"error: malformed arguments for {call.get('name')!r}: {call.get('error')}",
+                tool_call_id=call.get("id") or "invalid",
+            )
+        )
+    return {
+        "messages": replies,
+        "entries": entries,
+        "generated": generated,
+        "iteration": iteration,
+        "counters": counters,
+    }
+
+
+async def nudge(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """The agent answered without tools: remind it once or twice, then summarise."""
+    text = (
+        "Keep experimenting with generate_images and measure_activation while the budget lasts; "
+        "stop calling tools only when you are confident."
+    )
+    return {"messages": [HumanMessage(text)], "counters": {"nudges": 1}}
+
+
+def after_agent(state: NeuronState) -> str:
+    """Tools when the agent called some; a nudge when it stopped too early; else the summary."""
+    last = state["messages"][-1]
+    if getattr(last, "tool_calls", None) or getattr(last, "invalid_tool_calls", None):
+        return "tools"
+    if _budget_left(state) is None and len(state.get("entries", [])) < MIN_CONCEPTS:
+        if state.get("counters", {}).get("nudges", 0) < MAX_NUDGES:
+            return "nudge"
+    return "summarize"
+
+
+def after_tools(state: NeuronState) -> str:
+    return "summarize" if _budget_left(state) else "agent"
+
+
+# ----- shared ending --------------------------------------------------------------------------
+async def summarize(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """Ask the LLM for the final concept and a one-sentence summary."""
+    ctx = runtime.context
+    board = Scoreboard.from_dicts(state.get("entries", []))
+    prompt = ctx.variant.render(
+        "summary", scoreboard=format_score_lines(board.ranked()) or "(nothing was measured)"
+    )
+    system = ctx.variant.render(
+        "system",
+        max_concepts=ctx.variant.settings.max_concepts,
+        max_images=ctx.variant.settings.max_images,
+    )
+    messages = [SystemMessage(system), HumanMessage(prompt)]
+    args, logs, counters = await _ask_for_concept(
+        ctx, "summarize", messages, SUBMIT_EXPLANATION, board, allow_tried=True
+    )
+    if args is None:
+        best = board.best()
+        summary = {
+            "concept": best.concept if best else None,
+            "text": "the LLM gave no usable summary; the best-scoring concept stands",
+            "fallback": True,
+        }
+    else:
+        summary = {"concept": args["concept"], "text": str(args.get("summary", "")).strip()}
+    return {"summary": summary, "llm_log": logs, "counters": counters}
+
+
+async def score_summary(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """Score the summary concept like any other (once: a tried concept keeps its score)."""
+    concept = (state.get("summary") or {}).get("concept")
+    board = Scoreboard.from_dicts(state.get("entries", []))
+    if not concept or board.has(concept):
+        return {}
+    iteration = state.get("iteration", 0) + 1
+    entry = await evaluate_concept(runtime.context, concept, iteration, "summary")
+    return {
+        "entries": [entry.to_dict()],
+        "iteration": iteration,
+        "counters": {"images": len(entry.image_ids)},
+    }
+
+
+async def finish(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """The final label: the best-scoring concept of the whole history."""
+    board = Scoreboard.from_dicts(state.get("entries", []))
+    best = board.best()
+    summary = state.get("summary") or {}
+    if best is None:
+        raise RuntimeError(
+            "no concept could be measured for this neuron (every LLM answer was unusable); "
+            "check the LLM and run again with --resume"
+        )
+    return {
+        "result": {
+            "label": best.concept,
+            "score": best.score,
+            "label_source": best.source,
+            "summary_concept": summary.get("concept"),
+            "summary_text": summary.get("text", ""),
+        }
+    }
+
+
+def build_graph(strategy: str) -> StateGraph:
+    """The uncompiled graph of a strategy (compile it with a checkpointer)."""
+    graph = StateGraph(NeuronState, context_schema=RunContext)
+    graph.add_node("summarize", summarize)
+    graph.add_node("score_summary", score_summary)
+    graph.add_node("finish", finish)
+    graph.add_edge("summarize", "score_summary")
+    graph.add_edge("score_summary", "finish")
+    graph.add_edge("finish", END)
+    if strategy == "paper":
+        graph.add_node("propose", propose)
+        graph.add_node("evaluate", evaluate)
+        graph.add_conditional_edges(
+            START, lambda s: "propose" if _rounds_left(s) else "summarize", ["propose", "summarize"]
+        )
+        graph.add_conditional_edges("propose", after_propose, ["evaluate", "propose", "summarize"])
+        graph.add_conditional_edges("evaluate", after_evaluate, ["propose", "summarize"])
+    elif strategy == "agentic":
+        graph.add_node("agent", agent)
+        graph.add_node("tools", run_tools)
+        graph.add_node("nudge", nudge)
+        graph.add_edge(START, "agent")
+        graph.add_conditional_edges("agent", after_agent, ["tools", "nudge", "summarize"])
+        graph.add_conditional_edges("tools", after_tools, ["agent", "summarize"])
+        graph.add_edge("nudge", "agent")
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}; use 'paper' or 'agentic'")
+    return graph

@@ -1,0 +1,119 @@
+"""Prompt variants: plain-text templates and a settings file in ``prompts/<variant>/``.
+
+Templates use ``$name`` placeholders (``string.Template``), so braces in prompt text are safe.
+A user makes a new variant by copying a folder and editing it; ``load_variant`` takes a variant
+name or a folder path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import prompts as prompts_package
+
+PROMPTS_DIR = Path(prompts_package.__file__).parent
+TEMPLATES = {
+    "paper": ("system", "proposal", "summary", "image_prompt"),
+    "agentic": ("system", "task", "summary", "image_prompt"),
+}
+
+
+class VariantError(ValueError):
+    """A prompt variant that is missing or malformed."""
+
+
+class VariantSettings(BaseModel):
+    """``settings.json`` of a variant."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["paper", "agentic"]
+    temperature: float = Field(0.7, ge=0, le=2)
+    scoreboard_size: int = Field(10, ge=1)
+    images_per_concept: int = Field(5, ge=1, le=64)
+    iterations: int = Field(10, ge=0, description="paper: proposal rounds before the summary")
+    seed_top_classes: int = Field(5, ge=0)
+    seed_random_classes: int = Field(5, ge=0)
+    max_reasks: int = Field(3, ge=0, description="re-asks when an answer is unusable")
+    score: Literal["mean", "mad", "auc"] = "mean"
+    max_concepts: int = Field(15, ge=1, description="agentic budget")
+    max_images: int = Field(100, ge=1, description="agentic budget")
+    max_llm_turns: int = Field(40, ge=1, description="agentic budget")
+    angles: list[str] = Field(default_factory=lambda: ["front view"])
+    lighting: list[str] = Field(default_factory=lambda: ["daylight"])
+
+
+@dataclass(frozen=True)
+class PromptVariant:
+    """A loaded variant: its settings and raw templates."""
+
+    name: str
+    folder: Path
+    settings: VariantSettings
+    templates: dict[str, str]
+
+    def render(self, template: str, **values: object) -> str:
+        """Fill a template; a placeholder without a value is an error naming it."""
+        try:
+            return string.Template(self.templates[template]).substitute(
+                {key: str(value) for key, value in values.items()}
+            )
+        except KeyError as error:
+            raise VariantError(
+                f"template {template}.txt of variant {self.name!r} uses ${error.args[0]}, which "
+                f"this step does not provide; available: {', '.join(sorted(values))}"
+            ) from error
+
+    def image_prompt(self, concept: str, selector: int) -> str:
+        """The text-to-image prompt for a concept; ``selector`` picks angle and lighting."""
+        settings = self.settings
+        angle = settings.angles[selector % len(settings.angles)]
+        lighting = settings.lighting[(selector // len(settings.angles)) % len(settings.lighting)]
+        return self.render("image_prompt", concept=concept, angle=angle, lighting=lighting).strip()
+
+    def fingerprint(self) -> str:
+        """A hash of settings and templates, recorded with every run."""
+        blob = json.dumps(
+            {"settings": self.settings.model_dump(), "templates": self.templates}, sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def list_variants() -> list[str]:
+    """The variants shipped in ``prompts/``."""
+    return sorted(path.name for path in PROMPTS_DIR.iterdir() if (path / "settings.json").is_file())
+
+
+def load_variant(name_or_path: str, **overrides: object) -> PromptVariant:
+    """Load a shipped variant by name or a variant folder by path; ``overrides`` patch settings."""
+    folder = Path(name_or_path).expanduser()
+    if not (folder / "settings.json").is_file():
+        folder = PROMPTS_DIR / name_or_path
+    if not (folder / "settings.json").is_file():
+        raise VariantError(
+            f"unknown prompt variant {name_or_path!r}; shipped variants: "
+            f"{', '.join(list_variants())}, or pass a folder holding settings.json and the "
+            "templates (copy prompts/paper to start)"
+        )
+    try:
+        raw = json.loads((folder / "settings.json").read_text())
+        raw.update({key: value for key, value in overrides.items() if value is not None})
+        settings = VariantSettings.model_validate(raw)
+    except (json.JSONDecodeError, ValidationError) as error:
+        raise VariantError(f"{folder / 'settings.json'} is not valid: {error}") from error
+    templates = {}
+    for template in TEMPLATES[settings.strategy]:
+        path = folder / f"{template}.txt"
+        if not path.is_file():
+            raise VariantError(
+                f"variant {folder.name!r} ({settings.strategy}) needs {path.name}; it has "
+                + ", ".join(sorted(p.name for p in folder.iterdir()))
+            )
+        templates[template] = path.read_text().strip() + "\n"
+    return PromptVariant(folder.name, folder, settings, templates)

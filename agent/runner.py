@@ -1,0 +1,260 @@
+"""Explaining many neurons at once: concurrent LangGraph threads, checkpoints, the run folder.
+
+A run folder holds ``config.json`` (the resolved settings), ``checkpoints.sqlite`` (one LangGraph
+thread per neuron), ``neurons/<layer>__<unit>.json`` (each neuron's full history) and
+``results.csv`` (one row per neuron; plus ``results.parquet`` when pyarrow is installed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from pydantic import BaseModel, Field
+
+from agent.graph import build_graph
+from agent.prompts import PromptVariant
+from agent.providers import LLMClient
+from agent.state import RunContext
+from tools.client import LineClient
+
+log = logging.getLogger("line.run")
+
+RESULT_COLUMNS = [
+    "target",
+    "layer",
+    "unit",
+    "label",
+    "score",
+    "status",
+    "reason",
+    "summary",
+    "llm_calls",
+    "tokens",
+    "images",
+    "reasks",
+    "faults",
+]
+FAULT_COUNTERS = ("rate_limited", "server_errors", "timeouts", "unusable_answers", "tool_errors")
+
+
+class RunSettings(BaseModel):
+    """``config.json``: everything needed to rerun or resume a run."""
+
+    target: str
+    layer: str
+    units: list[int]
+    generator: str | None = None
+    llm: str
+    llm_base_url: str | None = None
+    prompts: str = "paper"
+    variant_overrides: dict[str, Any] = Field(default_factory=dict)
+    variant_fingerprint: str = ""
+    seed: int = 0
+    concurrency: int = 64
+    server: str | None = None
+    control: str | None = None
+    llm_cache: str | None = None
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+class RunFolder:
+    """Paths and files of one run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.checkpoints = self.path / "checkpoints.sqlite"
+        self.neurons = self.path / "neurons"
+        self.results_csv = self.path / "results.csv"
+
+    def create(self, settings: RunSettings) -> None:
+        """Make the folder and write the config."""
+        self.neurons.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(settings.model_dump_json(indent=2))
+
+    def read_settings(self) -> RunSettings:
+        """The settings of an existing run (for ``--resume``)."""
+        if not self.config.is_file():
+            raise FileNotFoundError(
+                f"{self.path} is not a LINE run folder (no config.json); start a run with "
+                "`line run ... --out DIR`"
+            )
+        return RunSettings.model_validate_json(self.config.read_text())
+
+    def history_path(self, layer: str, unit: int) -> Path:
+        """Where a neuron's history lives."""
+        return self.neurons / f"{layer.replace('/', '_')}__{unit}.json"
+
+    def write_history(self, layer: str, unit: int, history: dict) -> None:
+        """Write one neuron's history atomically."""
+        path = self.history_path(layer, unit)
+        partial = path.with_suffix(".json.part")
+        partial.write_text(json.dumps(history, indent=1, default=str))
+        partial.replace(path)
+
+    def write_results(self, rows: list[dict], extra_columns: list[str] = ()) -> None:
+        """``results.csv`` (and Parquet when pyarrow is present)."""
+        columns = RESULT_COLUMNS + [c for c in extra_columns if c not in RESULT_COLUMNS]
+        with self.results_csv.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        try:
+            import pandas as pd
+
+            pd.DataFrame(rows, columns=columns).to_parquet(self.path / "results.parquet")
+        except ImportError:
+            pass
+
+
+@dataclass
+class RunProgress:
+    """Live totals for a progress bar."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    images: int = 0
+    llm_calls: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def thread_id(layer: str, unit: int) -> str:
+    """The LangGraph thread of a neuron."""
+    return f"{layer}#{unit}"
+
+
+def initial_state(target: str, layer: str, unit: int, variant: PromptVariant) -> dict:
+    """A neuron's first state; budgets are part of it so routing reads state alone."""
+    settings = variant.settings
+    return {
+        "neuron": {
+            "target": target,
+            "layer": layer,
+            "unit": unit,
+            "iterations": settings.iterations,
+            "max_concepts": settings.max_concepts,
+            "max_images": settings.max_images,
+            "max_llm_turns": settings.max_llm_turns,
+        },
+        "entries": [],
+        "llm_log": [],
+        "counters": {},
+        "iteration": 0,
+    }
+
+
+def history_of(state: dict, status: str, reason: str = "") -> dict:
+    """A neuron's JSON history from its graph state."""
+    history = {
+        "neuron": state.get("neuron"),
+        "status": status,
+        "reason": reason,
+        "result": state.get("result"),
+        "summary": state.get("summary"),
+        "counters": state.get("counters", {}),
+        "entries": state.get("entries", []),
+        "llm_log": state.get("llm_log", []),
+    }
+    if state.get("messages"):
+        history["messages"] = [
+            {"role": message.type, "content": message.content} for message in state["messages"]
+        ]
+    return history
+
+
+def result_row(settings: RunSettings, unit: int, state: dict, status: str, reason: str) -> dict:
+    """One row of ``results.csv``."""
+    counters = state.get("counters", {})
+    result = state.get("result") or {}
+    return {
+        "target": settings.target,
+        "layer": settings.layer,
+        "unit": unit,
+        "label": result.get("label", ""),
+        "score": result.get("score", ""),
+        "status": status,
+        "reason": reason,
+        "summary": result.get("summary_text", ""),
+        "llm_calls": counters.get("llm_calls", 0),
+        "tokens": counters.get("input_tokens", 0) + counters.get("output_tokens", 0),
+        "images": counters.get("images", 0),
+        "reasks": counters.get("reasks", 0),
+        "faults": sum(counters.get(key, 0) for key in FAULT_COUNTERS),
+    }
+
+
+async def run_neurons(
+    settings: RunSettings,
+    folder: RunFolder,
+    client: LineClient,
+    llm: LLMClient,
+    variant: PromptVariant,
+    on_progress: Callable[[RunProgress], None] | None = None,
+    control_activations: dict[int, Any] | None = None,
+) -> list[dict]:
+    """Explain every unit of the run concurrently; returns the results rows (in unit order)."""
+    progress = RunProgress(total=len(settings.units))
+    limit = asyncio.Semaphore(max(1, settings.concurrency))
+    rows: dict[int, dict] = {}
+    async with AsyncSqliteSaver.from_conn_string(str(folder.checkpoints)) as saver:
+        graph = build_graph(variant.settings.strategy).compile(checkpointer=saver)
+
+        async def explain(unit: int) -> None:
+            config = {
+                "configurable": {"thread_id": thread_id(settings.layer, unit)},
+                "recursion_limit": 10
+                * (variant.settings.max_llm_turns + variant.settings.iterations)
+                + 50,
+            }
+            ctx = RunContext(
+                client=client,
+                llm=llm,
+                variant=variant,
+                target=settings.target,
+                layer=settings.layer,
+                unit=unit,
+                generator=settings.generator,
+                run_seed=settings.seed,
+                control_activations=(control_activations or {}).get(unit),
+            )
+            async with limit:
+                status, reason = "done", ""
+                try:
+                    snapshot = await graph.aget_state(config)
+                    if snapshot.values.get("result"):
+                        state = snapshot.values
+                    elif snapshot.values:
+                        state = await graph.ainvoke(None, config, context=ctx)
+                    else:
+                        start = initial_state(settings.target, settings.layer, unit, variant)
+                        state = await graph.ainvoke(start, config, context=ctx)
+                except Exception as error:
+                    status, reason = "failed", f"{type(error).__name__}: {error}"
+                    log.warning("neuron %s/%s failed: %s", settings.layer, unit, reason)
+                    state = (await graph.aget_state(config)).values
+            folder.write_history(settings.layer, unit, history_of(state, status, reason))
+            rows[unit] = result_row(settings, unit, state, status, reason)
+            progress.done += status == "done"
+            progress.failed += status == "failed"
+            progress.images += rows[unit]["images"]
+            progress.llm_calls += rows[unit]["llm_calls"]
+            progress.tokens += rows[unit]["tokens"]
+            if on_progress:
+                on_progress(progress)
+
+        await asyncio.gather(*(explain(unit) for unit in settings.units))
+    ordered = [rows[unit] for unit in settings.units]
+    folder.write_results(ordered)
+    return ordered

@@ -1,0 +1,38 @@
+"""How a concept's activations become its score."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def mean_score(activations: Sequence[float]) -> float:
+    """The mean activation (the paper's default)."""
+    return float(np.mean(activations)) if len(activations) else float("-inf")
+
+
+def mad_score(activations: Sequence[float], control: np.ndarray) -> float:
+    """(mean concept - mean control) / std(control, ddof=1); 0 when that std is 0."""
+    spread = float(np.std(control, ddof=1)) if len(control) > 1 else 0.0
+    if spread == 0.0:
+        return 0.0
+    return (float(np.mean(activations)) - float(np.mean(control))) / spread
+
+
+def auc_score(activations: Sequence[float], control: np.ndarray) -> float:
+    """P(concept activation > control activation), ties counting one half."""
+    concept = np.asarray(activations, dtype=np.float64)[:, None]
+    control = np.asarray(control, dtype=np.float64)[None, :]
+    return float(np.mean((concept > control) + 0.5 * (concept == control)))
+
+
+def score_activations(
+    kind: str, activations: Sequence[float], control: np.ndarray | None = None
+) -> float:
+    """Score by the variant's ``score`` setting; MAD and AUC need control activations."""
+    if kind == "mean":
+        return mean_score(activations)
+    if control is None or len(control) == 0:
+        raise ValueError(f"score {kind!r} needs a control set; pass --control or use 'mean'")
+    return mad_score(activations, control) if kind == "mad" else auc_score(activations, control)

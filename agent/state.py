@@ -1,0 +1,59 @@
+"""The LangGraph state of one neuron's explanation, and the run context its nodes read."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+
+import numpy as np
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+
+if TYPE_CHECKING:
+    from agent.prompts import PromptVariant
+    from agent.providers import LLMClient
+    from tools.client import LineClient
+
+
+def add_counters(left: dict[str, int] | None, right: dict[str, int] | None) -> dict[str, int]:
+    """Reducer: counters add up key by key."""
+    merged = dict(left or {})
+    for key, value in (right or {}).items():
+        merged[key] = merged.get(key, 0) + value
+    return merged
+
+
+def merge_dicts(left: dict | None, right: dict | None) -> dict:
+    """Reducer: later keys win."""
+    return {**(left or {}), **(right or {})}
+
+
+class NeuronState(TypedDict, total=False):
+    """Everything checkpointed for one neuron (one LangGraph thread)."""
+
+    neuron: dict[str, Any]  # target, layer, unit
+    entries: Annotated[list[dict], operator.add]  # ConceptEntry rows, in the order tried
+    messages: Annotated[list[AnyMessage], add_messages]  # the agentic conversation
+    llm_log: Annotated[list[dict], operator.add]  # every LLM exchange with its tokens
+    counters: Annotated[dict[str, int], add_counters]
+    generated: Annotated[dict[str, dict], merge_dicts]  # agentic: rendered, not yet measured
+    iteration: int
+    pending: dict | None  # paper: the proposal waiting to be rendered and measured
+    summary: dict | None  # {"concept", "text"}
+    result: dict | None  # the final label
+
+
+@dataclass
+class RunContext:
+    """What nodes and tools need but the LLM never sees or chooses (not checkpointed)."""
+
+    client: LineClient
+    llm: LLMClient
+    variant: PromptVariant
+    target: str
+    layer: str
+    unit: int
+    generator: str | None = None
+    run_seed: int = 0
+    control_activations: np.ndarray | None = None  # this unit on the control set, for MAD/AUC
