@@ -1,0 +1,150 @@
+"""`line run` as users run it: fail-fast checks, a run killed mid-way and resumed, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.runner import RunFolder
+from agent.scripted_llm import ProposerPolicy, start_scripted_llm
+from tools.server import free_port
+
+runner = CliRunner()
+TOY = ["--target", "planted:shapes", "--layer", "planted", "--generator", "procedural:shapes"]
+
+
+def line_run(*args: str):
+    return runner.invoke(app, ["run", *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([*TOY, "--units", "0-3", "--llm", "offline:vocab", "--out", "{out}", "--prompts",
+          "papper"], "unknown prompt variant 'papper'"),
+        ([*TOY, "--units", "0-99", "--llm", "offline:vocab", "--out", "{out}"],
+         "unit 28 is out of range: layer 'planted' of 'planted:shapes' has 28 units"),
+        (["--target", "planted:shapes", "--layer", "conv9", "--generator", "procedural:shapes",
+          "--units", "0", "--llm", "offline:vocab", "--out", "{out}"],
+         "has no layer 'conv9'; valid layers: planted, features"),
+        (["--target", "torchvision:resnet19", "--layer", "fc", "--generator", "tiny-sd",
+          "--units", "0", "--llm", "offline:vocab", "--out", "{out}"],
+         "no classification model 'resnet19'"),
+        ([*TOY, "--units", "x", "--llm", "offline:vocab", "--out", "{out}"], "cannot read units"),
+        ([*TOY, "--units", "0", "--llm", "openai:gpt-4o-mini", "--out", "{out}"],
+         "OPENAI_API_KEY"),
+        ([*TOY, "--units", "0", "--llm", "offline:vocab"], "missing --out"),
+        (["--target", "planted:shapes", "--layer", "planted", "--units", "0", "--llm",
+          "offline:vocab", "--out", "{out}"], "needs --generator"),
+        (["--target", "planted:shapes", "--layer", "planted", "--units", "0", "--llm",
+          "offline:vocab", "--out", "{out}", "--server", "http://127.0.0.1:{port}"],
+         "cannot reach the inference server"),
+    ],
+)  # fmt: skip
+def test_bad_runs_fail_fast_with_a_clear_message(tmp_path, monkeypatch, args, message):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    filled = [a.format(out=tmp_path / "run", port=free_port()) for a in args]
+    result = line_run(*filled)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_an_existing_run_folder_is_not_overwritten(tmp_path):
+    args = [*TOY, "--units", "0", "--llm", "offline:vocab", "--out", str(tmp_path / "run"),
+            "--iterations", "1", "--quiet"]  # fmt: skip
+    first = line_run(*args)
+    assert first.exit_code == 0, first.output
+    again = line_run(*args)
+    assert again.exit_code == 2 and "already holds a run; continue it with --resume" in again.output
+    resumed = line_run("--resume", str(tmp_path / "run"), "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_killed_run_resumes_without_repeating_steps(tmp_path):
+    out = tmp_path / "run"
+    units = "0-7"
+    with start_scripted_llm(ProposerPolicy(), latency_ms=100) as llm:
+        command = [
+            sys.executable, "-m", "agent.cli", "run", *TOY, "--units", units, "--llm",
+            "openai-compatible:scripted", "--llm-base-url", llm.url, "--out", str(out),
+            "--iterations", "6", "--concurrency", "4", "--quiet",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while llm.stats.requests < 20:
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        killed_at = llm.stats.requests
+        assert not out.joinpath("results.csv").exists()
+        resumed = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "run", "--resume", str(out), "--quiet"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        total_requests = llm.stats.requests
+    assert killed_at < total_requests
+    folder = RunFolder(out)
+    rows = list(csv_rows(folder))
+    assert [row["status"] for row in rows] == ["done"] * 8
+    recorded_calls = 0
+    for unit in range(8):
+        neuron = json.loads(folder.history_path("planted", unit).read_text())
+        proposals = [e["iteration"] for e in neuron["entries"] if e["source"] == "proposal"]
+        assert proposals == sorted(set(proposals)), proposals  # no round done twice
+        assert len({e["concept"] for e in neuron["entries"]}) == len(neuron["entries"])
+        recorded_calls += neuron["counters"]["llm_calls"]
+    # every LLM call of a finished step is recorded once; only calls in flight at the kill
+    # (at most one per concurrent neuron) were lost and asked again
+    assert 0 <= total_requests - recorded_calls <= 4
+
+
+def csv_rows(folder):
+    import csv
+
+    with folder.results_csv.open() as stream:
+        yield from csv.DictReader(stream)
+
+
+def test_32_concurrent_neurons_meet_in_server_batches(tmp_path, tiny_sd, resnet18, explain):
+    import asyncio
+    import re
+
+    from tools.client import LineClient
+    from tools.server import create_app, start_server_thread
+    from tools.service import BatchingConfig, InferenceService
+    from tools.store import ActivationCache, ImageStore
+
+    service = InferenceService(
+        [tiny_sd], [resnet18], ImageStore(tmp_path / "s"),
+        ActivationCache(tmp_path / "s" / "a.sqlite"), BatchingConfig(max_batch=64, max_wait_ms=20),
+    )  # fmt: skip
+    running = start_server_thread(create_app(service))
+    try:
+        rows, _ = explain(
+            running.url, tmp_path / "run", list(range(32)), target="torchvision:resnet18:random",
+            layer="layer1", concurrency=32, iterations=1,
+        )  # fmt: skip
+
+        async def metrics():
+            async with LineClient(running.url) as client:
+                return await client.metrics_text()
+
+        text = asyncio.run(metrics())
+    finally:
+        running.stop()
+    assert all(row["status"] == "done" for row in rows)
+    count = float(re.search(r'line_batch_size_count\{backend="tiny-sd"\} (\S+)', text)[1])
+    total = float(re.search(r'line_batch_size_sum\{backend="tiny-sd"\} (\S+)', text)[1])
+    assert total / count > 5  # 32 neurons' 5-image requests were merged
