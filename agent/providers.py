@@ -197,10 +197,8 @@ def resolve_api_key(spec: LLMSpec, api_key: str | None = None) -> str | None:
     if api_key:
         return api_key
     if spec.provider == OPENAI_COMPATIBLE:
-        for name in (OPENAI_COMPATIBLE_KEY_ENV, "OPENAI_API_KEY"):
-            if os.environ.get(name):
-                return os.environ[name]
-        return DUMMY_API_KEY
+        # Never OPENAI_API_KEY here: that key must not travel to an arbitrary base URL.
+        return os.environ.get(OPENAI_COMPATIBLE_KEY_ENV) or DUMMY_API_KEY
     info = provider_info(spec.provider)
     for name in info.key_env if info else ():
         if os.environ.get(name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import random
 from collections.abc import Sequence
@@ -153,6 +154,14 @@ class LineClient:
             len(image_ids), len(answer["units"])
         )
         return Activations(answer["target"], answer["layer"], answer["units"], values)
+
+    async def upload_images(self, files: Sequence[bytes], names: Sequence[str] = ()) -> list[str]:
+        """Store image files on the server (a control set); returns their ids."""
+        body = {
+            "images": [base64.b64encode(data).decode("ascii") for data in files],
+            "names": list(names),
+        }
+        return (await self._request("POST", "/v1/images/upload", json=body)).json()["ids"]
 
     async def image_png(self, image_id: str) -> bytes:
         """The PNG bytes of a stored image."""

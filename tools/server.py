@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import ipaddress
 import secrets
 import socket
@@ -47,6 +49,20 @@ class ImagesResponse(BaseModel):
     """The images of a request, in request order."""
 
     images: list[ImageEntry]
+
+
+class UploadRequest(BaseModel):
+    """Store image files (e.g. a control set's photos) so activations can be read on them."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(description="Base64-encoded image files (PNG, JPEG, ...).")
+    names: list[str] = Field(default_factory=list, description="Optional names, one per image.")
+
+
+class UploadResponse(BaseModel):
+    """The ids of the stored images, in request order."""
+
+    ids: list[str]
 
 
 class ActivationsRequest(BaseModel):
@@ -160,6 +176,17 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
             guidance=body.guidance,
         )
         return ImagesResponse(images=[ImageEntry(**vars(record)) for record in records])
+
+    @app.post(f"/{API_VERSION}/images/upload", response_model=UploadResponse)
+    async def upload(body: UploadRequest) -> UploadResponse:
+        """Store image files; their ids work with /v1/activations like rendered ones."""
+        decoded = []
+        for index, text in enumerate(body.images):
+            try:
+                decoded.append(base64.b64decode(text, validate=True))
+            except (binascii.Error, ValueError) as error:
+                raise ServiceError(f"image {index} is not valid base64: {error}") from error
+        return UploadResponse(ids=await service.upload_images(decoded, body.names))
 
     @app.get(
         f"/{API_VERSION}/images/{{image_id}}",

@@ -31,7 +31,9 @@ from tools.store import (
     InvalidImageIdError,
     StoreWriteError,
     check_image_id,
+    decode_image,
     image_id,
+    upload_id,
 )
 
 log = logging.getLogger("line.server")
@@ -58,6 +60,7 @@ class ServiceLimits:
     max_prompt_chars: int = 1000
     max_side: int = 2048
     max_steps: int = 500
+    max_upload_bytes: int = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,37 @@ class InferenceService:
             log.debug("%s understood %s in %r", generator.name, rendered.understood, job.prompt)
         await self._in_io_thread(self.store.put, key, rendered.image, metadata)
         self.metrics.images_generated.labels(generator.name).inc()
+
+    async def upload_images(self, images: Sequence[bytes], names: Sequence[str]) -> list[str]:
+        """Store user images (a control set's photos); ids hash their bytes."""
+        if not images:
+            raise ServiceError("images is empty; send base64-encoded image files")
+        cap = self.limits.max_images_per_request
+        if len(images) > cap:
+            raise ServiceError(
+                f"{len(images)} images in one request; this server takes at most {cap}", status=413
+            )
+        if names and len(names) != len(images):
+            raise ServiceError(f"{len(names)} names for {len(images)} images; give one per image")
+        ids = []
+        for index, data in enumerate(images):
+            if len(data) > self.limits.max_upload_bytes:
+                raise ServiceError(
+                    f"image {index} has {len(data)} bytes; the limit is "
+                    f"{self.limits.max_upload_bytes}",
+                    status=413,
+                )
+            key = upload_id(data)
+            ids.append(key)
+            if self.store.has(key):
+                continue
+            try:
+                image = await self._in_io_thread(decode_image, data)
+            except ValueError as error:
+                raise ServiceError(f"image {index}: {error}") from error
+            metadata = {"uploaded": True, "name": names[index] if names else ""}
+            await self._in_io_thread(self.store.put, key, image, metadata)
+        return ids
 
     # ----- activations ---------------------------------------------------------------------
     def _check_image_ids(self, image_ids: Sequence[str]) -> None:

@@ -55,6 +55,21 @@ def image_id(generator_identity: str, prompt: str, seed: int, settings: RenderSe
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def upload_id(data: bytes) -> str:
+    """The id of an uploaded image file: a hash of its bytes."""
+    return hashlib.sha256(b"upload:" + data).hexdigest()
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """An RGB image from file bytes; ``ValueError`` when it is not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"not a readable image file ({error})") from error
+
+
 def check_image_id(value: str) -> str:
     """Return the id if it is well formed, else raise ``InvalidImageIdError``."""
     if not isinstance(value, str) or not IMAGE_ID_PATTERN.match(value):

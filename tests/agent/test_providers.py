@@ -153,6 +153,7 @@ def test_offline_vocabulary_file_must_exist(tmp_path):
 def test_build_openai_compatible(monkeypatch):
     from langchain_openai import ChatOpenAI
 
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key")  # must not leak to a local URL
     model = build_chat_model(
         "openai-compatible:scripted", base_url="http://127.0.0.1:9/v1", timeout_s=7
     )
