@@ -211,6 +211,15 @@ def run(
     device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
     store: Annotated[Path | None, typer.Option(help="Store folder of a local server.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="Control set: a folder of images (class folders seed the search) or toy."
+        ),
+    ] = None,
+    score: Annotated[
+        str | None, typer.Option(help="Override the variant's score: mean, mad, auc.")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
 ) -> None:
     """Explain neurons: propose, render, measure, refine, for many neurons at once."""
@@ -221,7 +230,7 @@ def run(
             target=target, layer=layer, units=units, generator=generator, llm=llm,
             llm_base_url=llm_base_url, prompts=prompts, out=out, server=server,
             concurrency=concurrency, seed=seed, temperature=temperature, iterations=iterations,
-            resume=resume,
+            resume=resume, control=control, score=score,
         )  # fmt: skip
         update, close = _progress_printer(quiet)
         try:

@@ -1,6 +1,7 @@
 """The LangGraph state machines that explain one neuron: ``paper`` and ``agentic``.
 
-paper:    seed? -> propose -> evaluate -> ... (iterations) -> summarize -> score_summary -> finish
+paper:    [seed: control-set classes] -> propose -> evaluate -> ... (iterations)
+          -> summarize -> score_summary -> finish
 agentic:  agent <-> tools (until the budget is spent or the agent stops) -> summarize -> ... finish
 
 Every node returns a partial state update, checkpointed after it runs, so an interrupted run
@@ -9,6 +10,7 @@ resumes at the node it stopped in and no finished step is repeated.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -126,6 +128,26 @@ async def _ask_for_concept(
 
 
 # ----- paper strategy ------------------------------------------------------------------------
+async def seed(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """Score the seed concepts (control-set classes) before the LLM's first proposal."""
+    ctx = runtime.context
+    concepts = [check_concept(c) for c in state["neuron"].get("seed_concepts", [])]
+    concepts = list(dict.fromkeys(concepts))
+    entries = await asyncio.gather(
+        *(evaluate_concept(ctx, concept, 0, "seed") for concept in concepts)
+    )
+    return {
+        "entries": [entry.to_dict() for entry in entries],
+        "counters": {"images": sum(len(entry.image_ids) for entry in entries)},
+    }
+
+
+def after_start(state: NeuronState) -> str:
+    if state["neuron"].get("seed_concepts") and not state.get("entries"):
+        return "seed"
+    return "propose" if _rounds_left(state) else "summarize"
+
+
 async def propose(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
     """Ask the LLM for the next concept, given the scoreboard and the tried list."""
     ctx = runtime.context
@@ -355,10 +377,14 @@ def build_graph(strategy: str) -> StateGraph:
     graph.add_edge("score_summary", "finish")
     graph.add_edge("finish", END)
     if strategy == "paper":
+        graph.add_node("seed", seed)
         graph.add_node("propose", propose)
         graph.add_node("evaluate", evaluate)
+        graph.add_conditional_edges(START, after_start, ["seed", "propose", "summarize"])
         graph.add_conditional_edges(
-            START, lambda s: "propose" if _rounds_left(s) else "summarize", ["propose", "summarize"]
+            "seed",
+            lambda s: "propose" if _rounds_left(s) else "summarize",
+            ["propose", "summarize"],
         )
         graph.add_conditional_edges("propose", after_propose, ["evaluate", "propose", "summarize"])
         graph.add_conditional_edges("evaluate", after_evaluate, ["propose", "summarize"])

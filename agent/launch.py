@@ -137,6 +137,8 @@ def settings_from_options(
     temperature: float | None,
     iterations: int | None,
     resume: Path | None,
+    control: str | None = None,
+    score: str | None = None,
 ):
     """Resolve and check the options of ``line run`` (nothing heavy is loaded here)."""
     from agent.prompts import VariantError, load_variant
@@ -171,7 +173,7 @@ def settings_from_options(
                 f"{out} already holds a run; continue it with --resume {out} or choose "
                 "another --out"
             )
-        overrides = {"temperature": temperature, "iterations": iterations}
+        overrides = {"temperature": temperature, "iterations": iterations, "score": score}
         settings = RunSettings(
             target=target,
             layer=layer,
@@ -184,6 +186,7 @@ def settings_from_options(
             seed=seed,
             concurrency=concurrency,
             server=server,
+            control=control,
         )
     if settings.concurrency < 1:
         raise RunSetupError("--concurrency must be at least 1")
@@ -192,6 +195,18 @@ def settings_from_options(
         check_llm_ready(settings.llm, settings.llm_base_url)
     except (VariantError, LLMConfigError) as error:
         raise RunSetupError(str(error)) from error
+    if variant.settings.score != "mean" and not settings.control:
+        raise RunSetupError(
+            f"score {variant.settings.score!r} compares with a control set; pass --control "
+            "PATH|toy or use --score mean"
+        )
+    if settings.control:
+        from tools.controlset import ControlSet, ControlSetError
+
+        try:
+            ControlSet.resolve(settings.control)
+        except ControlSetError as error:
+            raise RunSetupError(str(error)) from error
     settings.variant_fingerprint = variant.fingerprint()
     return settings, folder
 
@@ -236,9 +251,14 @@ def execute_run(
     variant = load_variant(settings.prompts, **settings.variant_overrides)
 
     async def go():
+        from tools.controlset import ControlSet
+
         llm = make_llm_client(settings, folder)
+        control = ControlSet.resolve(settings.control) if settings.control else None
         async with LineClient(url) as client:
-            return await run_neurons(settings, folder, client, llm, variant, on_progress)
+            return await run_neurons(
+                settings, folder, client, llm, variant, on_progress, control=control
+            )
 
     try:
         return asyncio.run(go())

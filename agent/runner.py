@@ -11,6 +11,7 @@ import asyncio
 import csv
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel, Field
 
@@ -26,6 +28,7 @@ from agent.prompts import PromptVariant
 from agent.providers import LLMClient
 from agent.state import RunContext
 from tools.client import LineClient
+from tools.controlset import ControlSet, control_activations
 
 log = logging.getLogger("line.run")
 
@@ -135,11 +138,30 @@ def thread_id(layer: str, unit: int) -> str:
     return f"{layer}#{unit}"
 
 
-def initial_state(target: str, layer: str, unit: int, variant: PromptVariant) -> dict:
+def seed_concepts(
+    labels: list[str | None], activations: np.ndarray, top: int, random_count: int, seed: int
+) -> list[str]:
+    """The paper's seeding: the ``top`` classes that activate the unit most, plus
+    ``random_count`` other classes drawn with ``seed``. Empty without class labels."""
+    classes = list(dict.fromkeys(label for label in labels if label))
+    if not classes:
+        return []
+    labels_array = np.asarray(labels, dtype=object)
+    means = {name: float(np.mean(activations[labels_array == name])) for name in classes}
+    ranked = sorted(classes, key=lambda name: -means[name])
+    rest = ranked[top:]
+    drawn = random.Random(seed).sample(rest, min(random_count, len(rest)))
+    return ranked[:top] + drawn
+
+
+def initial_state(
+    target: str, layer: str, unit: int, variant: PromptVariant, seeds: list[str] = ()
+) -> dict:
     """A neuron's first state; budgets are part of it so routing reads state alone."""
     settings = variant.settings
     return {
         "neuron": {
+            "seed_concepts": list(seeds),
             "target": target,
             "layer": layer,
             "unit": unit,
@@ -202,10 +224,22 @@ async def run_neurons(
     llm: LLMClient,
     variant: PromptVariant,
     on_progress: Callable[[RunProgress], None] | None = None,
-    control_activations: dict[int, Any] | None = None,
+    control: ControlSet | None = None,
 ) -> list[dict]:
-    """Explain every unit of the run concurrently; returns the results rows (in unit order)."""
+    """Explain every unit of the run concurrently; returns the results rows (in unit order).
+
+    With a control set, every unit is first read on it (once, batched): its classes seed the
+    paper strategy and its activations serve the MAD and AUC scores.
+    """
     progress = RunProgress(total=len(settings.units))
+    control_by_unit: dict[int, np.ndarray] = {}
+    labels: list[str | None] = []
+    if control is not None:
+        matrix = await control_activations(
+            client, control, settings.target, settings.layer, settings.units, settings.generator
+        )
+        control_by_unit = {unit: matrix[:, i] for i, unit in enumerate(settings.units)}
+        labels = [image.label for image in control.images]
     limit = asyncio.Semaphore(max(1, settings.concurrency))
     rows: dict[int, dict] = {}
     async with AsyncSqliteSaver.from_conn_string(str(folder.checkpoints)) as saver:
@@ -227,7 +261,7 @@ async def run_neurons(
                 unit=unit,
                 generator=settings.generator,
                 run_seed=settings.seed,
-                control_activations=(control_activations or {}).get(unit),
+                control_activations=control_by_unit.get(unit),
             )
             async with limit:
                 status, reason = "done", ""
@@ -238,7 +272,16 @@ async def run_neurons(
                     elif snapshot.values:
                         state = await graph.ainvoke(None, config, context=ctx)
                     else:
-                        start = initial_state(settings.target, settings.layer, unit, variant)
+                        seeds = []
+                        if unit in control_by_unit and variant.settings.strategy == "paper":
+                            seeds = seed_concepts(
+                                labels,
+                                control_by_unit[unit],
+                                variant.settings.seed_top_classes,
+                                variant.settings.seed_random_classes,
+                                settings.seed * 1_000_003 + unit,
+                            )
+                        start = initial_state(settings.target, settings.layer, unit, variant, seeds)
                         state = await graph.ainvoke(start, config, context=ctx)
                 except Exception as error:
                     status, reason = "failed", f"{type(error).__name__}: {error}"

@@ -48,6 +48,7 @@ def explain_neurons(
     layer: str = "planted",
     target: str = "planted:shapes",
     concurrency: int = 8,
+    control=None,
     **overrides,
 ):
     """Run neurons in-process against a server; returns (rows, folder)."""
@@ -71,6 +72,6 @@ def explain_neurons(
             llm, base_url=llm_base_url, temperature=variant.settings.temperature, timeout_s=10
         )
         async with LineClient(server_url) as client:
-            return await run_neurons(settings, folder, client, llm_client, variant)
+            return await run_neurons(settings, folder, client, llm_client, variant, control=control)
 
     return asyncio.run(go()), folder
