@@ -220,6 +220,10 @@ def run(
     score: Annotated[
         str | None, typer.Option(help="Override the variant's score: mean, mad, auc.")
     ] = None,
+    llm_cache: Annotated[
+        Path | None,
+        typer.Option(help="Cache LLM answers in this folder: a repeated run costs nothing."),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
 ) -> None:
     """Explain neurons: propose, render, measure, refine, for many neurons at once."""
@@ -230,7 +234,7 @@ def run(
             target=target, layer=layer, units=units, generator=generator, llm=llm,
             llm_base_url=llm_base_url, prompts=prompts, out=out, server=server,
             concurrency=concurrency, seed=seed, temperature=temperature, iterations=iterations,
-            resume=resume, control=control, score=score,
+            resume=resume, control=control, score=score, llm_cache=llm_cache,
         )  # fmt: skip
         update, close = _progress_printer(quiet)
         try:

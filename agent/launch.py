@@ -139,6 +139,7 @@ def settings_from_options(
     resume: Path | None,
     control: str | None = None,
     score: str | None = None,
+    llm_cache: Path | None = None,
 ):
     """Resolve and check the options of ``line run`` (nothing heavy is loaded here)."""
     from agent.prompts import VariantError, load_variant
@@ -187,6 +188,7 @@ def settings_from_options(
             concurrency=concurrency,
             server=server,
             control=control,
+            llm_cache=str(llm_cache) if llm_cache else None,
         )
     if settings.concurrency < 1:
         raise RunSetupError("--concurrency must be at least 1")

@@ -148,3 +148,20 @@ def test_32_concurrent_neurons_meet_in_server_batches(tmp_path, tiny_sd, resnet1
     count = float(re.search(r'line_batch_size_count\{backend="tiny-sd"\} (\S+)', text)[1])
     total = float(re.search(r'line_batch_size_sum\{backend="tiny-sd"\} (\S+)', text)[1])
     assert total / count > 5  # 32 neurons' 5-image requests were merged
+
+
+def test_llm_cache_makes_a_repeated_run_cost_no_calls(tmp_path):
+    cache = tmp_path / "llm-cache"
+    with start_scripted_llm(ProposerPolicy()) as llm:
+        common = [*TOY, "--units", "0-1", "--llm", "openai-compatible:scripted", "--llm-base-url",
+                  llm.url, "--iterations", "2", "--llm-cache", str(cache), "--quiet"]  # fmt: skip
+        first = line_run(*common, "--out", str(tmp_path / "a"))
+        after_first = llm.stats.requests
+        second = line_run(*common, "--out", str(tmp_path / "b"))
+        assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+        assert after_first == 2 * 3 and llm.stats.requests == after_first
+    first_rows = list(csv_rows(RunFolder(tmp_path / "a")))
+    second_rows = list(csv_rows(RunFolder(tmp_path / "b")))
+    assert [r["label"] for r in first_rows] == [r["label"] for r in second_rows]
+    assert [r["llm_calls"] for r in first_rows] == ["3", "3"]
+    assert [r["llm_calls"] for r in second_rows] == ["0", "0"]  # every answer came from the cache
