@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from evals.cli import eval_app
 from tools.toyworld.cli import toyworld_app
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(toyworld_app, name="toyworld")
+app.add_typer(eval_app, name="eval")
 
 
 def _fail(message: str) -> None:

@@ -1,0 +1,117 @@
+"""``line eval``: score explanations the way the field does."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+eval_app = typer.Typer(
+    help="Evaluate explanations: CoSy, ground truth, variants, vocabulary baseline.",
+    no_args_is_help=True,
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@eval_app.command("vocab")
+def vocab_command(
+    vocabulary: Annotated[Path, typer.Option(help="Concepts, one per line.")],
+    target: Annotated[str, typer.Option(help="Target spec.")],
+    layer: Annotated[str, typer.Option(help="Layer name.")],
+    units: Annotated[str, typer.Option(help="Units: 0-99, 3,7,9.")],
+    out: Annotated[Path, typer.Option(help="Folder for vocab-labels.csv and vocab-scores.csv.")],
+    generator: Annotated[
+        str | None, typer.Option(help="Generator (a local server needs one).")
+    ] = None,
+    server: Annotated[str | None, typer.Option(help="Inference server URL.")] = None,
+    prompts: Annotated[
+        str, typer.Option(help="Variant whose template and scoring to use.")
+    ] = "paper",
+    control: Annotated[str | None, typer.Option(help="Control set for --score mad/auc.")] = None,
+    score: Annotated[str | None, typer.Option(help="mean, mad or auc.")] = None,
+    seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
+    device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
+) -> None:
+    """The vocabulary baseline: score every concept of a vocabulary, label each unit by the best."""
+    from agent.launch import RunSetupError, check_remote_server, parse_units, start_local_server
+    from agent.prompts import VariantError, load_variant
+    from evals.baseline import read_vocabulary, vocabulary_baseline
+    from tools.client import LineClient
+    from tools.controlset import ControlSet, ControlSetError, control_activations
+
+    try:
+        concepts = read_vocabulary(vocabulary)
+        unit_list = parse_units(units)
+        variant = load_variant(prompts, score=score)
+        control_set = ControlSet.resolve(control) if control else None
+        if variant.settings.score != "mean" and control_set is None:
+            raise RunSetupError(f"score {variant.settings.score!r} needs --control PATH|toy")
+        local = None
+        if server:
+            asyncio.run(check_remote_server(server, target, layer, unit_list, generator))
+            url = server
+        elif generator is None:
+            raise RunSetupError("without --server, pass --generator SPEC to start a local server")
+        else:
+            local = start_local_server(target, layer, unit_list, generator, device)
+            url = local.url
+    except (OSError, ValueError, VariantError, ControlSetError) as error:
+        _fail(str(error))
+
+    async def go():
+        async with LineClient(url) as client:
+            matrix = None
+            if control_set is not None:
+                matrix = await control_activations(
+                    client, control_set, target, layer, unit_list, generator
+                )
+            return await vocabulary_baseline(
+                client, target, layer, unit_list, concepts, variant, generator, seed, matrix
+            )
+
+    try:
+        result = asyncio.run(go())
+    finally:
+        if local is not None:
+            local.stop()
+    out.mkdir(parents=True, exist_ok=True)
+    result.write_labels(out / "vocab-labels.csv")
+    with (out / "vocab-scores.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["concept", *[f"unit_{u}" for u in result.units]])
+        for concept, row in zip(result.concepts, result.scores, strict=True):
+            writer.writerow([concept, *[f"{v:.6g}" for v in row]])
+    for unit, label, value in result.labels():
+        typer.echo(f"{unit:>6}  {label:<30}  {value:.4f}")
+    typer.echo(f"wrote {out / 'vocab-labels.csv'} and {out / 'vocab-scores.csv'}")
+
+
+@eval_app.command("discovery")
+def discovery_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (its results.csv).")],
+    vocabulary: Annotated[Path, typer.Option(help="E.g. the ImageNet class names.")],
+) -> None:
+    """Concept discovery: the share of final labels not in a vocabulary."""
+    from evals.baseline import concept_discovery, read_vocabulary
+
+    results = run_dir / "results.csv"
+    if not results.is_file():
+        _fail(f"{run_dir} has no results.csv; finish the run first (line run --resume {run_dir})")
+    try:
+        concepts = read_vocabulary(vocabulary)
+    except (OSError, ValueError) as error:
+        _fail(str(error))
+    with results.open() as stream:
+        labels = [row["label"] for row in csv.DictReader(stream) if row["status"] == "done"]
+    share = concept_discovery(labels, concepts)
+    typer.echo(
+        f"{share:.1%} of {len(labels)} labels are not in {vocabulary.name} "
+        f"({len(concepts)} concepts)"
+    )
