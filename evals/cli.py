@@ -115,3 +115,112 @@ def discovery_command(
         f"{share:.1%} of {len(labels)} labels are not in {vocabulary.name} "
         f"({len(concepts)} concepts)"
     )
+
+
+@eval_app.command("variants")
+def variants_command(
+    variants: Annotated[str, typer.Option(help="Comma-separated variants, e.g. paper,agentic.")],
+    target: Annotated[str, typer.Option(help="Target spec.")],
+    layer: Annotated[str, typer.Option(help="Layer name.")],
+    units: Annotated[str, typer.Option(help="Units: 0-99, 3,7,9.")],
+    out: Annotated[Path, typer.Option(help="Folder for the runs and the comparison.")],
+    llm: Annotated[
+        list[str] | None, typer.Option(help="LLM spec (repeatable: every LLM is an arm).")
+    ] = None,
+    llm_base_url: Annotated[str | None, typer.Option(help="For openai-compatible.")] = None,
+    generator: Annotated[str | None, typer.Option(help="Generator of a local server.")] = None,
+    server: Annotated[str | None, typer.Option(help="Inference server URL.")] = None,
+    repeats: Annotated[int, typer.Option(help="Runs per arm (repeat k uses seed k).")] = 3,
+    iterations: Annotated[int | None, typer.Option(help="Override every variant's.")] = None,
+    control: Annotated[str | None, typer.Option(help="Control set: adds CoSy AUC and MAD.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Neurons at once per run.")] = 64,
+    device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="Print only the table.")] = False,
+) -> None:
+    """Compare prompt variants (and LLMs): scores with 95% CIs, paired Wilcoxon tests, a plot."""
+    from agent.launch import (
+        RunSetupError,
+        execute_run,
+        parse_units,
+        settings_from_options,
+        start_local_server,
+    )
+    from evals.variants import (
+        Arm,
+        markdown_report,
+        pairwise_tests,
+        plot_convergence,
+        run_arms,
+        summarize,
+        write_csv,
+    )
+
+    arms = [
+        Arm(variant.strip(), spec)
+        for spec in (llm or ["offline:vocab"])
+        for variant in variants.split(",")
+        if variant.strip()
+    ]
+    if repeats < 1:
+        _fail("--repeats must be at least 1")
+    if out.exists() and any(out.iterdir()):
+        _fail(f"{out} is not empty; choose a new --out folder")
+    options = dict(
+        target=target, layer=layer, units=units, generator=generator, llm_base_url=llm_base_url,
+        server=server, concurrency=concurrency, temperature=None, iterations=iterations,
+        resume=None, control=control,
+    )  # fmt: skip
+    local = None
+    try:
+        unit_list = parse_units(units)
+        for arm in arms:  # every arm's variant and LLM are checked before anything loads
+            settings_from_options(**{**options, "llm": arm.llm, "prompts": arm.variant,
+                                     "out": out / "check", "seed": 0})  # fmt: skip
+        if server is None:
+            if generator is None:
+                raise RunSetupError("without --server, pass --generator SPEC")
+            local = start_local_server(target, layer, unit_list, generator, device)
+            options["server"] = local.url
+    except RunSetupError as error:
+        _fail(str(error))
+
+    truth = {}
+    if target == "planted:shapes":
+        from tools.toyworld.truth import planted_ground_truth
+
+        truth = {u.unit: u for u in planted_ground_truth() if u.layer == layer}
+
+    def run_one(arm, repeat, folder):
+        settings, run_folder = settings_from_options(
+            **{**options, "llm": arm.llm, "prompts": arm.variant, "out": folder, "seed": repeat}
+        )
+        rows = execute_run(settings, run_folder)
+        if not quiet:
+            typer.echo(f"{arm.name} repeat {repeat}: {sum(r['status'] == 'done' for r in rows)}"
+                       f"/{len(rows)} neurons")  # fmt: skip
+        return rows
+
+    try:
+        runs = run_arms(arms, repeats, out, run_one)
+    finally:
+        if local is not None:
+            local.stop()
+    if truth:
+        from evals.groundtruth import attribute_match
+
+        for arm_runs in runs.values():
+            for run in arm_runs:
+                for row in run.rows:
+                    unit = truth.get(int(row["unit"]))
+                    matched = attribute_match(row["label"], unit) if unit else None
+                    if matched is not None:
+                        run.extra.setdefault(int(row["unit"]), {})["match"] = float(matched)
+    table = summarize(runs)
+    pairs = pairwise_tests(runs, "score")
+    report = markdown_report(table, pairs)
+    write_csv(out / "comparison.csv", table)
+    write_csv(out / "pairwise.csv", pairs)
+    (out / "comparison.md").write_text(report)
+    plot_convergence(runs, out / "convergence.png")
+    typer.echo(report)
+    typer.echo(f"wrote {out}/comparison.md, comparison.csv, pairwise.csv, convergence.png")

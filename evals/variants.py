@@ -1,0 +1,268 @@
+"""Comparing prompt variants and LLMs: every neuron under every arm, repeated, with statistics.
+
+An arm is a (variant, LLM) pair. Every arm runs every neuron ``repeats`` times (repeat k uses run
+seed k) against one shared server, so identical image requests across arms render once.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from agent.runner import RunFolder
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration under comparison."""
+
+    variant: str
+    llm: str
+
+    @property
+    def name(self) -> str:
+        return self.variant if self.llm == "" else f"{self.variant} / {self.llm}"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.variant}__{self.llm}")
+
+
+@dataclass
+class ArmRun:
+    """One repeat of one arm: its rows and wall time."""
+
+    arm: Arm
+    repeat: int
+    folder: Path
+    rows: list[dict]
+    wall_s: float
+    extra: dict[int, dict] = field(default_factory=dict)  # unit -> cosy / ground truth figures
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and the t-interval ``(mean, low, high)``; the interval is the mean itself for n < 2."""
+    data = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if data.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(data.mean())
+    if data.size < 2:
+        return (mean, mean, mean)
+    half = float(
+        stats.t.ppf(0.5 + level / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size)
+    )
+    return (mean, mean - half, mean + half)
+
+
+def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Wilcoxon signed-rank over paired values: ``(statistic, two-sided p)``.
+
+    All-zero differences give ``(0, 1)``: no evidence of a difference.
+    """
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples differ in length: {x.size} and {y.size}")
+    if x.size == 0 or np.allclose(x - y, 0):
+        return (0.0, 1.0)
+    result = stats.wilcoxon(x, y, zero_method="wilcox", alternative="two-sided")
+    return (float(result.statistic), float(result.pvalue))
+
+
+def per_neuron_means(runs: Sequence[ArmRun], key: str) -> dict[int, float]:
+    """A metric averaged over repeats, per unit (finished neurons only)."""
+    values: dict[int, list[float]] = {}
+    for run in runs:
+        for row in run.rows:
+            value = row_value(run, row, key)
+            if value is not None:
+                values.setdefault(int(row["unit"]), []).append(value)
+    return {unit: float(np.mean(v)) for unit, v in values.items()}
+
+
+def row_value(run: ArmRun, row: dict, key: str) -> float | None:
+    """A row's metric: a results column, or a figure from ``extra`` (cosy, ground truth)."""
+    if row.get("status") != "done":
+        return None
+    if key in row and row[key] not in ("", None):
+        return float(row[key])
+    figure = run.extra.get(int(row["unit"]), {}).get(key)
+    return None if figure is None else float(figure)
+
+
+def summarize(runs_by_arm: dict[Arm, list[ArmRun]]) -> list[dict]:
+    """One table row per arm: means with 95% CIs and costs per neuron."""
+    table = []
+    for arm, runs in runs_by_arm.items():
+        row: dict[str, object] = {"arm": arm.name, "variant": arm.variant, "llm": arm.llm}
+        all_rows = [(run, r) for run in runs for r in run.rows]
+        done = [(run, r) for run, r in all_rows if r["status"] == "done"]
+        row["neurons"] = len({int(r["unit"]) for _, r in all_rows})
+        row["repeats"] = len(runs)
+        row["done"] = f"{len(done)}/{len(all_rows)}"
+        for key in ("score", "auc", "mad", "match"):
+            values = [row_value(run, r, key) for run, r in done]
+            values = [v for v in values if v is not None]
+            if values:
+                mean, low, high = mean_ci(values)
+                row[key] = mean
+                row[f"{key}_ci"] = (low, high)
+        count = max(len(all_rows), 1)
+        for key in ("llm_calls", "tokens", "images"):
+            row[f"{key}_per_neuron"] = sum(int(r[key]) for _, r in all_rows) / count
+        row["wall_s_per_neuron"] = sum(run.wall_s for run in runs) / count
+        table.append(row)
+    return table
+
+
+def pairwise_tests(runs_by_arm: dict[Arm, list[ArmRun]], key: str = "score") -> list[dict]:
+    """Paired Wilcoxon signed-rank tests between every two arms over the neurons both finished."""
+    means = {arm: per_neuron_means(runs, key) for arm, runs in runs_by_arm.items()}
+    rows = []
+    for first, second in itertools.combinations(runs_by_arm, 2):
+        shared = sorted(set(means[first]) & set(means[second]))
+        a = [means[first][u] for u in shared]
+        b = [means[second][u] for u in shared]
+        statistic, p = paired_wilcoxon(a, b)
+        rows.append(
+            {
+                "a": first.name,
+                "b": second.name,
+                "metric": key,
+                "neurons": len(shared),
+                "mean_difference": float(np.mean(np.subtract(a, b))) if shared else math.nan,
+                "wilcoxon_w": statistic,
+                "p": p,
+            }
+        )
+    return rows
+
+
+def best_so_far_curves(runs: Sequence[ArmRun]) -> np.ndarray:
+    """Mean over neurons and repeats of the best score found up to each iteration."""
+    curves = []
+    for run in runs:
+        folder = RunFolder(run.folder)
+        for row in run.rows:
+            path = folder.history_path(row["layer"], int(row["unit"]))
+            if not path.is_file():
+                continue
+            entries = json.loads(path.read_text())["entries"]
+            if not entries:
+                continue
+            first = min(entry["iteration"] for entry in entries)
+            last = max(entry["iteration"] for entry in entries)
+            curve, best = [math.nan] * first, -math.inf
+            for iteration in range(first, last + 1):
+                scores = [e["score"] for e in entries if e["iteration"] == iteration]
+                best = max([best, *scores])
+                curve.append(best if best > -math.inf else math.nan)
+            curves.append(curve)
+    if not curves:
+        return np.zeros(0)
+    width = max(len(curve) for curve in curves)
+    padded = np.array([curve + [curve[-1]] * (width - len(curve)) for curve in curves], dtype=float)
+    observed = ~np.isnan(padded)
+    sums = np.where(observed, padded, 0.0).sum(axis=0)
+    counts = observed.sum(axis=0)
+    return np.divide(sums, counts, out=np.full(width, np.nan), where=counts > 0)
+
+
+def plot_convergence(runs_by_arm: dict[Arm, list[ArmRun]], path: Path) -> None:
+    """A PNG of the best score so far against iteration, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    for arm, runs in runs_by_arm.items():
+        curve = best_so_far_curves(runs)
+        if curve.size:
+            axes.plot(range(curve.size), curve, marker="o", markersize=3, label=arm.name)
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("best score so far (mean over neurons)")
+    axes.set_title("Convergence per variant")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+SUMMARY_COLUMNS = [
+    ("arm", "arm"), ("done", "done"), ("score", "score"), ("score_ci", "95% CI"),
+    ("auc", "CoSy AUC"), ("mad", "CoSy MAD"), ("match", "GT recovery"),
+    ("llm_calls_per_neuron", "LLM calls/neuron"), ("tokens_per_neuron", "tokens/neuron"),
+    ("images_per_neuron", "images/neuron"), ("wall_s_per_neuron", "wall s/neuron"),
+]  # fmt: skip
+
+
+def markdown_report(table: list[dict], pairs: list[dict]) -> str:
+    """The comparison as Markdown: the per-arm table and the pairwise tests."""
+    columns = [(k, h) for k, h in SUMMARY_COLUMNS if any(k in row for row in table)]
+    lines = [
+        "| " + " | ".join(h for _, h in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in table:
+        lines.append("| " + " | ".join(_fmt(row.get(k, "-")) for k, _ in columns) + " |")
+    if pairs:
+        lines += [
+            "",
+            "| a | b | neurons | mean difference | Wilcoxon W | p |",
+            "|---|---|---|---|---|---|",
+        ]
+        for pair in pairs:
+            lines.append(
+                f"| {pair['a']} | {pair['b']} | {pair['neurons']} | {_fmt(pair['mean_difference'])}"
+                f" | {_fmt(pair['wilcoxon_w'])} | {_fmt(pair['p'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows as CSV (tuples written as 'low;high')."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: ";".join(map(str, v)) if isinstance(v, tuple) else v for k, v in row.items()}
+            )
+
+
+def run_arms(
+    arms: Sequence[Arm],
+    repeats: int,
+    out: Path,
+    run_one: Callable[[Arm, int, Path], list[dict]],
+) -> dict[Arm, list[ArmRun]]:
+    """Run every arm ``repeats`` times through ``run_one(arm, repeat, folder) -> rows``."""
+    runs: dict[Arm, list[ArmRun]] = {arm: [] for arm in arms}
+    for repeat in range(repeats):
+        for arm in arms:
+            folder = out / "runs" / f"{arm.slug}__r{repeat}"
+            started = time.monotonic()
+            rows = run_one(arm, repeat, folder)
+            runs[arm].append(ArmRun(arm, repeat, folder, rows, time.monotonic() - started))
+    return runs
