@@ -131,3 +131,17 @@ def test_offline_vocab_finds_single_attribute_units(toy_world_server, explain, t
     rows, _ = explain(toy_world_server, tmp_path / "run", [unit], iterations=23)
     assert rows[0]["status"] == "done"
     assert attribute_match(rows[0]["label"], truth), (rows[0]["label"], truth.concept)
+
+
+def test_rate_limits_and_server_errors_are_retried_and_counted(toy_world_server, explain, tmp_path):
+    script = ScriptedReplies([Reply.rate_limited(0.05), Reply.server_error(503)])
+    with start_scripted_llm(script) as llm:
+        rows, folder = explain(
+            toy_world_server, tmp_path / "run", [5], llm=OPENAI, llm_base_url=llm.url,
+            iterations=1, concurrency=1,
+        )  # fmt: skip
+        assert llm.stats.count("rate_limit") == 1 and llm.stats.count("server_error") == 1
+    assert rows[0]["status"] == "done"
+    counters = history(folder, 5)["counters"]
+    assert counters["rate_limited"] == 1 and counters["server_errors"] == 1
+    assert rows[0]["faults"] >= 2
