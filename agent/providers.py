@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -289,6 +290,9 @@ def build_chat_model(
         if max_tokens is not None:
             optional["max_tokens"] = max_tokens
         compatible = parsed.provider == OPENAI_COMPATIBLE
+        # An HTTP client of its own: langchain-openai's shared default client keeps connections
+        # bound to the first event loop, which breaks the next ``asyncio.run`` in this process.
+        optional["http_async_client"] = httpx.AsyncClient(timeout=timeout_s)
         return ChatOpenAI(
             model=parsed.model,
             base_url=resolve_base_url(parsed, base_url),

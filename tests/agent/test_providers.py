@@ -428,3 +428,22 @@ async def test_build_llm_client_for_offline():
     assert client.max_concurrency == 2 and client.spec == "offline:vocab"
     reply = await client.invoke([("human", "- red\n- orange")], tools=[propose_concept])
     assert reply.message.tool_calls[0]["args"] == {"concept": "yellow"}
+
+
+def test_clients_built_in_turn_work_across_event_loops():
+    """`line eval variants` runs each arm in its own asyncio.run: no connection may leak across."""
+    import asyncio
+
+    from langchain_core.messages import HumanMessage
+
+    from agent.providers import build_llm_client
+    from agent.scripted_llm import ProposerPolicy, start_scripted_llm
+    from agent.tools import PROPOSE_CONCEPT
+
+    with start_scripted_llm(ProposerPolicy()) as server:
+        for _ in range(3):
+            client = build_llm_client("openai-compatible:scripted", base_url=server.url)
+            reply = asyncio.run(
+                client.invoke([HumanMessage("red: 1.0000")], tools=[PROPOSE_CONCEPT])
+            )
+            assert reply.message.tool_calls[0]["name"] == "propose_concept"
