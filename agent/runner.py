@@ -28,7 +28,7 @@ from agent.prompts import PromptVariant
 from agent.providers import LLMClient
 from agent.state import RunContext
 from tools.client import LineClient
-from tools.controlset import ControlSet, control_activations
+from tools.controlset import ControlSet, measure_control
 
 log = logging.getLogger("line.run")
 
@@ -235,11 +235,13 @@ async def run_neurons(
     control_by_unit: dict[int, np.ndarray] = {}
     labels: list[str | None] = []
     if control is not None:
-        matrix = await control_activations(
+        measured = await measure_control(
             client, control, settings.target, settings.layer, settings.units, settings.generator
         )
-        control_by_unit = {unit: matrix[:, i] for i, unit in enumerate(settings.units)}
-        labels = [image.label for image in control.images]
+        for skipped in measured.skipped:
+            log.warning("control image skipped: %s", skipped)
+        control_by_unit = {unit: measured.values[:, i] for i, unit in enumerate(settings.units)}
+        labels = measured.labels
     limit = asyncio.Semaphore(max(1, settings.concurrency))
     rows: dict[int, dict] = {}
     async with AsyncSqliteSaver.from_conn_string(str(folder.checkpoints)) as saver:

@@ -9,10 +9,13 @@ from typing import Annotated
 
 import typer
 
+from evals.cosy_eval import cosy_command
+
 eval_app = typer.Typer(
     help="Evaluate explanations: CoSy, ground truth, variants, vocabulary baseline.",
     no_args_is_help=True,
 )
+eval_app.command("cosy")(cosy_command)
 
 
 def _fail(message: str) -> None:

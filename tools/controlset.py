@@ -1,21 +1,29 @@
 """Control sets: natural images (a folder, flat or in class folders) or the toy world's scenes.
 
-A control set is read lazily and sent to the server in batches; the server's activation cache
-keeps every image's whole layer vector, so a (target, layer, control set) is measured once.
+A control set is read lazily and sent to the server in batches. Files that are not readable
+images are skipped and reported, never fatal. The server's activation cache keeps every image's
+whole layer vector; on top of it, ``cached_control_activations`` keeps the whole control matrix
+of a (server, target, layer, control set) in one file, so a repeated evaluation sends nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tools.client import LineClient
+from tools.client import LineClient, LineServerError
+
+log = logging.getLogger("line.control")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 TOY_CONTROL_SIZE = 200
+CACHE_FORMAT = 1
 
 
 class ControlSetError(ValueError):
@@ -33,6 +41,14 @@ class ControlImage:
 
 
 @dataclass(frozen=True)
+class SkippedImage:
+    """A control file that could not be used, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ControlSet:
     """A named list of control images."""
 
@@ -44,25 +60,34 @@ class ControlSet:
         """Class names in order of first appearance (empty for a flat folder or toy scenes)."""
         return list(dict.fromkeys(image.label for image in self.images if image.label))
 
+    @property
+    def is_toy(self) -> bool:
+        """Whether the images are rendered from prompts rather than read from files."""
+        return bool(self.images) and self.images[0].path is None
+
     @classmethod
     def from_folder(cls, folder: str | Path, per_class: int | None = None) -> ControlSet:
-        """A flat folder of images, or class folders of images (ImageNet / Places365 layout)."""
+        """A flat folder of images, or class folders of images (ImageNet / Places365 layout).
+
+        Only file names are listed here; the files are read batch by batch when measured.
+        """
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise ControlSetError(
                 f"control set {str(root)!r} is not a folder; pass a folder of images (flat or in "
                 "class folders) or 'toy'"
             )
-        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in root.iterdir() if _is_image_name(p))
         images = [ControlImage(None, path=path) for path in files]
         for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            members = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[
-                :per_class
-            ]
+            members = sorted(p for p in class_dir.iterdir() if _is_image_name(p))[:per_class]
             label = class_dir.name.replace("_", " ")
             images += [ControlImage(label, path=path) for path in members]
         if not images:
-            raise ControlSetError(f"control set {str(root)!r} holds no image files")
+            raise ControlSetError(
+                f"control set {str(root)!r} holds no image files (looked for "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))} directly inside it or one folder down)"
+            )
         return cls(str(root), tuple(images))
 
     @classmethod
@@ -71,32 +96,179 @@ class ControlSet:
         from tools.toyworld.controls import random_toy_scene_prompts
 
         pairs = random_toy_scene_prompts(count, seed)
-        return cls("toy", tuple(ControlImage(None, prompt=p, seed=s) for p, s in pairs))
+        name = "toy" if (count, seed) == (TOY_CONTROL_SIZE, 0) else f"toy:{count}"
+        return cls(name, tuple(ControlImage(None, prompt=p, seed=s) for p, s in pairs))
 
     @classmethod
     def resolve(cls, spec: str) -> ControlSet:
-        """``toy`` or a folder path."""
-        return cls.toy() if spec == "toy" else cls.from_folder(spec)
+        """``toy``, ``toy:N`` (N random toy scenes) or a folder path."""
+        if spec == "toy":
+            return cls.toy()
+        if spec.startswith("toy:"):
+            count = spec.removeprefix("toy:")
+            if not count.isdigit() or int(count) < 2:
+                raise ControlSetError(
+                    f"cannot read control set {spec!r}: write toy:N with N at least 2, e.g. toy:200"
+                )
+            return cls.toy(int(count))
+        return cls.from_folder(spec)
+
+    def fingerprint(self, generator: str | None = None) -> str:
+        """A hash of what the images are: file paths, sizes and times, or prompts, seeds and the
+        generator that renders them. Changing a file changes the fingerprint."""
+        digest = hashlib.sha256(f"control-set|{self.name}|".encode())
+        if self.is_toy:
+            digest.update(f"generator={generator}|".encode())
+        for image in self.images:
+            if image.path is None:
+                item = [image.label, image.prompt, image.seed]
+            else:
+                try:
+                    stat = image.path.stat()
+                    item = [image.label, str(image.path), stat.st_size, stat.st_mtime_ns]
+                except OSError:
+                    item = [image.label, str(image.path), "missing"]
+            digest.update(json.dumps(item).encode() + b"\n")
+        return digest.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ControlActivations:
+    """A layer read on a control set: a row per usable image, a column per unit.
+
+    ``kept`` indexes ``ControlSet.images`` for each row; ``labels`` are those images' classes.
+    """
+
+    values: np.ndarray
+    units: list[int]
+    kept: list[int]
+    labels: list[str | None]
+    skipped: list[SkippedImage] = field(default_factory=list)
+    cached: bool = False
+
+    def unit(self, unit: int) -> np.ndarray:
+        """The control activations of one unit."""
+        try:
+            return self.values[:, self.units.index(unit)]
+        except ValueError:
+            raise ControlSetError(
+                f"unit {unit} was not measured on the control set (measured: "
+                f"{_describe_units(self.units)})"
+            ) from None
+
+
+def _is_image_name(path: Path) -> bool:
+    visible = not path.name.startswith(".")
+    return visible and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _describe_units(units: list[int]) -> str:
+    if units and units == list(range(units[0], units[-1] + 1)):
+        return f"{units[0]}-{units[-1]}"
+    return ", ".join(map(str, units))
+
+
+async def _store_batch(
+    client: LineClient, chunk: Sequence[tuple[int, ControlImage]], generator: str | None
+) -> tuple[list[int], list[str], list[SkippedImage]]:
+    """Put one batch on the server; (indices kept, their ids, skipped files)."""
+    if chunk[0][1].path is None:
+        rendered = await client.generate_images(
+            [image.prompt for _, image in chunk],
+            [image.seed for _, image in chunk],
+            generator=generator,
+        )
+        return [index for index, _ in chunk], [image.id for image in rendered], []
+    readable: list[tuple[int, ControlImage, bytes]] = []
+    skipped: list[SkippedImage] = []
+    for index, image in chunk:
+        try:
+            readable.append((index, image, image.path.read_bytes()))
+        except OSError as error:
+            skipped.append(SkippedImage(str(image.path), f"cannot read the file ({error})"))
+    if not readable:
+        return [], [], skipped
+    try:
+        ids = await client.upload_images(
+            [data for *_, data in readable], [image.path.name for _, image, _ in readable]
+        )
+        return [index for index, *_ in readable], ids, skipped
+    except LineServerError as error:
+        if error.status not in (400, 413):
+            raise
+    # The server refused the batch: one file in it is bad. Find which, one by one.
+    kept: list[int] = []
+    ids = []
+    for index, image, data in readable:
+        try:
+            ids += await client.upload_images([data], [image.path.name])
+            kept.append(index)
+        except LineServerError as error:
+            if error.status not in (400, 413):
+                raise
+            skipped.append(SkippedImage(str(image.path), error.message))
+    return kept, ids, skipped
 
 
 async def store_control_images(
     client: LineClient, control: ControlSet, generator: str | None = None, batch: int = 64
 ) -> list[str]:
-    """Put every control image on the server (upload files, render toy scenes); their ids."""
+    """Put every control image on the server (upload files, render toy scenes); their ids.
+
+    Unreadable files are skipped (and logged), so the ids may be fewer than the images.
+    """
     ids: list[str] = []
-    for start in range(0, len(control.images), batch):
-        chunk = control.images[start : start + batch]
-        if chunk[0].path is None:
-            rendered = await client.generate_images(
-                [image.prompt for image in chunk],
-                [image.seed for image in chunk],
-                generator=generator,
-            )
-            ids += [image.id for image in rendered]
-        else:
-            files = [image.path.read_bytes() for image in chunk]
-            ids += await client.upload_images(files, [image.path.name for image in chunk])
+    indexed = list(enumerate(control.images))
+    for start in range(0, len(indexed), batch):
+        chunk = indexed[start : start + batch]
+        _, chunk_ids, skipped = await _store_batch(client, chunk, generator)
+        ids += chunk_ids
+        for item in skipped:
+            log.warning("control image %s skipped: %s", item.path, item.reason)
     return ids
+
+
+async def measure_control(
+    client: LineClient,
+    control: ControlSet,
+    target: str,
+    layer: str,
+    units: Sequence[int] | None = None,
+    generator: str | None = None,
+    batch: int = 64,
+) -> ControlActivations:
+    """Read a layer on the control set, batch by batch; bad files are skipped and listed."""
+    kept: list[int] = []
+    skipped: list[SkippedImage] = []
+    rows: list[np.ndarray] = []
+    measured_units: list[int] = list(units) if units is not None else []
+    indexed = list(enumerate(control.images))
+    for start in range(0, len(indexed), batch):
+        chunk_kept, ids, chunk_skipped = await _store_batch(
+            client, indexed[start : start + batch], generator
+        )
+        skipped += chunk_skipped
+        if not ids:
+            continue
+        result = await client.activations(target, layer, ids, units)
+        measured_units = list(result.units)
+        rows.append(result.values)
+        kept += chunk_kept
+    if not rows:
+        raise ControlSetError(
+            f"no image of control set {control.name!r} could be read ({len(skipped)} skipped, "
+            f"e.g. {skipped[0].path}: {skipped[0].reason}); check the files or pass another "
+            "--control"
+        )
+    for item in skipped:
+        log.warning("control image %s skipped: %s", item.path, item.reason)
+    return ControlActivations(
+        values=np.concatenate(rows, axis=0),
+        units=measured_units,
+        kept=kept,
+        labels=[control.images[index].label for index in kept],
+        skipped=skipped,
+    )
 
 
 async def control_activations(
@@ -108,10 +280,94 @@ async def control_activations(
     generator: str | None = None,
     batch: int = 64,
 ) -> np.ndarray:
-    """Activations ``[images, units]`` of a layer on the control set (all units by default)."""
-    ids = await store_control_images(client, control, generator, batch)
-    rows = []
-    for start in range(0, len(ids), batch):
-        result = await client.activations(target, layer, ids[start : start + batch], units)
-        rows.append(result.values)
-    return np.concatenate(rows, axis=0)
+    """Activations ``[images, units]`` of a layer on the control set (all units by default).
+
+    Rows are the usable images only; use ``measure_control`` for their labels and the skipped
+    files.
+    """
+    measured = await measure_control(client, control, target, layer, units, generator, batch)
+    return measured.values
+
+
+def control_cache_key(
+    server: str, target: str, layer: str, control: ControlSet, generator: str | None = None
+) -> str:
+    """The cache key of a control matrix: (server store or URL, target, layer, control set)."""
+    blob = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "server": server,
+            "target": target,
+            "layer": layer,
+            "control": control.fingerprint(generator),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir).expanduser() / f"control-{key}.npz"
+
+
+def _load_cached(path: Path) -> ControlActivations | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            values = np.asarray(data["values"])
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("ignoring unreadable control cache %s (%s)", path, error)
+        return None
+    return ControlActivations(
+        values=values,
+        units=[int(unit) for unit in meta["units"]],
+        kept=[int(index) for index in meta["kept"]],
+        labels=meta["labels"],
+        skipped=[SkippedImage(**item) for item in meta["skipped"]],
+        cached=True,
+    )
+
+
+def _save_cached(path: Path, measured: ControlActivations, description: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        **description,
+        "units": measured.units,
+        "kept": measured.kept,
+        "labels": measured.labels,
+        "skipped": [{"path": item.path, "reason": item.reason} for item in measured.skipped],
+    }
+    partial = path.with_name(path.name + ".part.npz")
+    np.savez(partial, values=measured.values, meta=np.asarray(json.dumps(meta)))
+    partial.replace(path)
+
+
+async def cached_control_activations(
+    client: LineClient,
+    control: ControlSet,
+    target: str,
+    layer: str,
+    cache_dir: str | Path,
+    server: str | None = None,
+    generator: str | None = None,
+    batch: int = 64,
+) -> ControlActivations:
+    """All units of a layer on the control set, from ``cache_dir`` when measured before.
+
+    ``server`` names what the activations come from (a local server's store folder, or the
+    server URL; the client's URL by default). A cache hit sends nothing to the server.
+    """
+    server = server or client.base_url
+    key = control_cache_key(server, target, layer, control, generator if control.is_toy else None)
+    path = _cache_file(Path(cache_dir), key)
+    if path.is_file():
+        cached = _load_cached(path)
+        if cached is not None and len(cached.kept) == len(cached.values):
+            return cached
+    measured = await measure_control(client, control, target, layer, None, generator, batch)
+    description = {"server": server, "target": target, "layer": layer, "control": control.name}
+    try:
+        _save_cached(path, measured, description)
+    except OSError as error:
+        log.warning("cannot write the control cache %s (%s); continuing without it", path, error)
+    return measured

@@ -76,6 +76,7 @@ def test_seed_concepts_take_top_classes_then_random_ones():
 def test_paper_run_is_seeded_with_the_top_control_classes(
     toy_world_server, explain, control_folder, tmp_path
 ):
+    (control_folder / "blue_things" / "0broken.png").write_bytes(b"not a png")  # skipped, reported
     control = ControlSet.from_folder(control_folder)
     rows, folder = explain(
         toy_world_server, tmp_path / "run", [0], iterations=1, control=control,

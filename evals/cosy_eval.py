@@ -1,0 +1,479 @@
+"""CoSy evaluation of a run's labels (or another method's labels) and ``line eval cosy``.
+
+For each neuron: render ``n_images`` images of its label with CoSy's template and seeds that no
+search image used, read the neuron on them and on a control set, and score with
+:func:`evals.cosy.cosy_scores`. The control matrix of a layer is measured once (all units) and
+cached on disk, so evaluating again sends no control image to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from agent.runner import RunFolder, RunSettings, thread_id
+from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt, cosy_scores, cosy_seeds
+from tools.client import LineClient
+from tools.controlset import (
+    ControlActivations,
+    ControlSet,
+    cached_control_activations,
+    measure_control,
+)
+
+log = logging.getLogger("line.eval.cosy")
+
+COSY_COLUMNS = ["neuron", "layer", "unit", "concept", "AUC", "U", "p", "MAD", "n_concept",
+                "n_control"]  # fmt: skip
+LabelMap = Mapping[int, str] | Mapping[tuple[str, int], str]
+Notes = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CosyNeuron:
+    """A neuron to score and the label it is scored with."""
+
+    layer: str
+    unit: int
+    label: str
+
+
+class LabelRow(BaseModel):
+    """One row of a ``--labels`` CSV."""
+
+    unit: int = Field(ge=0)
+    label: str
+    layer: str | None = None
+
+    @field_validator("label", "layer", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
+
+# ----- reading a run ------------------------------------------------------------------------
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        log.warning("cannot read %s (%s)", path, error)
+        return None
+
+
+def search_seeds(folder: RunFolder) -> set[int]:
+    """Every image seed recorded in the run's neuron histories (all neurons, all entries)."""
+    seeds: set[int] = set()
+    for path in sorted(folder.neurons.glob("*.json")):
+        history = _read_json(path) or {}
+        for entry in history.get("entries", []):
+            seeds.update(int(seed) for seed in entry.get("seeds", []))
+    return seeds
+
+
+def _results_by_unit(folder: RunFolder) -> dict[int, dict]:
+    if not folder.results_csv.is_file():
+        return {}
+    with folder.results_csv.open(newline="") as stream:
+        return {int(row["unit"]): row for row in csv.DictReader(stream) if row.get("unit")}
+
+
+def cosy_neurons(
+    folder: RunFolder, labels: LabelMap | None = None
+) -> tuple[list[CosyNeuron], list[str]]:
+    """The neurons to score and a note for each one skipped.
+
+    Without ``labels``: the run's final labels, skipping neurons that failed or have none.
+    With ``labels`` (``{unit: label}`` on the run's layer, or ``{(layer, unit): label}``): those.
+    """
+    settings = folder.read_settings()
+    if labels is not None:
+        by_neuron: dict[tuple[str, int], str] = {}
+        notes = []
+        for key, label in labels.items():
+            layer, unit = key if isinstance(key, tuple) else (settings.layer, key)
+            label = str(label).strip()
+            if not label:
+                notes.append(f"{thread_id(layer, unit)}: empty label, not scored")
+            elif by_neuron.setdefault((layer, int(unit)), label) != label:
+                raise ValueError(
+                    f"{thread_id(layer, unit)} has two labels ({by_neuron[layer, int(unit)]!r}, "
+                    f"{label!r}); give one label per neuron"
+                )
+        neurons = [CosyNeuron(layer, unit, label) for (layer, unit), label in by_neuron.items()]
+        return sorted(neurons, key=lambda n: (n.layer, n.unit)), notes
+    results = _results_by_unit(folder)
+    neurons, notes = [], []
+    for unit in settings.units:
+        name = thread_id(settings.layer, unit)
+        row = results.get(unit)
+        history = None
+        if row is None and folder.history_path(settings.layer, unit).is_file():
+            history = _read_json(folder.history_path(settings.layer, unit))
+        if row is not None:
+            status, reason, label = row.get("status", ""), row.get("reason", ""), row.get("label")
+        elif history is not None:
+            status, reason = history.get("status", ""), history.get("reason", "")
+            label = (history.get("result") or {}).get("label")
+        else:
+            notes.append(f"{name}: not explained yet, skipped (finish it with line run --resume)")
+            continue
+        if status != "done":
+            why = reason or "no reason given"
+            notes.append(f"{name}: {status or 'unfinished'} ({why}), skipped")
+        elif not (label or "").strip():
+            notes.append(f"{name}: no final label, skipped")
+        else:
+            neurons.append(CosyNeuron(settings.layer, unit, label.strip()))
+    return neurons, notes
+
+
+def cosy_template_of(settings: RunSettings) -> str:
+    """The run's CoSy template: the variant's ``cosy_template`` setting if it has one."""
+    from agent.prompts import VariantError, load_variant
+
+    try:
+        variant = load_variant(settings.prompts, **settings.variant_overrides)
+    except VariantError:
+        return DEFAULT_COSY_TEMPLATE
+    return getattr(variant.settings, "cosy_template", None) or DEFAULT_COSY_TEMPLATE
+
+
+def read_label_csv(path: Path) -> tuple[dict[tuple[str, int] | int, str], list[str]]:
+    """A CSV of labels from any method: columns ``unit,label`` and optionally ``layer``
+    (``concept`` or ``description`` work for ``label``). Rows without a layer use the run's."""
+    try:
+        with Path(path).open(newline="") as stream:
+            reader = csv.DictReader(stream)
+            fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+            label_field = next(
+                (fields[c] for c in ("label", "concept", "description") if c in fields), None
+            )
+            if "unit" not in fields or label_field is None:
+                raise ValueError(
+                    f"{path} needs the columns unit and label (and optionally layer); it has "
+                    f"{', '.join(fields) or 'no header'}"
+                )
+            labels: dict[tuple[str, int] | int, str] = {}
+            notes = []
+            for line, raw in enumerate(reader, start=2):
+                record = {
+                    "unit": raw.get(fields["unit"]),
+                    "label": raw.get(label_field) or "",
+                    "layer": (raw.get(fields["layer"]) or None) if "layer" in fields else None,
+                }
+                try:
+                    row = LabelRow.model_validate(record)
+                except ValidationError as error:
+                    detail = error.errors()[0]
+                    raise ValueError(
+                        f"{path} line {line}: {detail['loc'][0]} {detail['msg'].lower()} "
+                        f"(got {record[detail['loc'][0]]!r})"
+                    ) from None
+                if not row.label:
+                    notes.append(f"{path.name} line {line}: unit {row.unit} has no label, skipped")
+                    continue
+                key = (row.layer, row.unit) if row.layer else row.unit
+                if key in labels and labels[key] != row.label:
+                    raise ValueError(
+                        f"{path} gives unit {row.unit} two labels ({labels[key]!r}, "
+                        f"{row.label!r}); keep one row per neuron"
+                    )
+                labels[key] = row.label
+    except FileNotFoundError:
+        raise FileNotFoundError(f"labels file {path} does not exist") from None
+    if not labels:
+        raise ValueError(f"{path} holds no labels")
+    return labels, notes
+
+
+# ----- scoring ------------------------------------------------------------------------------
+async def _check_neurons(client: LineClient, target: str, neurons: list[CosyNeuron]) -> None:
+    from agent.launch import check_layer_units
+
+    models = await client.models()
+    entry = next((t for t in models["targets"] if t["name"] == target), None)
+    if entry is None:
+        raise ValueError(
+            f"the server at {client.base_url} does not serve target {target!r}; start one that "
+            "does, or leave out --server"
+        )
+    layers = {layer["name"]: layer["units"] for layer in entry["layers"]}
+    for layer in sorted({n.layer for n in neurons}):
+        check_layer_units(layers, target, layer, [n.unit for n in neurons if n.layer == layer])
+
+
+async def _render_and_read(
+    client: LineClient,
+    settings: RunSettings,
+    neuron: CosyNeuron,
+    prompt: str,
+    seeds: list[int],
+    batch: int,
+) -> np.ndarray:
+    values = []
+    for start in range(0, len(seeds), batch):
+        chunk = seeds[start : start + batch]
+        images = await client.generate_images(
+            [prompt] * len(chunk), chunk, generator=settings.generator
+        )
+        result = await client.activations(
+            settings.target, neuron.layer, [image.id for image in images], units=[neuron.unit]
+        )
+        values.append(result.values[:, 0])
+    return np.concatenate(values)
+
+
+async def evaluate_cosy(
+    folder: RunFolder,
+    client: LineClient,
+    control: ControlSet,
+    n_images: int = 50,
+    template: str = DEFAULT_COSY_TEMPLATE,
+    labels: LabelMap | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    server_id: str | None = None,
+    concurrency: int = 16,
+    batch: int = 64,
+    notes: Notes | None = None,
+) -> list[dict]:
+    """CoSy scores of every labelled neuron of a run: one row per neuron (layer, unit, concept,
+    auc, u, p, mad, n_concept, n_control), in (layer, unit) order.
+
+    ``labels`` replaces the run's final labels (another method's output). With ``cache_dir`` the
+    control matrix is read from / written to disk, keyed by ``server_id`` (a local server's store
+    folder; the server URL by default). ``notes`` receives one line per skipped neuron or file.
+    """
+    if n_images < 1:
+        raise ValueError(f"n_images is {n_images}; CoSy needs at least 1 image per label")
+    cosy_prompt(template, "x")  # fail before any work on a template without {label}
+    note = notes or (lambda text: log.warning("%s", text))
+    settings = folder.read_settings()
+    neurons, skipped = cosy_neurons(folder, labels)
+    for text in skipped:
+        note(text)
+    if not neurons:
+        return []
+    await _check_neurons(client, settings.target, neurons)
+    exclude = search_seeds(folder)
+    controls: dict[str, ControlActivations] = {}
+    for layer in sorted({neuron.layer for neuron in neurons}):
+        if cache_dir is not None:
+            measured = await cached_control_activations(
+                client, control, settings.target, layer, cache_dir, server_id,
+                settings.generator, batch,
+            )  # fmt: skip
+        else:
+            measured = await measure_control(
+                client, control, settings.target, layer, None, settings.generator, batch
+            )
+        for item in measured.skipped:
+            note(f"control image {item.path} skipped: {item.reason}")
+        controls[layer] = measured
+    limit = asyncio.Semaphore(max(1, concurrency))
+
+    async def score(neuron: CosyNeuron) -> dict:
+        prompt = cosy_prompt(template, neuron.label)
+        seeds = cosy_seeds(
+            settings.seed, settings.target, neuron.layer, neuron.unit, neuron.label, n_images,
+            exclude,
+        )  # fmt: skip
+        async with limit:
+            concept = await _render_and_read(client, settings, neuron, prompt, seeds, batch)
+        control_values = controls[neuron.layer].unit(neuron.unit)
+        return {
+            "neuron": thread_id(neuron.layer, neuron.unit),
+            "layer": neuron.layer,
+            "unit": neuron.unit,
+            "concept": neuron.label,
+            **cosy_scores(control_values, concept),
+            "n_concept": int(concept.size),
+            "n_control": int(control_values.size),
+            "prompt": prompt,
+        }
+
+    return list(await asyncio.gather(*(score(neuron) for neuron in neurons)))
+
+
+def write_cosy_csv(path: Path, rows: list[dict]) -> None:
+    """``cosy.csv``: neuron, layer, unit, concept, AUC, U, p, MAD, n_concept, n_control."""
+    keys = {"AUC": "auc", "U": "u", "MAD": "mad"}
+    partial = path.with_name(path.name + ".part")
+    with partial.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(COSY_COLUMNS)
+        for row in rows:
+            writer.writerow(
+                [
+                    f"{row[keys.get(c, c)]:.6g}" if isinstance(row[keys.get(c, c)], float)
+                    else row[keys.get(c, c)]
+                    for c in COSY_COLUMNS
+                ]
+            )  # fmt: skip
+    partial.replace(path)
+
+
+def summarize_cosy(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per layer: neurons, mean and standard deviation (ddof=1; 0 for one neuron) of AUC and MAD."""
+    summary = {}
+    for layer in dict.fromkeys(row["layer"] for row in rows):
+        stats: dict[str, float] = {"neurons": 0}
+        for key in ("auc", "mad"):
+            values = np.array([row[key] for row in rows if row["layer"] == layer])
+            stats["neurons"] = len(values)
+            stats[f"{key}_mean"] = float(values.mean())
+            stats[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[layer] = stats
+    return summary
+
+
+# ----- the command --------------------------------------------------------------------------
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _control_spec(option: str | None, settings: RunSettings) -> str:
+    if option:
+        return option
+    if settings.control:
+        return settings.control
+    if settings.target.startswith("planted:"):
+        return "toy"
+    raise ValueError(
+        f"the run ({settings.target}) has no control set; pass --control PATH, a folder of natural "
+        "images (flat or in class folders, e.g. ImageNet or Places365 validation images)"
+    )
+
+
+def cosy_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `line run`.")],
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="Control set: a folder of natural images (flat or in class folders), toy or "
+            "toy:N [default: the run's control set; toy for the toy world]."
+        ),
+    ] = None,
+    n_images: Annotated[
+        int, typer.Option("--n-images", min=1, help="Images rendered per label.")
+    ] = 50,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score these labels instead of the run's: a CSV with columns unit,label[,layer] "
+            "(e.g. CLIP-Dissect, INVERT or MILAN output)."
+        ),
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="Image prompt with {label} [default: the variant's cosy_template, else "
+            f"'{DEFAULT_COSY_TEMPLATE}']."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV to write [default: RUN_DIR/cosy.csv, or cosy-<labels>.csv with --labels]."
+        ),
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Inference server URL; without it one is started.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
+    store: Annotated[Path | None, typer.Option(help="Store folder of a local server.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where control matrices are cached [default: STORE/control for a local server, "
+            "$LINE_CACHE/control with --server]."
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Neurons rendered at once.")] = 16,
+) -> None:
+    """CoSy: score labels by how well the neuron separates their images from natural images."""
+    from agent.launch import RunSetupError, check_remote_server, start_local_server
+    from tools.client import LineServerError, LineServerUnavailable
+    from tools.controlset import ControlSetError
+    from tools.store import default_cache_dir
+
+    folder = RunFolder(run_dir)
+    local = None
+    try:
+        settings = folder.read_settings()
+        label_map = None
+        if labels is not None:
+            label_map, label_notes = read_label_csv(labels)
+            for text in label_notes:
+                typer.secho(text, fg=typer.colors.YELLOW, err=True)
+        control_set = ControlSet.resolve(_control_spec(control, settings))
+        chosen_template = template or cosy_template_of(settings)
+        cosy_prompt(chosen_template, "x")
+        if server:
+            asyncio.run(
+                check_remote_server(
+                    server, settings.target, settings.layer, settings.units, settings.generator
+                )
+            )
+            url, server_id = server, server
+            cache = cache_dir or default_cache_dir() / "control"
+        else:
+            if settings.generator is None:
+                raise RunSetupError(
+                    "this run used a remote server (its config names no generator); pass "
+                    "--server URL"
+                )
+            store_folder = (store or default_cache_dir() / "store").expanduser().resolve()
+            local = start_local_server(
+                settings.target, settings.layer, settings.units, settings.generator, device,
+                store_folder,
+            )  # fmt: skip
+            url, server_id = local.url, f"store:{store_folder}"
+            cache = cache_dir or store_folder / "control"
+    except (FileNotFoundError, ValueError, ControlSetError) as error:
+        if local is not None:
+            local.stop()
+        _fail(str(error))
+
+    def note(text: str) -> None:
+        typer.secho(text, fg=typer.colors.YELLOW, err=True)
+
+    async def go() -> list[dict]:
+        async with LineClient(url) as client:
+            return await evaluate_cosy(
+                folder, client, control_set, n_images, chosen_template, label_map,
+                cache_dir=cache, server_id=server_id, concurrency=concurrency, notes=note,
+            )  # fmt: skip
+
+    try:
+        rows = asyncio.run(go())
+    except (ValueError, ControlSetError, LineServerError, LineServerUnavailable) as error:
+        _fail(str(error))
+    finally:
+        if local is not None:
+            local.stop()
+    if not rows:
+        _fail("no neuron to score (see the notes above)")
+    path = out or run_dir / (f"cosy-{labels.stem}.csv" if labels is not None else "cosy.csv")
+    write_cosy_csv(path, rows)
+    typer.echo(
+        f"CoSy: {n_images} images per label ({chosen_template!r}), control {control_set.name} "
+        f"({rows[0]['n_control']} images)"
+    )
+    for layer, stats in summarize_cosy(rows).items():
+        typer.echo(
+            f"{layer}: AUC {stats['auc_mean']:.3f} ± {stats['auc_std']:.3f}, "
+            f"MAD {stats['mad_mean']:.3f} ± {stats['mad_std']:.3f} ({stats['neurons']} neurons)"
+        )
+    typer.echo(f"wrote {path}")
