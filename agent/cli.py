@@ -226,6 +226,10 @@ def run(
         Path | None,
         typer.Option(help="Cache LLM answers in this folder: a repeated run costs nothing."),
     ] = None,
+    groups: Annotated[
+        bool,
+        typer.Option(help="Add polysemanticity groups to results.csv (loads a text model)."),
+    ] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
 ) -> None:
     """Explain neurons: propose, render, measure, refine, for many neurons at once."""
@@ -240,7 +244,9 @@ def run(
         )  # fmt: skip
         update, close = _progress_printer(quiet)
         try:
-            rows = execute_run(settings, folder, device=device, store=store, on_progress=update)
+            rows = execute_run(
+                settings, folder, device=device, store=store, on_progress=update, groups=groups
+            )
         finally:
             close()
     except RunSetupError as error:
@@ -272,7 +278,7 @@ def demo(
         _fail(str(error))
     finally:
         close()
-    _print_results(rows, extra=["truth", "match"])
+    _print_results(rows, extra=["truth", "match", "groups"])
     matched = [row for row in rows if row["match"] in (True, False)]
     typer.echo(
         f"ground truth recovered for {sum(row['match'] is True for row in matched)} of "

@@ -227,10 +227,37 @@ def make_llm_client(settings, folder):
     )
 
 
+def add_group_columns(rows: list[dict], folder, extra_columns: list[str] = ()) -> list[dict]:
+    """Polysemanticity: the high-scoring concept groups of each neuron, as results columns.
+
+    Skipped (with a warning) when the offline sentence-embedding model is not installed.
+    """
+    import logging
+
+    from evals.polysemanticity import GROUP_COLUMNS, with_group_columns
+    from evals.similarity import EmbedderUnavailable
+
+    try:
+        rows = with_group_columns(rows, folder)
+    except EmbedderUnavailable as error:
+        logging.getLogger("line.run").warning("no concept groups: %s", error)
+        return rows
+    folder.write_results(rows, extra_columns=[*extra_columns, *GROUP_COLUMNS])
+    return rows
+
+
 def execute_run(
-    settings, folder, device: str = "auto", store: Path | None = None, on_progress=None
+    settings,
+    folder,
+    device: str = "auto",
+    store: Path | None = None,
+    on_progress=None,
+    groups: bool = False,
 ):
-    """Start or reach the server, then explain every unit; returns the results rows."""
+    """Start or reach the server, then explain every unit; returns the results rows.
+
+    ``groups`` adds the polysemanticity columns to ``results.csv`` (loads the embedding model).
+    """
     import asyncio
 
     from agent.prompts import load_variant
@@ -263,10 +290,11 @@ def execute_run(
             )
 
     try:
-        return asyncio.run(go())
+        rows = asyncio.run(go())
     finally:
         if local is not None:
             local.stop()
+    return add_group_columns(rows, folder) if groups else rows
 
 
 def run_demo(out: Path | None, llm: str, llm_base_url: str | None, concurrency: int, on_progress):
@@ -287,12 +315,13 @@ def run_demo(out: Path | None, llm: str, llm_base_url: str | None, concurrency: 
         iterations=DEMO_OFFLINE_ITERATIONS if offline else None, resume=None,
     )  # fmt: skip
     rows = execute_run(settings, folder, device="cpu", on_progress=on_progress)
+    rows = add_group_columns(rows, folder)
     for row in rows:
         unit = truth[row["unit"]]
         row["truth"] = unit.concept
         match = attribute_match(row["label"], unit) if row["status"] == "done" else False
         row["match"] = "-" if match is None else match
-    folder.write_results(rows, extra_columns=["truth", "match"])
+    folder.write_results(rows, extra_columns=["truth", "match", "groups", "group_concepts"])
     return rows, folder
 
 

@@ -10,12 +10,14 @@ from typing import Annotated
 import typer
 
 from evals.cosy_eval import cosy_command
+from evals.groundtruth_eval import groundtruth_command
 
 eval_app = typer.Typer(
     help="Evaluate explanations: CoSy, ground truth, variants, vocabulary baseline.",
     no_args_is_help=True,
 )
 eval_app.command("cosy")(cosy_command)
+eval_app.command("groundtruth")(groundtruth_command)
 
 
 def _fail(message: str) -> None:

@@ -84,6 +84,9 @@ class TargetModel(Protocol):
     name: str
     """The spec the user gave (``torchvision:resnet18:random``, ``planted:shapes``)."""
 
+    identity: str
+    """What fixes the weights (name, file hash, version); keys the activation cache."""
+
     device: str
 
     def layers(self) -> list[LayerInfo]:

@@ -388,7 +388,8 @@ class InferenceService:
                 )
             units = list(units)
         self._check_image_ids(image_ids)
-        cached = await self._in_io_thread(self.cache.get_many, target, layer, set(image_ids))
+        cache_key = target_identity(self.targets[target])
+        cached = await self._in_io_thread(self.cache.get_many, cache_key, layer, set(image_ids))
         waits = {}
         for value in dict.fromkeys(image_ids):
             if value in cached:
@@ -427,7 +428,7 @@ class InferenceService:
         rows = [np.asarray(row, dtype=np.float32) for row in run_activation_batch(model, jobs)]
         try:
             vectors = {job.image_id: row for job, row in zip(jobs, rows, strict=True)}
-            self.cache.put_many(model.name, jobs[0].layer, vectors)
+            self.cache.put_many(target_identity(model), jobs[0].layer, vectors)
         except StoreWriteError as error:  # measuring still works; only caching is lost
             log.warning("%s", error)
         return rows
@@ -446,6 +447,11 @@ class InferenceService:
         await asyncio.to_thread(self._workers.shutdown)
         self._io.shutdown(wait=True)
         self.cache.close()
+
+
+def target_identity(target: TargetModel) -> str:
+    """What the activation cache is keyed by: the target's weights, not only its name."""
+    return getattr(target, "identity", None) or target.name
 
 
 def _as_service_error(error: BaseException) -> ServiceError:

@@ -142,3 +142,19 @@ def test_python_factory_with_its_own_preprocessing(tmp_path):
         load_target(f"python:{source}:missing", "cpu")
     with pytest.raises(BackendSpecError, match="must name a file and a factory"):
         load_target(f"python:{source}", "cpu")
+
+
+def test_random_weights_are_the_same_in_every_load(resnet18):
+    again = load_target("torchvision:resnet18:random", "cpu")
+    batch = images(2)
+    np.testing.assert_array_equal(again.activations(batch, "fc"), resnet18.activations(batch, "fc"))
+    assert again.identity == "torchvision:resnet18:random"
+
+
+def test_identity_follows_the_model_file(tmp_path):
+    source = tmp_path / "net.py"
+    source.write_text("import torch\ndef build():\n    return torch.nn.Conv2d(3, 2, 3)\n")
+    first = load_target(f"python:{source}:build", "cpu").identity
+    source.write_text("import torch\ndef build():\n    return torch.nn.Conv2d(3, 4, 3)\n")
+    second = load_target(f"python:{source}:build", "cpu").identity
+    assert first != second and first.startswith(f"python:{source}:build@")

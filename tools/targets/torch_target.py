@@ -9,6 +9,7 @@ last call.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import pickle
 from collections.abc import Callable, Sequence
@@ -62,10 +63,18 @@ class _StopForward(Exception):
 class TorchTarget:
     """A ``TargetModel`` over any ``torch.nn.Module`` with its preprocessing."""
 
-    def __init__(self, name: str, module, preprocess: Preprocess | None, device: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        module,
+        preprocess: Preprocess | None,
+        device: str,
+        identity: str | None = None,
+    ) -> None:
         import torch
 
         self.name = name
+        self.identity = identity or name
         self.device = device
         self.module = module.eval().to(device)
         self.preprocess = preprocess or imagenet_preprocess()
@@ -164,7 +173,10 @@ def create_torchvision_target(rest: str, device: str, trust_checkpoints: bool = 
             + ", ".join(available)
         )
     if weights_name == "random":
-        module = models.get_model(arch, weights=None)
+        # a fixed random initialisation: the same weights in every process, so cached
+        # activations of an earlier server stay valid
+        with torch_seed(RANDOM_WEIGHTS_SEED):
+            module = models.get_model(arch, weights=None)
         return TorchTarget(f"torchvision:{rest}", module, None, device)
     weights_enum = models.get_model_weights(arch)
     valid = ["DEFAULT", *weights_enum.__members__, "random"]
@@ -184,6 +196,36 @@ def create_torchvision_target(rest: str, device: str, trust_checkpoints: bool = 
         ) from error
     del torchvision
     return TorchTarget(f"torchvision:{rest}", module, weights.transforms(), device)
+
+
+RANDOM_WEIGHTS_SEED = 0
+
+
+class torch_seed:
+    """Seed torch's global generator inside a block, restoring its state afterwards."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        import torch
+
+        self._state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *_exc) -> None:
+        import torch
+
+        torch.random.set_rng_state(self._state)
+
+
+def file_fingerprint(path: Path) -> str:
+    """A short content hash of a file (checkpoints, model code), for cache keys."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_checkpoint(path: Path, trust_checkpoints: bool):
@@ -246,7 +288,8 @@ def create_places365_target(rest: str, device: str, trust_checkpoints: bool = Fa
         module.load_state_dict(state_dict)
     except RuntimeError as error:
         raise BackendSpecError(f"{rest!r} does not fit {arch} with 365 classes: {error}") from error
-    return TorchTarget(f"places365:{rest}", module, None, device)
+    identity = f"places365:{rest}@{file_fingerprint(Path(rest).expanduser())}"
+    return TorchTarget(f"places365:{rest}", module, None, device, identity)
 
 
 def create_python_target(rest: str, device: str, trust_checkpoints: bool = False):
@@ -277,4 +320,5 @@ def create_python_target(rest: str, device: str, trust_checkpoints: bool = False
             f"factory {factory_name!r} returned {type(module).__name__}; it must return a "
             "torch.nn.Module or a (module, preprocess) tuple"
         )
-    return TorchTarget(f"python:{rest}", module, preprocess, device)
+    identity = f"python:{rest}@{file_fingerprint(path)}"
+    return TorchTarget(f"python:{rest}", module, preprocess, device, identity)

@@ -1,0 +1,215 @@
+"""The ground-truth scorer on hand-written labels, and the benchmark on the toy world."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from evals.groundtruth import (
+    CLAIM_Z,
+    GroundTruth,
+    attribute_match,
+    normalised_score,
+    score_label,
+)
+from evals.groundtruth_eval import (
+    ROW_COLUMNS,
+    SUMMARY_COLUMNS,
+    groundtruth_command,
+    run_groundtruth_benchmark,
+    summarize_groundtruth,
+)
+from evals.similarity import default_embedder
+from tools.toyworld.truth import planted_ground_truth
+
+TRUTH = {unit.unit: unit for unit in planted_ground_truth()}
+RED, BLUE_TRIANGLE, STAR_OR_CROSS, MANY_SMALL, NOISE, CONSTANT = 0, 1, 2, 3, 4, 17
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return default_embedder()
+
+
+@pytest.fixture
+def cli() -> typer.Typer:
+    """``groundtruth_command`` mounted as ``line eval groundtruth`` will be."""
+    app = typer.Typer()
+    app.command("groundtruth")(groundtruth_command)
+
+    @app.callback()
+    def main() -> None:
+        """A group, so the command is invoked by name."""
+
+    return app
+
+
+# --------------------------------------------------------------------------- scorer
+
+
+def test_attribute_match_keeps_its_behaviour():
+    assert attribute_match("navy triangles", TRUTH[BLUE_TRIANGLE]) is True
+    assert attribute_match("blue", TRUTH[BLUE_TRIANGLE]) is False
+    assert attribute_match("cross or star", TRUTH[STAR_OR_CROSS]) is True
+    assert attribute_match("anything", TRUTH[NOISE]) is None
+
+
+@pytest.mark.parametrize(
+    ("unit", "label", "match"),
+    [
+        (RED, "red", True),
+        (RED, "crimson objects", True),
+        (RED, "red triangle", False),
+        (BLUE_TRIANGLE, "navy triangles", True),
+        (BLUE_TRIANGLE, "blue", False),
+        (STAR_OR_CROSS, "stars or crosses", True),
+        (STAR_OR_CROSS, "star", False),
+        (MANY_SMALL, "many small objects", True),
+    ],
+)
+def test_score_label_on_hand_written_labels(embedder, unit, label, match):
+    scored = score_label(label, TRUTH[unit], embedder)
+    assert scored.attribute_match is match
+    assert scored.recovered is match
+    assert scored.kind == TRUTH[unit].kind and scored.truth == TRUTH[unit].concept
+    assert -1.0 <= scored.similarity <= 1.0 + 1e-6
+    assert scored.normalised_score is None and scored.claimed is None  # no history given
+
+
+def test_similarity_ranks_labels(embedder):
+    truth = TRUTH[RED]
+    exact = score_label("red", truth, embedder).similarity
+    close = score_label("red triangle", truth, embedder).similarity
+    far = score_label("hexagon", truth, embedder).similarity
+    assert exact == pytest.approx(1.0, abs=1e-5)
+    assert exact > close > far
+
+
+def test_truth_without_attributes_is_scored_by_similarity(embedder):
+    """A planted neuron of a real model (a detector) knows only its concept text."""
+    dog = GroundTruth("dog", "single")
+    assert score_label("puppy", dog, embedder).attribute_match is None
+    assert score_label("puppy", dog, embedder).recovered is True
+    assert score_label("car", dog, embedder).recovered is False
+    as_mapping = score_label("puppy", {"concept": "dog", "kind": "single"}, embedder)
+    assert as_mapping == score_label("puppy", dog, embedder)
+
+
+def test_no_concept_unit_claims(embedder):
+    rng = random.Random(0)
+    noise = [rng.gauss(0.5, 0.05) for _ in range(28)]
+    quiet = score_label("hexagon", TRUTH[NOISE], embedder, history_scores=noise)
+    assert quiet.attribute_match is None and quiet.similarity is None and quiet.recovered is None
+    assert quiet.normalised_score < CLAIM_Z and quiet.claimed is False
+    standout = [0.1, 0.12, 0.09, 0.11, 0.1, 0.13, 0.08, 2.0]
+    loud = score_label("red", TRUTH[NOISE], embedder, score=2.0, history_scores=standout)
+    assert loud.normalised_score > CLAIM_Z and loud.claimed is True
+    constant = score_label("red", TRUTH[CONSTANT], embedder, history_scores=[1.0] * 10)
+    assert constant.normalised_score == 0.0 and constant.claimed is False
+
+
+def test_failed_neuron_matches_and_claims_nothing(embedder):
+    assert score_label("", TRUTH[RED], embedder).recovered is False
+    assert score_label(None, TRUTH[RED], embedder).similarity == 0.0
+    assert score_label("", TRUTH[NOISE], embedder, history_scores=[0.0, 5.0]).claimed is False
+
+
+def test_normalised_score_edges():
+    assert normalised_score(1.0, [1.0, 1.0, 1.0]) == 0.0
+    assert normalised_score(2.0, [1.0, 1.0, 1.0, 2.0]) == math.inf
+    assert normalised_score(1.0, [float("nan"), float("-inf")]) is None
+    assert normalised_score(3.0, [1.0, 2.0, 3.0]) == pytest.approx(0.6745)
+
+
+def test_ground_truth_needs_a_kind():
+    with pytest.raises(ValueError, match="kind in single, and, or, count, none"):
+        GroundTruth.of({"concept": "dog", "kind": "animal"})
+    assert GroundTruth.of(TRUTH[RED]) == GroundTruth("red", "single", ("red",))
+
+
+def test_summary_per_kind():
+    def row(repeat, unit, kind, recovered, claimed=None, groups=1):
+        return {
+            "repeat": repeat, "unit": unit, "kind": kind, "recovered": recovered,
+            "claimed": claimed, "similarity": 1.0 if recovered else 0.5, "groups": groups,
+        }  # fmt: skip
+
+    rows = [
+        row(1, 0, "single", True), row(1, 5, "single", False), row(1, 2, "or", True, groups=2),
+        row(1, 4, "none", None, claimed=True), row(1, 17, "none", None, claimed=False),
+        row(2, 0, "single", True), row(2, 5, "single", True), row(2, 2, "or", False, groups=2),
+        row(2, 4, "none", None, claimed=False), row(2, 17, "none", None, claimed=False),
+    ]  # fmt: skip
+    summary = {entry["kind"]: entry for entry in summarize_groundtruth(rows)}
+    assert list(summary) == ["single", "or", "none", "all"]
+    assert summary["single"]["recovery"] == pytest.approx(0.75)  # mean of 0.5 and 1.0
+    assert (summary["single"]["recovery_min"], summary["single"]["recovery_max"]) == (0.5, 1.0)
+    assert summary["or"]["recovery"] == pytest.approx(0.5) and summary["or"]["groups"] == 2
+    assert summary["none"]["false_claims"] == pytest.approx(0.25)
+    assert summary["none"]["recovery"] is None
+    assert summary["all"]["units"] == 3 and summary["all"]["runs"] == 6
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_groundtruth_command(cli, tmp_path):
+    out = tmp_path / "gt"
+    args = ["groundtruth", "--units", "0,2,17", "--iterations", "8", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:4] == ["kind", "units", "runs", "recovered"]
+    assert [line.split()[0] for line in lines[2:6]] == ["single", "or", "none", "all"]
+    assert str(out / "groundtruth.csv") in result.output
+
+    with (out / "groundtruth.csv").open() as stream:
+        rows = {int(row["unit"]): row for row in csv.DictReader(stream)}
+    assert list(next(iter(rows.values()))) == ROW_COLUMNS
+    assert rows[RED]["kind"] == "single" and rows[RED]["status"] == "done"
+    assert float(rows[RED]["similarity"]) > 0.5  # a label about red
+    assert rows[RED]["groups"] == "1"
+    assert rows[CONSTANT]["claimed"] == "False" and rows[CONSTANT]["groups"] == "0"
+    with (out / "groundtruth-summary.csv").open() as stream:
+        summary = {row["kind"]: row for row in csv.DictReader(stream)}
+    assert list(next(iter(summary.values()))) == SUMMARY_COLUMNS
+    assert summary["none"]["false_claims"] == "0.0"
+    assert (out / "repeat-1" / "results.csv").is_file()
+
+    again = CliRunner().invoke(cli, args)  # the finished run is resumed, not redone
+    assert again.exit_code == 0, again.output
+    assert again.output == result.output
+
+    other = CliRunner().invoke(cli, ["groundtruth", "--units", "0", "--out", str(out), "--quiet"])
+    assert other.exit_code == 2 and "holds another run" in other.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--units", "99"], "no planted unit 99"),
+        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--llm", "nonsense"], "nonsense"),
+    ],
+)
+def test_groundtruth_command_rejects_bad_input(cli, tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["groundtruth", "--out", str(tmp_path / "gt"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_benchmark_repeats(tmp_path, embedder):
+    result = run_groundtruth_benchmark(
+        tmp_path / "gt", repeats=2, iterations=2, units=[RED, CONSTANT], embedder=embedder
+    )
+    assert [row["repeat"] for row in result["rows"]] == [1, 1, 2, 2]
+    assert [path.name for path in result["runs"]] == ["repeat-1", "repeat-2"]
+    assert set(result["recovery"]) == {"single", "all"}
+    assert result["false_claim_rate"] == 0.0
+    seeds = {path.name: (path / "config.json").read_text() for path in result["runs"]}
+    assert '"seed": 1' in seeds["repeat-2"]
