@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from agent.prompts import load_variant
-from agent.providers import build_llm_client
-from agent.runner import RunFolder, RunSettings, run_neurons
-from tools.client import LineClient
-from tools.registry import load_generator, load_target
-from tools.server import create_app, start_server_thread
-from tools.service import BatchingConfig, InferenceService
-from tools.store import ActivationCache, ImageStore
+from agent.runner import RunFolder
 from tools.toyworld.truth import planted_ground_truth
 
 
@@ -29,42 +20,20 @@ def cosy_units() -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def cosy_toy_server(tmp_path_factory):
-    """procedural:shapes + planted:shapes behind a real server on 127.0.0.1."""
-    folder = tmp_path_factory.mktemp("cosy-store")
-    service = InferenceService(
-        [load_generator("procedural:shapes", "cpu")],
-        [load_target("planted:shapes", "cpu")],
-        ImageStore(folder),
-        ActivationCache(folder / "activations.sqlite"),
-        BatchingConfig(max_batch=64, max_wait_ms=5),
-    )
-    running = start_server_thread(create_app(service))
-    yield running.url
-    running.stop()
+def cosy_toy_server(toy_world_server):
+    """The shared toy-world server (see tests/conftest.py)."""
+    return toy_world_server
 
 
 @pytest.fixture(scope="session")
-def cosy_run(cosy_toy_server, cosy_units, tmp_path_factory) -> RunFolder:
+def cosy_run(cosy_toy_server, cosy_units, tmp_path_factory, explain) -> RunFolder:
     """A finished offline run (offline:vocab, 2 iterations) of three planted units."""
-    settings = RunSettings(
-        target="planted:shapes",
-        layer="planted",
-        units=sorted(cosy_units.values()),
+    rows, folder = explain(
+        cosy_toy_server,
+        tmp_path_factory.mktemp("cosy-run") / "run",
+        sorted(cosy_units.values()),
         generator="procedural:shapes",
-        llm="offline:vocab",
-        variant_overrides={"iterations": 2},
-        server=cosy_toy_server,
+        iterations=2,
     )
-    folder = RunFolder(tmp_path_factory.mktemp("cosy-run") / "run")
-    folder.create(settings)
-    variant = load_variant("paper", iterations=2)
-
-    async def go():
-        llm = build_llm_client("offline:vocab", temperature=variant.settings.temperature)
-        async with LineClient(cosy_toy_server) as client:
-            return await run_neurons(settings, folder, client, llm, variant)
-
-    rows = asyncio.run(go())
     assert all(row["status"] == "done" for row in rows), rows
     return folder

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 import pytest
 
 from agent.launch import DEMO_OFFLINE_ITERATIONS
-from agent.prompts import load_variant
-from agent.providers import build_llm_client
-from agent.runner import RunFolder, RunSettings, run_neurons
 from agent.scoreboard import ConceptEntry
 from evals.polysemanticity import (
     GROUP_COLUMNS,
@@ -25,11 +21,6 @@ from evals.polysemanticity import (
     with_group_columns,
 )
 from evals.similarity import default_embedder
-from tools.client import LineClient
-from tools.registry import load_generator, load_target
-from tools.server import create_app, start_server_thread
-from tools.service import BatchingConfig, InferenceService
-from tools.store import ActivationCache, ImageStore, default_cache_dir
 from tools.toyworld.vocabulary import parse_attributes
 
 RED, STAR_OR_CROSS = 0, 2  # planted units: a single attribute and an OR unit
@@ -185,52 +176,13 @@ def test_text_rules():
 
 
 @pytest.fixture(scope="module")
-def toy_server():
-    """procedural:shapes + planted:shapes on 127.0.0.1, storing into the session's LINE cache
-    (so the ground-truth benchmark test reuses these images)."""
-    folder = default_cache_dir() / "store"
-    service = InferenceService(
-        [load_generator("procedural:shapes", "cpu")],
-        [load_target("planted:shapes", "cpu")],
-        ImageStore(folder),
-        ActivationCache(folder / "activations.sqlite"),
-        BatchingConfig(max_batch=64, max_wait_ms=5),
-    )
-    running = start_server_thread(create_app(service))
-    yield running.url
-    running.stop()
-
-
-def explain(server_url: str, out, units: list[int], **overrides) -> tuple[list[dict], RunFolder]:
-    """Run planted units in-process with the offline proposer (as tests/agent/conftest.py)."""
-    settings = RunSettings(
-        target="planted:shapes",
-        layer="planted",
-        units=units,
-        generator="procedural:shapes",
-        llm="offline:vocab",
-        variant_overrides=overrides,
-        server=server_url,
-    )
-    folder = RunFolder(out)
-    folder.create(settings)
-    variant = load_variant("paper", **overrides)
-
-    async def go():
-        llm = build_llm_client("offline:vocab", temperature=variant.settings.temperature)
-        async with LineClient(server_url) as client:
-            return await run_neurons(settings, folder, client, llm, variant)
-
-    return asyncio.run(go()), folder
-
-
-@pytest.fixture(scope="module")
-def toy_run(toy_server, tmp_path_factory):
+def toy_run(toy_world_server, tmp_path_factory, explain):
     """The offline demo's budget on the red unit and the star-or-cross unit."""
     rows, folder = explain(
-        toy_server,
+        toy_world_server,
         tmp_path_factory.mktemp("poly-run") / "run",
         [RED, STAR_OR_CROSS],
+        generator="procedural:shapes",
         iterations=DEMO_OFFLINE_ITERATIONS,
     )
     assert all(row["status"] == "done" for row in rows), rows
