@@ -230,6 +230,9 @@ def run(
         bool,
         typer.Option(help="Add polysemanticity groups to results.csv (loads a text model)."),
     ] = True,
+    report_html: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")
+    ] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
 ) -> None:
     """Explain neurons: propose, render, measure, refine, for many neurons at once."""
@@ -254,6 +257,8 @@ def run(
     if not quiet:
         _print_results(rows)
     typer.echo(f"run folder: {folder.path}")
+    if report_html:
+        _write_report(folder.path, store)
 
 
 @app.command()
@@ -285,6 +290,67 @@ def demo(
         f"{len(matched)} planted units with a concept"
     )
     typer.echo(f"run folder: {folder.path}")
+    _write_report(folder.path)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (from `line run` or `line demo`).")],
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Image store the run used (default: ~/.cache/line/store)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default: RUN_DIR/report).")
+    ] = None,
+) -> None:
+    """Write a run's static HTML report: opens from file://, no server or network needed."""
+    from agent.report import ReportError, build_report
+
+    try:
+        index = build_report(run_dir, store=store, out=out)
+    except ReportError as error:
+        _fail(str(error))
+    typer.echo(f"report: {index}")
+
+
+@app.command()
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, finished or still running.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8500,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Image store the run used (default: ~/.cache/line/store)."),
+    ] = None,
+) -> None:
+    """Serve a run's report on 127.0.0.1; pages refresh while the run is still going."""
+    from agent.report import ReportError, serve_viewer
+
+    try:
+        serve_viewer(
+            run_dir,
+            port,
+            store,
+            on_ready=lambda url: typer.echo(f"viewing {run_dir} at {url} (Ctrl-C to stop)"),
+        )
+    except ReportError as error:
+        _fail(str(error))
+
+
+def _write_report(run_dir: Path, store: Path | None = None) -> None:
+    """Write the run's HTML report and print its path; a failure only warns."""
+    from agent.report import build_report
+
+    try:
+        index = build_report(run_dir, store=store)
+    except Exception as error:  # the run's results are safe; the report can be rebuilt
+        typer.secho(
+            f"could not write the report ({error}); try `line report {run_dir}`",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        return
+    typer.echo(f"report: {index}")
 
 
 if __name__ == "__main__":

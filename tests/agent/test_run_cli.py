@@ -69,6 +69,8 @@ def test_an_existing_run_folder_is_not_overwritten(tmp_path):
     assert resumed.exit_code == 0, resumed.output
     header = (tmp_path / "run" / "results.csv").read_text().splitlines()[0]
     assert header.endswith(",groups,group_concepts")  # polysemanticity columns
+    assert f"report: {tmp_path / 'run' / 'report' / 'index.html'}" in resumed.output
+    assert (tmp_path / "run" / "report" / "index.html").is_file()
 
 
 def test_a_killed_run_resumes_without_repeating_steps(tmp_path):
@@ -79,6 +81,7 @@ def test_a_killed_run_resumes_without_repeating_steps(tmp_path):
             sys.executable, "-m", "agent.cli", "run", *TOY, "--units", units, "--llm",
             "openai-compatible:scripted", "--llm-base-url", llm.url, "--out", str(out),
             "--iterations", "6", "--concurrency", "4", "--quiet", "--no-groups",
+            "--no-report",
         ]  # fmt: skip
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
@@ -92,7 +95,7 @@ def test_a_killed_run_resumes_without_repeating_steps(tmp_path):
         assert not out.joinpath("results.csv").exists()
         resumed = subprocess.run(
             [sys.executable, "-m", "agent.cli", "run", "--resume", str(out), "--quiet",
-             "--no-groups"],
+             "--no-groups", "--no-report"],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -157,7 +160,8 @@ def test_llm_cache_makes_a_repeated_run_cost_no_calls(tmp_path):
     cache = tmp_path / "llm-cache"
     with start_scripted_llm(ProposerPolicy()) as llm:
         common = [*TOY, "--units", "0-1", "--llm", "openai-compatible:scripted", "--llm-base-url",
-                  llm.url, "--iterations", "2", "--llm-cache", str(cache), "--quiet"]  # fmt: skip
+                  llm.url, "--iterations", "2", "--llm-cache", str(cache), "--quiet",
+                  "--no-report"]  # fmt: skip
         first = line_run(*common, "--out", str(tmp_path / "a"))
         after_first = llm.stats.requests
         second = line_run(*common, "--out", str(tmp_path / "b"))

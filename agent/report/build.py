@@ -1,0 +1,186 @@
+"""Building the static report folder of a run: ``<run>/report/index.html`` and friends.
+
+The folder holds ``index.html``, ``neurons/<layer>__<unit>.html``, ``thumbs/`` (JPEG
+thumbnails, written once) and ``assets/`` (one stylesheet, one small script). It opens from
+``file://``: no server, no network, no CDN; all data is in the HTML.
+
+Builds are incremental: a neuron page is rewritten only when its history (or what else it
+shows) changed, its concept groups are cached in ``.build.json``, and thumbnails that exist are
+kept. The live viewer rebuilds the same folder every time the run writes a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.report.data import NeuronView, RunView, load_run
+from agent.report.groups import group_from_json, group_to_json, load_grouper, neuron_groups
+from agent.report.pages import index_page, neuron_page
+from agent.report.thumbs import ImageSource, ThumbnailWriter, default_store
+
+log = logging.getLogger("line.report")
+
+BUILD_VERSION = "3"
+"""Bump when pages change shape, so every page of an old report is rewritten."""
+STATIC = Path(__file__).parent / "static"
+CACHE_FILE = ".build.json"
+
+
+@dataclass
+class BuildResult:
+    """What one build did."""
+
+    index: Path
+    neurons: int
+    finished: int
+    pages_written: int
+    missing_images: int
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that a reader (the viewer, a browser) sees all of it or the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; a report is for others to read
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class ReportBuilder:
+    """Builds (and rebuilds) the report folder of one run."""
+
+    def __init__(
+        self, run_dir: str | Path, store: str | Path | None = None, out: str | Path | None = None
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.out = Path(out) if out is not None else self.run_dir / "report"
+        self.store = Path(store) if store is not None else default_store()
+        self._grouper, self._grouper_note = load_grouper()
+
+    def _read_cache(self) -> dict[str, Any]:
+        try:
+            cache = json.loads((self.out / CACHE_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return {"pages": {}, "groups": {}}
+        if cache.get("version") != BUILD_VERSION:
+            return {"pages": {}, "groups": {}}
+        return cache
+
+    def _add_groups(self, neuron: NeuronView, cache: dict[str, Any]) -> None:
+        if not neuron.has_page:
+            return
+        key = f"{neuron.slug}:{neuron.history_signature}"
+        cached = cache["groups"].get(key)
+        if cached is not None:
+            neuron.groups = group_from_json(cached["groups"])
+            neuron.groups_note = cached.get("note", "")
+            return
+        if self._grouper is None:
+            neuron.groups, neuron.groups_note = None, self._grouper_note
+            return
+        neuron.groups, neuron.groups_note = neuron_groups(self._grouper, neuron.entries)
+        if neuron.groups is not None:
+            cache["groups"][key] = {"groups": group_to_json(neuron.groups), "note": ""}
+
+    def _copy_assets(self) -> None:
+        target = self.out / "assets"
+        target.mkdir(parents=True, exist_ok=True)
+        for source in STATIC.iterdir():
+            if source.suffix not in (".css", ".js"):
+                continue
+            destination = target / source.name
+            if not destination.is_file() or destination.read_bytes() != source.read_bytes():
+                shutil.copyfile(source, destination)
+
+    def build(self) -> BuildResult:
+        """Read the run folder and write every page that changed; returns what it did."""
+        run: RunView = load_run(self.run_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._copy_assets()
+        cache = self._read_cache()
+        live_keys = set()
+        for neuron in run.neurons:
+            self._add_groups(neuron, cache)
+            live_keys.add(f"{neuron.slug}:{neuron.history_signature}")
+        cache["groups"] = {k: v for k, v in cache["groups"].items() if k in live_keys}
+
+        source = ImageSource(self.store, run.config.get("server"))
+        wanted = {image.image_id for n in run.neurons for image in n.images()}
+        available = ThumbnailWriter(self.out, source).ensure(wanted)
+        missing = len(wanted - available)
+        if missing:
+            log.warning(
+                "%d of %d images of %s are not in the store %s (nor on its server); the report "
+                "shows placeholders for them: pass the run's --store",
+                missing,
+                len(wanted),
+                self.run_dir,
+                self.store,
+            )
+
+        pages = [n for n in run.neurons if n.has_page]
+        written = 0
+        page_keys: dict[str, str] = {}
+        for position, neuron in enumerate(pages):
+            previous = pages[position - 1] if position > 0 else None
+            following = pages[position + 1] if position + 1 < len(pages) else None
+            ids = sorted(i.image_id for i in neuron.images())
+            key = _digest(
+                [
+                    BUILD_VERSION,
+                    run.config,
+                    run.score_kind,
+                    neuron.history_signature,
+                    [vars(row) for row in neuron.cosy],
+                    neuron.truth,
+                    neuron.match,
+                    group_to_json(neuron.groups),
+                    neuron.groups_note,
+                    previous.slug if previous else None,
+                    following.slug if following else None,
+                    [i in available for i in ids],
+                    str(self.run_dir.resolve()),
+                ]
+            )
+            page_keys[neuron.slug] = key
+            path = self.out / "neurons" / f"{neuron.slug}.html"
+            if cache["pages"].get(neuron.slug) == key and path.is_file():
+                continue
+            write_text_atomic(path, neuron_page(run, neuron, available, previous, following))
+            written += 1
+        index = self.out / "index.html"
+        write_text_atomic(index, index_page(run, available, missing, str(self.store)))
+        cache.update({"version": BUILD_VERSION, "pages": page_keys})
+        write_text_atomic(self.out / CACHE_FILE, json.dumps(cache))
+        finished = sum(n.has_page for n in run.neurons)
+        return BuildResult(index, len(run.neurons), finished, written, missing)
+
+
+def build_report(
+    run_dir: str | Path, store: str | Path | None = None, out: str | Path | None = None
+) -> Path:
+    """Write the run's static HTML report (default ``<run_dir>/report``); returns index.html.
+
+    ``store`` is the image store the run used (default ``$LINE_CACHE/store``, i.e.
+    ``~/.cache/line/store``). Works on finished, running and interrupted runs alike; raises
+    ``ReportError`` when ``run_dir`` is not a run folder.
+    """
+    return ReportBuilder(run_dir, store, out).build().index

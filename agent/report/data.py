@@ -1,0 +1,422 @@
+"""Reading a run folder into what the report shows: the config, and one view per neuron.
+
+Everything comes from files: ``config.json``, ``neurons/<layer>__<unit>.json``,
+``results.csv`` (the demo's ``truth`` and ``match`` columns) and, when an evaluation wrote it,
+``cosy.csv``. A unit of the config without a history has not finished (the run is going on, or
+was interrupted); it is listed as ``unfinished``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.runner import FAULT_COUNTERS
+
+STATUS_ORDER = ("done", "failed", "unfinished")
+"""Statuses shown in the report, in the order the index's filter lists them."""
+
+
+class ReportError(ValueError):
+    """A report that cannot be built; the message says what to do."""
+
+
+@dataclass
+class ImageView:
+    """One generated image of a concept with the neuron's activation on it."""
+
+    image_id: str
+    activation: float | None
+    prompt: str
+    seed: int | None
+    concept: str
+    iteration: int
+
+
+@dataclass
+class EntryView:
+    """One tried concept: its score and images, in the order tried."""
+
+    index: int
+    concept: str
+    score: float | None
+    iteration: int
+    source: str
+    images: list[ImageView]
+    best_so_far: float | None = None
+    new_best: bool = False
+
+
+@dataclass
+class CosyRow:
+    """One CoSy evaluation of a concept for a neuron (a row of ``cosy.csv``)."""
+
+    concept: str
+    auc: float | None
+    mad: float | None
+    p: float | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GroupView:
+    """High-scoring concepts that share one meaning, best first."""
+
+    concepts: list[str]
+    scores: list[float]
+
+    @property
+    def best_concept(self) -> str:
+        """The group's best concept."""
+        return self.concepts[0]
+
+    @property
+    def best_score(self) -> float:
+        """The group's best score."""
+        return self.scores[0]
+
+
+@dataclass
+class NeuronView:
+    """Everything the report shows about one neuron."""
+
+    layer: str
+    unit: int
+    slug: str
+    status: str
+    reason: str = ""
+    label: str = ""
+    score: float | None = None
+    label_source: str = ""
+    summary_concept: str = ""
+    summary_text: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+    entries: list[EntryView] = field(default_factory=list)
+    seed_concepts: list[str] = field(default_factory=list)
+    llm_log: list[dict[str, Any]] = field(default_factory=list)
+    cosy: list[CosyRow] = field(default_factory=list)
+    truth: str | None = None
+    match: str | None = None
+    groups: list[GroupView] | None = None
+    groups_note: str = ""
+    history_signature: str = ""
+
+    @property
+    def has_page(self) -> bool:
+        """Whether the neuron has a history (and so a page of its own)."""
+        return self.status != "unfinished"
+
+    @property
+    def llm_calls(self) -> int:
+        """LLM calls spent on the neuron."""
+        return int(self.counters.get("llm_calls", 0))
+
+    @property
+    def tokens(self) -> int:
+        """Input plus output tokens."""
+        return int(self.counters.get("input_tokens", 0)) + int(
+            self.counters.get("output_tokens", 0)
+        )
+
+    @property
+    def faults(self) -> int:
+        """Rate limits, server errors, timeouts, unusable answers and tool errors."""
+        return sum(int(self.counters.get(key, 0)) for key in FAULT_COUNTERS)
+
+    @property
+    def label_cosy(self) -> CosyRow | None:
+        """The CoSy row of the final label (else the first one)."""
+        for row in self.cosy:
+            if normalise(row.concept) == normalise(self.label):
+                return row
+        return self.cosy[0] if self.cosy else None
+
+    def images(self) -> list[ImageView]:
+        """Every image of the history, each once."""
+        seen: dict[str, ImageView] = {}
+        for entry in self.entries:
+            for image in entry.images:
+                seen.setdefault(image.image_id, image)
+        return list(seen.values())
+
+    def top_images(self, count: int) -> list[ImageView]:
+        """The images that activate the neuron most, highest first."""
+        scored = [image for image in self.images() if image.activation is not None]
+        return sorted(scored, key=lambda image: -float(image.activation))[:count]
+
+
+@dataclass
+class RunView:
+    """A run folder as the report sees it."""
+
+    path: Path
+    config: dict[str, Any]
+    neurons: list[NeuronView]
+    score_kind: str = "mean"
+    has_cosy: bool = False
+    has_truth: bool = False
+
+    @property
+    def name(self) -> str:
+        """The run folder's name."""
+        return self.path.resolve().name
+
+
+def normalise(text: str | None) -> str:
+    """Lower case with single spaces, for comparing concepts."""
+    return " ".join(str(text or "").lower().split())
+
+
+def finite(value: Any) -> float | None:
+    """A finite float, or None for blanks, NaN and text."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def history_slug(layer: str, unit: int) -> str:
+    """The file stem of a neuron's history (and of its report page)."""
+    return f"{layer.replace('/', '_')}__{unit}"
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """``config.json`` as a dict; ``ReportError`` when the folder is not a run."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ReportError(
+            f"{run_dir} is not a LINE run folder (no config.json); pass the folder given to "
+            "`line run --out DIR` or `line demo --out DIR`"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReportError(
+            f"{path} is not valid JSON ({error}); is the run folder damaged?"
+        ) from error
+    if not isinstance(config, dict) or "target" not in config or "layer" not in config:
+        raise ReportError(f"{path} has no target and layer; is it a LINE run folder?")
+    return config
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file, empty when it does not exist or cannot be read."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as stream:
+            return list(csv.DictReader(stream))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
+def read_cosy(run_dir: Path) -> dict[tuple[str, int], list[CosyRow]]:
+    """``cosy.csv`` rows by (layer, unit); empty when no CoSy evaluation ran. Column names are
+    read case-insensitively (``AUC``/``auc``, ``MAD``/``mad``)."""
+    out: dict[tuple[str, int], list[CosyRow]] = {}
+    for raw in read_csv_rows(run_dir / "cosy.csv"):
+        row = {str(k).strip().lower(): v for k, v in raw.items() if k is not None}
+        try:
+            key = (row.get("layer", ""), int(row.get("unit", "")))
+        except ValueError:
+            continue
+        known = {"layer", "unit", "concept", "auc", "mad", "p", "neuron"}
+        out.setdefault(key, []).append(
+            CosyRow(
+                concept=row.get("concept", ""),
+                auc=finite(row.get("auc")),
+                mad=finite(row.get("mad")),
+                p=finite(row.get("p")),
+                extra={k: v for k, v in row.items() if k not in known and k and v},
+            )
+        )
+    return out
+
+
+def read_results(run_dir: Path) -> dict[tuple[str, int], dict[str, str]]:
+    """``results.csv`` rows by (layer, unit)."""
+    out = {}
+    for row in read_csv_rows(run_dir / "results.csv"):
+        try:
+            out[(row.get("layer", ""), int(row.get("unit", "")))] = row
+        except ValueError:
+            continue
+    return out
+
+
+def toy_world_truth(config: Mapping[str, Any]) -> dict[int, Any]:
+    """Planted units by index when the run's target is the toy world's planted model."""
+    if not str(config.get("target", "")).startswith("planted:"):
+        return {}
+    try:
+        from tools.toyworld.truth import planted_ground_truth
+    except ImportError:
+        return {}
+    return {unit.unit: unit for unit in planted_ground_truth() if unit.layer == config["layer"]}
+
+
+def truth_columns(
+    label: str, status: str, planted: Any, row: Mapping[str, str] | None
+) -> tuple[str | None, str | None]:
+    """(truth, match) from ``results.csv`` where the demo wrote them, else from the toy world."""
+    if row and row.get("truth"):
+        return row["truth"], row.get("match") or None
+    if planted is None:
+        return None, None
+    match: str | None = None
+    if status == "done":
+        try:
+            from evals.groundtruth import attribute_match
+
+            matched = attribute_match(label, planted)
+            match = "-" if matched is None else str(bool(matched))
+        except ImportError:
+            match = None
+    return planted.concept, match
+
+
+def entry_views(entries: Iterable[Mapping[str, Any]]) -> list[EntryView]:
+    """History entries as views, with the best score so far after each."""
+    views = []
+    best: float | None = None
+    for index, entry in enumerate(entries):
+        score = finite(entry.get("score"))
+        ids = list(entry.get("image_ids") or [])
+        activations = list(entry.get("activations") or [])
+        prompts = list(entry.get("prompts") or [])
+        seeds = list(entry.get("seeds") or [])
+        concept = str(entry.get("concept") or "")
+        iteration = int(entry.get("iteration") or 0)
+        images = [
+            ImageView(
+                image_id=str(image_id),
+                activation=finite(activations[i]) if i < len(activations) else None,
+                prompt=str(prompts[i]) if i < len(prompts) else "",
+                seed=seeds[i] if i < len(seeds) else None,
+                concept=concept,
+                iteration=iteration,
+            )
+            for i, image_id in enumerate(ids)
+        ]
+        new_best = score is not None and (best is None or score > best)
+        if new_best:
+            best = score
+        views.append(
+            EntryView(
+                index=index,
+                concept=concept,
+                score=score,
+                iteration=iteration,
+                source=str(entry.get("source") or ""),
+                images=images,
+                best_so_far=best,
+                new_best=new_best,
+            )
+        )
+    return views
+
+
+def neuron_from_history(layer: str, unit: int, history: Mapping[str, Any]) -> NeuronView:
+    """A finished (or failed) neuron from its JSON history."""
+    result = history.get("result") or {}
+    status = str(history.get("status") or ("done" if result else "failed"))
+    if status not in STATUS_ORDER:
+        status = "failed"
+    summary = history.get("summary") or {}
+    neuron = history.get("neuron") or {}
+    return NeuronView(
+        layer=layer,
+        unit=unit,
+        slug=history_slug(layer, unit),
+        status=status,
+        reason=str(history.get("reason") or ""),
+        label=str(result.get("label") or ""),
+        score=finite(result.get("score")),
+        label_source=str(result.get("label_source") or ""),
+        summary_concept=str(result.get("summary_concept") or summary.get("concept") or ""),
+        summary_text=str(result.get("summary_text") or summary.get("text") or ""),
+        counters={k: v for k, v in (history.get("counters") or {}).items() if isinstance(v, int)},
+        entries=entry_views(history.get("entries") or []),
+        seed_concepts=[str(c) for c in neuron.get("seed_concepts") or []],
+        llm_log=list(history.get("llm_log") or []),
+    )
+
+
+def file_signature(path: Path) -> str:
+    """Changes whenever the file is rewritten (modification time and size)."""
+    stat = path.stat()
+    return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+
+def run_units(config: Mapping[str, Any], neurons_dir: Path) -> list[tuple[str, int]]:
+    """The run's (layer, unit) pairs: the config's units, plus any other history on disk."""
+    layer = str(config["layer"])
+    pairs = [(layer, int(unit)) for unit in config.get("units") or []]
+    known = {history_slug(*pair) for pair in pairs}
+    extra = []
+    if neurons_dir.is_dir():
+        for path in neurons_dir.glob("*__*.json"):
+            name, _, unit = path.stem.rpartition("__")
+            if unit.isdigit() and path.stem not in known:
+                extra.append((name, int(unit)))
+    return pairs + sorted(extra)
+
+
+def score_kind(config: Mapping[str, Any]) -> str:
+    """What a score is in this run: ``mean``, ``mad`` or ``auc``."""
+    overrides = config.get("variant_overrides") or {}
+    if overrides.get("score"):
+        return str(overrides["score"])
+    try:
+        from agent.prompts import load_variant
+
+        return load_variant(str(config.get("prompts") or "paper"), **overrides).settings.score
+    except Exception:  # a variant folder that moved: the report still builds
+        return "mean"
+
+
+def load_run(run_dir: Path) -> RunView:
+    """Read a run folder (no server needed). Polysemanticity groups are added later."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    neurons_dir = run_dir / "neurons"
+    results = read_results(run_dir)
+    cosy = read_cosy(run_dir)
+    planted = toy_world_truth(config)
+    views = []
+    for layer, unit in run_units(config, neurons_dir):
+        path = neurons_dir / f"{history_slug(layer, unit)}.json"
+        history = None
+        signature = ""
+        if path.is_file():
+            try:
+                signature = file_signature(path)
+                history = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                history = None  # being replaced right now: the next build reads it
+        if isinstance(history, dict):
+            view = neuron_from_history(layer, unit, history)
+        else:
+            slug = history_slug(layer, unit)
+            view = NeuronView(layer=layer, unit=unit, slug=slug, status="unfinished")
+        view.history_signature = signature
+        view.cosy = cosy.get((layer, unit), [])
+        planted_unit = planted.get(unit) if layer == config["layer"] else None
+        view.truth, view.match = truth_columns(
+            view.label, view.status, planted_unit, results.get((layer, unit))
+        )
+        views.append(view)
+    return RunView(
+        path=run_dir,
+        config=config,
+        neurons=views,
+        score_kind=score_kind(config),
+        has_cosy=any(view.cosy for view in views),
+        has_truth=any(view.truth is not None for view in views),
+    )
