@@ -4,8 +4,10 @@
 ``usage_metadata``) so the agent graph runs unchanged without any LLM: for demos, baselines and
 tests. It reads the conversation the graph sends (``concept: score`` and ``- concept`` lines,
 earlier tool calls and tool results) and answers with the next concept of a vocabulary file:
-untried single entries first, in file order, then combinations of the best-scoring entries
-("blue triangle", "star or cross", "striped square"), then variations of the best concept.
+untried single entries first, in file order, then hypotheses built from the singles' scores:
+combinations of two promising entries ("blue triangle", "stars or crosses"), then the best
+entry with partners of other categories ("red circle", "dotted heart"), then rephrasings of the
+best entry that keep its meaning ("red close-up"), then everything else.
 
 The decision logic (:class:`VocabProposer`) works on a neutral transcript, so the scripted
 OpenAI-compatible test server (:mod:`agent.scripted_llm`) reuses it on wire-format messages.
@@ -47,11 +49,17 @@ READ_SCOREBOARD_TOOL = "read_scoreboard"
 CONCEPT_TOOLS = frozenset({PROPOSE_TOOL, SUBMIT_TOOL, GENERATE_TOOL, MEASURE_TOOL})
 
 CATEGORIES = ("colour", "shape", "texture", "size", "other")
-_VARIATIONS = (
+_SAME_MEANING_VARIATIONS = (
     "{c} close-up",
     "{c} pattern",
     "bright {c}",
     "dark {c}",
+    "a photo of {c}",
+    "{c} scene",
+)
+"""Rephrasings that add no attribute: they re-measure a concept on fresh images."""
+_VARIATIONS = (
+    *_SAME_MEANING_VARIATIONS,
     "{c} on a white background",
     "{c} on a black background",
     "a single {c}",
@@ -59,6 +67,15 @@ _VARIATIONS = (
     "large {c}",
     "small {c}",
 )
+PROMISING_FRACTION = 0.5
+"""An entry is promising when it scores at least this fraction of the best entry (and > 0)."""
+_PARTNER_CATEGORIES = {
+    "colour": ("shape", "texture"),
+    "texture": ("shape", "colour"),
+    "shape": ("texture", "colour"),
+}
+"""Which categories can refine an entry, in the order tried when scores do not tell: a colour
+or texture wants a noun (a shape) first; a shape tries the three textures before ten colours."""
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -320,12 +337,17 @@ def _plural(shape: str) -> str:
 def combine(first: VocabEntry, second: VocabEntry) -> str:
     """A phrase for two vocabulary entries (``first`` scored higher).
 
-    Same category: "star or cross"; colour + shape: "blue triangle"; texture + shape: "striped
-    square"; texture + colour: "striped red objects"; size phrase + colour, texture or shape:
-    "many small red objects", "large striped objects", "large triangles"; else "a and b".
+    Same category, plural so a scene can hold both: "stars or crosses", "pink or orange
+    objects"; colour + shape: "blue triangle"; texture + shape: "striped square"; texture +
+    colour: "striped red objects"; size phrase + colour, texture or shape: "many small red
+    objects", "large striped objects", "large triangles"; else "a and b".
     """
     by_category = {first.category: first.concept, second.category: second.concept}
     if first.category == second.category:
+        if first.category == "shape":
+            return f"{_plural(first.concept)} or {_plural(second.concept)}"
+        if first.category in ("colour", "texture"):
+            return f"{first.concept} or {second.concept} objects"
         return f"{first.concept} or {second.concept}"
     if set(by_category) == {"colour", "shape"}:
         return f"{by_category['colour']} {by_category['shape']}"
@@ -360,10 +382,18 @@ class VocabProposer:
     images_per_concept: int = 5
     scoreboard_top_k: int = 10
     combine_top_k: int = 5
-    """Combinations of the ``combine_top_k`` best entries come before any variation."""
+    """Combinations of the ``combine_top_k`` best entries come before the remaining ones."""
 
     def candidates(self, evidence: Evidence) -> Iterator[tuple[str, str]]:
-        """Every concept worth proposing, in order, with the reason; endless (may repeat)."""
+        """Every concept worth proposing, in order, with the reason; endless (may repeat).
+
+        After the singles: (1) combinations of two promising entries, the pair whose weaker
+        part scores best first; size and count entries only when one of them is the best
+        entry (they lift almost any unit); (2) the best entry with partners of other categories
+        ("blue" + shapes, then textures), best-scoring partners first: a conjunction whose
+        other half happened not to show in the singles; (3) rephrasings of the best entry that
+        keep its meaning; then everything else (remaining combinations, other variations).
+        """
         for entry in self.vocabulary.entries:
             yield entry.concept, "next untried vocabulary entry"
         ranked = sorted(
@@ -376,25 +406,28 @@ class VocabProposer:
         )
         bases = [concept for concept, _ in evidence.ranked()] or evidence.tried
         bases = bases or self.vocabulary.concepts()
+        if ranked:
+            yield from self._hypotheses(ranked, evidence)
+        for template in _SAME_MEANING_VARIATIONS:
+            yield _vary(template, bases[0]), f"rephrasing of '{bases[0]}', the best so far"
         pairs = list(itertools.combinations(range(len(ranked)), 2))
-
-        def deferred(pair: tuple[int, int]) -> bool:
-            (a, score_a), (b, score_b) = ranked[pair[0]], ranked[pair[1]]
-            if "size" in (a.category, b.category):
-                return True  # size modifiers lift almost any unit; try them late
-            return a.category == b.category and score_b < 0.5 * score_a
 
         def mean(pair: tuple[int, int]) -> float:
             return (ranked[pair[0]][1] + ranked[pair[1]][1]) / 2
 
-        first = [p for p in pairs if p[1] < self.combine_top_k and not deferred(p)]
-        first.sort(key=lambda p: (-mean(p), p))
+        def sized(pair: tuple[int, int]) -> bool:  # size modifiers lift almost any unit
+            return "size" in (ranked[pair[0]][0].category, ranked[pair[1]][0].category)
+
+        first = sorted(
+            (p for p in pairs if p[1] < self.combine_top_k and not sized(p)),
+            key=lambda p: (-mean(p), p),
+        )
         for i, j in first:
             yield combine(ranked[i][0], ranked[j][0]), "combination of two high-scoring entries"
         for base in bases[:3]:
             for template in _VARIATIONS:
                 yield _vary(template, base), f"variation of '{base}', the best so far"
-        later = sorted(set(pairs) - set(first), key=lambda p: (deferred(p), -mean(p), p))
+        later = sorted(set(pairs) - set(first), key=lambda p: (sized(p), -mean(p), p))
         for i, j in later:
             yield combine(ranked[i][0], ranked[j][0]), "combination of two scored entries"
         for base in bases[3:]:
@@ -402,6 +435,50 @@ class VocabProposer:
                 yield _vary(template, base), f"variation of '{base}'"
         for number in itertools.count(2):
             yield f"{bases[0]} variation {number}", f"variation of '{bases[0]}'"
+
+    def _hypotheses(
+        self, ranked: list[tuple[VocabEntry, float]], evidence: Evidence
+    ) -> Iterator[tuple[str, str]]:
+        """Steps (1) and (2) of :meth:`candidates` for scored entries, best first.
+
+        Partners include entries that were tried but whose scores are not shown (a scoreboard
+        lists only the best few): they count as tied with the lowest score shown.
+        """
+        top, best = ranked[0]
+        if best <= 0:
+            return
+        order = {entry.concept: index for index, entry in enumerate(self.vocabulary.entries)}
+
+        def allowed(entry: VocabEntry) -> bool:
+            return entry.category != "size" or entry is top
+
+        promising = [
+            (entry, score)
+            for entry, score in ranked
+            if score > 0 and score >= PROMISING_FRACTION * best and allowed(entry)
+        ]
+        pairs = sorted(
+            itertools.combinations(promising, 2),
+            key=lambda pair: (-pair[1][1], -pair[0][1], order[pair[0][0].concept]),
+        )
+        for (a, _), (b, _) in pairs:
+            yield combine(a, b), "combination of two promising entries"
+        partners = _PARTNER_CATEGORIES.get(top.category, ())
+        unseen = min(score for _, score in ranked)  # at most the lowest score shown
+        candidates = [
+            (entry, evidence.scores.get(entry.concept, unseen))
+            for entry in self.vocabulary.entries
+            if entry.category in partners and entry.concept in evidence.tried
+        ]
+        candidates.sort(
+            key=lambda item: (
+                -item[1],
+                partners.index(item[0].category),
+                order[item[0].concept],
+            )
+        )
+        for entry, _ in candidates:
+            yield combine(top, entry), f"'{top.concept}' with a partner of another category"
 
     def next_concepts(self, evidence: Evidence, k: int = 1) -> list[tuple[str, str]]:
         """The next ``k`` untried concepts with their reasons."""

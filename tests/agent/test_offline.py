@@ -260,7 +260,97 @@ def test_combination_phrases():
     vocabulary = {entry.concept: entry for entry in Vocabulary.default().entries}
     assert combine(vocabulary["blue"], vocabulary["triangle"]) == "blue triangle"
     assert combine(vocabulary["triangle"], vocabulary["blue"]) == "blue triangle"
-    assert combine(vocabulary["star"], vocabulary["cross"]) == "star or cross"
+    assert combine(vocabulary["star"], vocabulary["cross"]) == "stars or crosses"
+    assert combine(vocabulary["pink"], vocabulary["orange"]) == "pink or orange objects"
+    assert combine(vocabulary["striped"], vocabulary["dotted"]) == "striped or dotted objects"
     assert combine(vocabulary["square"], vocabulary["striped"]) == "striped square"
     assert combine(vocabulary["many small objects"], vocabulary["red"]) == "many small red objects"
     assert combine(vocabulary["large objects"], vocabulary["cross"]) == "large crosses"
+
+
+def run_paper_scored(score, rounds: int, model: OfflineVocabProposer) -> dict[str, float]:
+    """Like ``run_paper`` with any score function (the prompt shows only the best 10); every
+    proposal with its score, in order."""
+    bound = model.bind_tools([propose_concept])
+    scores: dict[str, float] = {}
+    for _ in range(rounds):
+        message = bound.invoke(paper_prompt(scores))
+        _name, args = extract_tool_call(message, ["propose_concept"])
+        assert args["concept"] not in scores, f"repeated {args['concept']}"
+        scores[args["concept"]] = score(args["concept"])
+    return scores
+
+
+SINGLES = len(Vocabulary.default().concepts())
+
+
+def test_size_and_count_modifiers_wait_while_a_plain_attribute_leads():
+    singles = {"red": 1.0, "large": 0.6, "many": 0.4, "square": 0.4}
+
+    def score(concept: str) -> float:
+        attributes = parse_attributes(concept)
+        if "red" in attributes:
+            return 1.0
+        return max((singles.get(a, 0.0) for a in attributes), default=0.0)
+
+    after_singles = list(run_paper_scored(score, SINGLES + 5, OfflineVocabProposer()))[SINGLES:]
+    assert after_singles[0] == "red square"
+    for concept in after_singles:
+        assert "red" in parse_attributes(concept), after_singles
+        assert not parse_attributes(concept) & {"large", "small", "many"}, after_singles
+
+
+@pytest.mark.parametrize("top", ["many small objects", "large objects"])
+def test_a_leading_size_entry_is_rephrased_not_combined(top):
+    def score(concept: str) -> float:
+        return 2.5 if parse_attributes(concept) == parse_attributes(top) else 0.3
+
+    after_singles = list(run_paper_scored(score, SINGLES + 5, OfflineVocabProposer()))[SINGLES:]
+    assert all(parse_attributes(c) == parse_attributes(top) for c in after_singles), after_singles
+
+
+@pytest.mark.parametrize(
+    ("halves", "shown"),
+    [(("blue", "triangle"), "blue"), (("striped", "square"), "square")],
+)
+def test_conjunction_partner_is_tried_even_when_off_the_scoreboard(halves, shown):
+    """Only one half showed in the singles (the other scored 0, below the board's best 10):
+    the proposer still pairs the best entry with partners of other categories."""
+
+    def score(concept: str) -> float:
+        attributes = parse_attributes(concept)
+        if set(halves) <= attributes:
+            return 1.0
+        return 0.2 if attributes == {shown} else 0.0
+
+    after_singles = list(run_paper_scored(score, SINGLES + 5, OfflineVocabProposer()))[SINGLES:]
+    assert any(parse_attributes(c) == set(halves) for c in after_singles), after_singles
+
+
+@pytest.fixture(scope="module")
+def planted():
+    from tools.toyworld.planted import PlantedShapesModel
+
+    return PlantedShapesModel()
+
+
+@pytest.mark.parametrize(
+    "concept", ["red", "circle", "star or cross", "many small objects", "large objects"]
+)
+def test_recovers_planted_units_in_the_demo_budget(concept, planted):
+    """End to end without a server: 28 rounds of 5 images each on the planted model; the
+    best-scoring concept (the first of equal ones, as on the scoreboard) names exactly the
+    planted attributes."""
+    from agent.launch import DEMO_OFFLINE_ITERATIONS
+    from tools.toyworld.procedural import render_prompt
+    from tools.toyworld.truth import PLANTED_LAYER, planted_ground_truth
+
+    unit = next(u for u in planted_ground_truth() if u.concept == concept)
+
+    def score(proposal: str) -> float:
+        images = [render_prompt(proposal, 97 * k + unit.unit).image for k in range(5)]
+        return float(planted.activations(images, PLANTED_LAYER)[:, unit.unit].mean())
+
+    history = run_paper_scored(score, DEMO_OFFLINE_ITERATIONS, OfflineVocabProposer())
+    best = max(history, key=lambda c: history[c])
+    assert parse_attributes(best) == set(unit.attributes), (best, history)

@@ -26,7 +26,7 @@ def test_truth_json() -> None:
         "concept": "red",
         "kind": "single",
         "attributes": ["red"],
-        "note": "salience of red objects",
+        "note": "most prominent red object",
     }
 
 

@@ -227,9 +227,110 @@ def test_noise_units_are_deterministic_and_spread(
             assert 0.2 < values.std() and len(np.unique(values)) == len(values)
 
 
-def test_activations_are_graded_not_binary(concept_activations: dict[str, np.ndarray]) -> None:
+def test_activations_are_graded_not_binary(
+    model: PlantedShapesModel, concept_activations: dict[str, np.ndarray], controls: np.ndarray
+) -> None:
+    """A clear, prominent red object drives the red unit to its ceiling (1); smaller or less
+    clearly red objects give graded values in between."""
     unit = UNITS_BY_CONCEPT["red"].unit
-    assert len(np.unique(np.round(concept_activations["red"][:, unit], 3))) > 10
+    prominent = concept_activations["red"][:, unit]
+    assert np.median(prominent) == 1.0 and prominent.max() <= 1.0
+    small = _activations(model, ["a small red object", "many tiny crimson shapes"])[:, unit]
+    graded = np.concatenate([small, controls[:, unit]])
+    assert len(np.unique(np.round(graded[(graded > 0) & (graded < 1)], 3))) > 10
+    assert 0.1 < small.mean() < 0.6
+
+
+def _plural(word: str) -> str:
+    return word + ("es" if word.endswith(("s", "x")) else "s")
+
+
+def _modified_prompts(attribute: str) -> list[str]:
+    """A single attribute with size, count and other-attribute modifiers (same meaning for it)."""
+    if attribute in SHAPES:
+        plural = _plural(attribute)
+        return [
+            f"large {plural}",
+            f"a large {attribute}",
+            f"many small {plural}",
+            f"three {plural}",
+            f"a red striped {attribute}",
+        ]
+    return [
+        f"large {attribute} objects",
+        f"a large {attribute} object",
+        f"many small {attribute} objects",
+        f"three {attribute} objects",
+        f"a {attribute} circle",
+    ]
+
+
+MODIFIER_SEEDS = range(8)
+
+
+def _mean_activation(model: PlantedShapesModel, prompt: str, unit: int) -> float:
+    images = [render_prompt(prompt, 500 + seed).image for seed in MODIFIER_SEEDS]
+    return float(model.activations(images, PLANTED_LAYER)[:, unit].mean())
+
+
+SINGLE_UNITS = [u for u in TRUTH if u.kind == "single" and u.attributes != ["large"]]
+
+
+@pytest.mark.parametrize("unit", SINGLE_UNITS, ids=lambda u: u.concept)
+def test_plain_attribute_scores_at_least_as_high_as_modified_ones(
+    unit, model: PlantedShapesModel
+) -> None:
+    """The key property for the best-concept rule: size, count or extra attributes do not lift a
+    single-attribute unit above the plain attribute (a red unit reads how clearly red the most
+    prominent red object is, not how much red there is)."""
+    attribute = unit.attributes[0]
+    plain = _mean_activation(model, attribute, unit.unit)
+    assert plain == pytest.approx(1.0, abs=0.02)
+    for prompt in _modified_prompts(attribute):
+        assert _mean_activation(model, prompt, unit.unit) <= plain + 1e-6, prompt
+    assert _mean_activation(model, f"many small {_plural(attribute)}", unit.unit) < 0.6 * plain
+
+
+@pytest.mark.parametrize("unit", [u for u in TRUTH if u.kind == "and"], ids=lambda u: u.concept)
+def test_and_unit_is_not_lifted_by_size_or_count(unit, model: PlantedShapesModel) -> None:
+    plain = _mean_activation(model, unit.concept, unit.unit)
+    assert plain == pytest.approx(1.0, abs=0.02)
+    words = unit.concept.split()
+    plural = " ".join([*words[:-1], _plural(words[-1])])
+    for prompt in (f"large {plural}", f"a large {unit.concept}", f"many small {plural}"):
+        assert _mean_activation(model, prompt, unit.unit) <= plain + 1e-6, prompt
+
+
+@pytest.mark.parametrize("unit", [u for u in TRUTH if u.kind == "or"], ids=lambda u: u.concept)
+def test_or_unit_adds_its_alternatives(unit, model: PlantedShapesModel) -> None:
+    """Either alternative alone drives an OR unit part way; a scene holding both drives it more,
+    and a render of the disjunction ("stars or crosses") beats each alternative alone."""
+    first, second = unit.attributes
+    alone = [_mean_activation(model, f"a {a}", unit.unit) for a in (first, second)]
+    if first in SHAPES:
+        both, plural = f"a {first} and a {second}", f"{_plural(first)} or {_plural(second)}"
+    else:
+        both, plural = f"a {first} circle and a {second} square", f"{first} or {second} objects"
+    assert all(0.5 <= value <= 0.7 for value in alone), alone
+    assert _mean_activation(model, both, unit.unit) > 0.95
+    assert _mean_activation(model, plural, unit.unit) > max(alone) + 0.1
+
+
+def test_count_unit_grows_with_count_not_with_other_attributes(model: PlantedShapesModel) -> None:
+    unit = UNITS_BY_CONCEPT["many small objects"].unit
+    many = _mean_activation(model, "many small objects", unit)
+    assert many > 2 * _mean_activation(model, "three small objects", unit)
+    for prompt in ("many small red objects", "many small striped objects", "many tiny circles"):
+        assert _mean_activation(model, prompt, unit) <= many + 0.2, prompt
+
+
+def test_large_unit_grows_with_size_not_with_count(model: PlantedShapesModel) -> None:
+    unit = UNITS_BY_CONCEPT["large objects"].unit
+    large = _mean_activation(model, "large objects", unit)
+    assert large > 5 * _mean_activation(model, "a medium object", unit)
+    assert _mean_activation(model, "a huge object", unit) > 1.0
+    # the biggest object counts, not how many there are (a sum would give 3-10 times more)
+    assert _mean_activation(model, "many large objects", unit) < 1.15 * large
 
 
 def test_layers_shapes_and_errors(model: PlantedShapesModel) -> None:
@@ -262,6 +363,7 @@ def test_input_size_does_not_change_the_answer(model: PlantedShapesModel) -> Non
 def test_factory_and_registry() -> None:
     target = load_target("planted:shapes", device="cpu")
     assert target.name == "planted:shapes" and target.device == "cpu"
+    assert target.identity.startswith("planted:shapes@")  # keys the activation cache
     with pytest.raises(BackendSpecError, match="planted:shapes"):
         create_planted_target("cars", "cpu", trust_checkpoints=False)
 

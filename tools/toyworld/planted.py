@@ -3,13 +3,17 @@
 Each image is analysed by :mod:`tools.toyworld.detect` (objects with graded colour, shape,
 texture and size). Two layers read that analysis:
 
-- ``planted``: the units listed in :mod:`tools.toyworld.truth`. An attribute unit sums, over
-  objects, the object's membership times its salience (bigger objects count more, a medium
-  object counts about 1); ``and`` multiplies memberships on one object, ``or`` combines them
-  with a noisy-or; ``count`` units softly count objects; ``none`` units are pixel-hash noise
-  or a constant.
-- ``features``: generic detector outputs (colour, shape and texture salience, object counts,
-  foreground fraction), not part of the ground truth.
+- ``planted``: the units listed in :mod:`tools.toyworld.truth`. A unit reads how strongly its
+  concept is present and prominent, not how much of it there is: per object, the concept's
+  membership (saturating: a clear red counts 1) times the object's prominence (saturating: any
+  object of medium size or bigger counts 1, smaller ones less), then the maximum over objects.
+  So "red", "a red circle", "large red objects" and "three red squares" all drive the red unit
+  to 1, and "many small red objects" less. ``and`` multiplies memberships on one object; ``or``
+  adds the evidence of its alternatives (either alone gives ``OR_WEIGHT``, both together 1);
+  the ``large`` unit grows with the biggest object's size; ``count`` units softly count
+  objects; ``none`` units are pixel-hash noise or a constant.
+- ``features``: generic detector outputs (colour, shape and texture salience summed over
+  objects, object counts, foreground fraction), not part of the ground truth.
 """
 
 from __future__ import annotations
@@ -34,11 +38,22 @@ from tools.toyworld.truth import PLANTED_LAYER, PlantedUnit, planted_ground_trut
 from tools.toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
 
 TARGET_NAMES = ("shapes",)
+PLANTED_VERSION = "v2"
+"""Bump when a change alters what a unit computes: it is part of the target's identity, which
+keys the activation cache. v2: saturating memberships and prominence, max over objects."""
 FEATURES_LAYER = "features"
 SALIENCE_RADIUS = 0.2
 """An object of this radius (fraction of the image side) has salience 1; salience ~ radius^2."""
+PROMINENT_RADIUS = 0.15
+"""Objects at least this big (medium objects start at 0.165) are fully prominent (1); smaller
+ones count ~(radius / 0.15)^2, so a small object (0.065-0.095) counts 0.2-0.4."""
 SMALL_RADIUS, LARGE_RADIUS, SIZE_SOFTNESS = 0.115, 0.245, 0.012
 MEMBERSHIP_FLOOR = 0.03
+MEMBERSHIP_FULL = 0.75
+"""Memberships at or above this count as a clear case (1); the detector gives clean objects
+0.83-1.0 for their own colour, shape and texture."""
+OR_WEIGHT = 0.6
+"""What one alternative of an ``or`` unit contributes; evidence adds up to at most 1."""
 MANY_SCALE = 4.0
 """Count units report the soft count divided by this."""
 
@@ -62,6 +77,11 @@ def salience(obj: DetectedObject) -> float:
     return (obj.radius / SALIENCE_RADIUS) ** 2
 
 
+def prominence(obj: DetectedObject) -> float:
+    """How prominent an object is: 1 from ``PROMINENT_RADIUS`` up, ~radius^2 below it."""
+    return min(1.0, (obj.radius / PROMINENT_RADIUS) ** 2)
+
+
 def is_small(obj: DetectedObject) -> float:
     """Soft membership of "small" (radius below ~11% of the image side)."""
     return float(1.0 / (1.0 + np.exp((obj.radius - SMALL_RADIUS) / SIZE_SOFTNESS)))
@@ -77,17 +97,28 @@ def _floored(membership: float) -> float:
     return max(0.0, membership - MEMBERSHIP_FLOOR) / (1.0 - MEMBERSHIP_FLOOR)
 
 
-def attribute_score(attribute: str) -> ObjectScore:
-    """Membership of one canonical attribute for one detected object."""
+def _clear(membership: float) -> float:
+    """Saturating membership: 0 below ``MEMBERSHIP_FLOOR``, 1 from ``MEMBERSHIP_FULL`` up."""
+    span = MEMBERSHIP_FULL - MEMBERSHIP_FLOOR
+    return min(1.0, max(0.0, membership - MEMBERSHIP_FLOOR) / span)
+
+
+def attribute_score(attribute: str, saturate: bool = False) -> ObjectScore:
+    """Membership of one canonical attribute for one detected object.
+
+    ``saturate``: colour, shape and texture memberships count a clear case as 1 (``_clear``)
+    instead of only flooring small values (``_floored``, used by the ``features`` layer).
+    """
+    graded = _clear if saturate else _floored
     if attribute in COLOURS:
         index = COLOURS.index(attribute)
-        return lambda obj: _floored(float(obj.colour[index]))
+        return lambda obj: graded(float(obj.colour[index]))
     if attribute in SHAPES:
         index = SHAPES.index(attribute)
-        return lambda obj: _floored(float(obj.shape[index]))
+        return lambda obj: graded(float(obj.shape[index]))
     if attribute in TEXTURES:
         index = TEXTURES.index(attribute)
-        return lambda obj: _floored(float(obj.texture[index]))
+        return lambda obj: graded(float(obj.texture[index]))
     if attribute == "small":
         return is_small
     if attribute == "large":
@@ -95,16 +126,33 @@ def attribute_score(attribute: str) -> ObjectScore:
     raise ValueError(f"no detector for attribute {attribute!r}")
 
 
-def _combine(kind: str, scores: list[ObjectScore]) -> ObjectScore:
-    if kind in ("single", "and", "count"):
-        return lambda obj: float(np.prod([score(obj) for score in scores]))
-    if kind == "or":
-        return lambda obj: 1.0 - float(np.prod([1.0 - score(obj) for score in scores]))
-    raise ValueError(f"cannot combine attributes for kind {kind!r}")
+def _all_of(scores: list[ObjectScore]) -> ObjectScore:
+    """AND on one object: the product of the memberships."""
+    return lambda obj: float(np.prod([score(obj) for score in scores]))
 
 
 def _salience_sum(score: ObjectScore) -> ImageScore:
     return lambda analysis, _pixels: sum(score(o) * salience(o) for o in analysis.objects)
+
+
+def _most_prominent(score: ObjectScore) -> ImageScore:
+    """The strongest object: max over objects of membership times prominence (0 if none)."""
+    return lambda analysis, _pixels: max(
+        (score(o) * prominence(o) for o in analysis.objects), default=0.0
+    )
+
+
+def _any_of(scores: list[ObjectScore]) -> ImageScore:
+    """OR: each alternative's strongest object adds ``OR_WEIGHT`` times its evidence, up to 1."""
+    parts = [_most_prominent(score) for score in scores]
+    return lambda analysis, pixels: min(
+        1.0, OR_WEIGHT * sum(part(analysis, pixels) for part in parts)
+    )
+
+
+def _largest(analysis: ImageAnalysis, _pixels: np.ndarray) -> float:
+    """The ``large`` unit: grows with the biggest large object's salience (~radius^2)."""
+    return max((is_large(o) * salience(o) for o in analysis.objects), default=0.0)
 
 
 def _soft_count(score: ObjectScore, scale: float = 1.0) -> ImageScore:
@@ -126,10 +174,17 @@ def planted_unit_function(unit: PlantedUnit) -> ImageScore:
             return lambda _analysis, _pixels: 1.0
         return _pixel_hash(salt=unit.unit)
     attributes = [a for a in unit.attributes if a != "many"]
-    score = _combine(unit.kind, [attribute_score(a) for a in attributes])
     if unit.kind == "count":
+        score = _all_of([attribute_score(a) for a in attributes])
         return _soft_count(score, MANY_SCALE if "many" in unit.attributes else 1.0)
-    return _salience_sum(score)
+    if unit.kind == "single" and attributes == ["large"]:
+        return _largest
+    scores = [attribute_score(a, saturate=True) for a in attributes]
+    if unit.kind in ("single", "and"):
+        return _most_prominent(_all_of(scores))
+    if unit.kind == "or":
+        return _any_of(scores)
+    raise ValueError(f"cannot compute a unit of kind {unit.kind!r}")
 
 
 def _feature_functions() -> list[ImageScore]:
@@ -150,6 +205,7 @@ class PlantedShapesModel:
     """The ``planted:shapes`` target model (pure NumPy/SciPy, runs on the CPU)."""
 
     name: str = "planted:shapes"
+    identity: str = f"planted:shapes@{PLANTED_VERSION}"
     device: str = "cpu"
     classifier: PixelClassifier = field(default_factory=PixelClassifier.build, repr=False)
     units: dict[str, list[ImageScore]] = field(init=False, repr=False)
