@@ -122,6 +122,18 @@ def discovery_command(
     )
 
 
+async def _cosy_of_run(folder, server: str, control: str, n_images: int) -> list[dict]:
+    """CoSy rows of a finished run (written to its cosy.csv as well)."""
+    from evals.cosy_eval import evaluate_cosy, write_cosy_csv
+    from tools.client import LineClient
+    from tools.controlset import ControlSet
+
+    async with LineClient(server) as client:
+        rows = await evaluate_cosy(folder, client, ControlSet.resolve(control), n_images)
+    write_cosy_csv(folder.path / "cosy.csv", rows)
+    return rows
+
+
 @eval_app.command("variants")
 def variants_command(
     variants: Annotated[str, typer.Option(help="Comma-separated variants, e.g. paper,agentic.")],
@@ -138,6 +150,7 @@ def variants_command(
     repeats: Annotated[int, typer.Option(help="Runs per arm (repeat k uses seed k).")] = 3,
     iterations: Annotated[int | None, typer.Option(help="Override every variant's.")] = None,
     control: Annotated[str | None, typer.Option(help="Control set: adds CoSy AUC and MAD.")] = None,
+    n_images: Annotated[int, typer.Option(help="CoSy images per label (with --control).")] = 50,
     concurrency: Annotated[int, typer.Option(help="Neurons at once per run.")] = 64,
     device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="Print only the table.")] = False,
@@ -200,16 +213,25 @@ def variants_command(
             **{**options, "llm": arm.llm, "prompts": arm.variant, "out": folder, "seed": repeat}
         )
         rows = execute_run(settings, run_folder)
+        if control:
+            cosy[folder] = asyncio.run(
+                _cosy_of_run(run_folder, options["server"], control, n_images)
+            )
         if not quiet:
             typer.echo(f"{arm.name} repeat {repeat}: {sum(r['status'] == 'done' for r in rows)}"
                        f"/{len(rows)} neurons")  # fmt: skip
         return rows
 
+    cosy: dict[Path, list[dict]] = {}
     try:
         runs = run_arms(arms, repeats, out, run_one)
     finally:
         if local is not None:
             local.stop()
+    for arm_runs in runs.values():
+        for run in arm_runs:
+            for row in cosy.get(run.folder, []):
+                run.extra.setdefault(int(row["unit"]), {}).update(auc=row["auc"], mad=row["mad"])
     if truth:
         from evals.groundtruth import attribute_match
 

@@ -77,7 +77,8 @@ def test_variants_command_on_the_toy_world(tmp_path):
         app,
         ["eval", "variants", "--variants", "paper,agentic", "--target", "planted:shapes",
          "--layer", "planted", "--units", "0,5", "--generator", "procedural:shapes", "--out",
-         str(out), "--repeats", "2", "--iterations", "3", "--device", "cpu", "--quiet"],
+         str(out), "--repeats", "2", "--iterations", "3", "--device", "cpu", "--quiet",
+         "--control", "toy", "--n-images", "8"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "| paper / offline:vocab | 4/4 |" in result.output
