@@ -234,6 +234,9 @@ def run(
         bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")
     ] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
+    ] = False,
 ) -> None:
     """Explain neurons: propose, render, measure, refine, for many neurons at once."""
     from agent.launch import RunSetupError, execute_run, settings_from_options
@@ -245,7 +248,7 @@ def run(
             concurrency=concurrency, seed=seed, temperature=temperature, iterations=iterations,
             resume=resume, control=control, score=score, llm_cache=llm_cache,
         )  # fmt: skip
-        update, close = _progress_printer(quiet)
+        update, close = _progress_printer(quiet or as_json)
         try:
             rows = execute_run(
                 settings, folder, device=device, store=store, on_progress=update, groups=groups
@@ -254,11 +257,15 @@ def run(
             close()
     except RunSetupError as error:
         _fail(str(error))
+    index = _write_report(folder.path, store, echo=not as_json) if report_html else None
+    if as_json:
+        _print_json(folder.path, index, rows)
+        return
     if not quiet:
         _print_results(rows)
     typer.echo(f"run folder: {folder.path}")
-    if report_html:
-        _write_report(folder.path, store)
+    if index is not None:
+        typer.echo(f"report: {index}")
 
 
 @app.command()
@@ -272,17 +279,24 @@ def demo(
     llm_base_url: Annotated[str | None, typer.Option(help="For openai-compatible.")] = None,
     concurrency: Annotated[int, typer.Option(help="Neurons explained at once.")] = 32,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
+    ] = False,
 ) -> None:
     """Explain every planted unit of the offline toy world and compare with the ground truth."""
     from agent.launch import RunSetupError, run_demo
 
-    update, close = _progress_printer(quiet)
+    update, close = _progress_printer(quiet or as_json)
     try:
         rows, folder = run_demo(out, llm, llm_base_url, concurrency, on_progress=update)
     except RunSetupError as error:
         _fail(str(error))
     finally:
         close()
+    index = _write_report(folder.path, echo=not as_json)
+    if as_json:
+        _print_json(folder.path, index, rows)
+        return
     _print_results(rows, extra=["truth", "match", "groups"])
     matched = [row for row in rows if row["match"] in (True, False)]
     typer.echo(
@@ -290,7 +304,8 @@ def demo(
         f"{len(matched)} planted units with a concept"
     )
     typer.echo(f"run folder: {folder.path}")
-    _write_report(folder.path)
+    if index is not None:
+        typer.echo(f"report: {index}")
 
 
 @app.command()
@@ -337,20 +352,29 @@ def view(
         _fail(str(error))
 
 
-def _write_report(run_dir: Path, store: Path | None = None) -> None:
-    """Write the run's HTML report and print its path; a failure only warns."""
+def _write_report(run_dir: Path, store: Path | None = None, echo: bool = True) -> Path | None:
+    """Write the run's HTML report; a failure only warns (the results are safe)."""
     from agent.report import build_report
 
     try:
-        index = build_report(run_dir, store=store)
+        return build_report(run_dir, store=store)
     except Exception as error:  # the run's results are safe; the report can be rebuilt
-        typer.secho(
-            f"could not write the report ({error}); try `line report {run_dir}`",
-            fg=typer.colors.YELLOW,
-            err=True,
+        if echo:
+            typer.secho(
+                f"could not write the report ({error}); try `line report {run_dir}`",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+        return None
+
+
+def _print_json(run_dir: Path, index: Path | None, rows: list[dict]) -> None:
+    typer.echo(
+        json.dumps(
+            {"run_folder": str(run_dir), "report": str(index) if index else None, "neurons": rows},
+            default=str,
         )
-        return
-    typer.echo(f"report: {index}")
+    )
 
 
 if __name__ == "__main__":

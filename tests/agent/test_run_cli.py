@@ -172,3 +172,15 @@ def test_llm_cache_makes_a_repeated_run_cost_no_calls(tmp_path):
     assert [r["label"] for r in first_rows] == [r["label"] for r in second_rows]
     assert [r["llm_calls"] for r in first_rows] == ["3", "3"]
     assert [r["llm_calls"] for r in second_rows] == ["0", "0"]  # every answer came from the cache
+
+
+def test_json_output_for_scripts(tmp_path):
+    result = line_run(
+        *TOY, "--units", "0,9", "--llm", "offline:vocab", "--out", str(tmp_path / "run"),
+        "--iterations", "1", "--json", "--no-groups", "--no-report",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["run_folder"] == str(tmp_path / "run") and answer["report"] is None
+    assert [row["unit"] for row in answer["neurons"]] == [0, 9]
+    assert all(row["status"] == "done" and row["label"] for row in answer["neurons"])
