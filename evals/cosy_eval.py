@@ -246,6 +246,7 @@ async def evaluate_cosy(
     concurrency: int = 16,
     batch: int = 64,
     notes: Notes | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """CoSy scores of every labelled neuron of a run: one row per neuron (layer, unit, concept,
     auc, u, p, mad, n_concept, n_control), in (layer, unit) order.
@@ -281,8 +282,10 @@ async def evaluate_cosy(
             note(f"control image {item.path} skipped: {item.reason}")
         controls[layer] = measured
     limit = asyncio.Semaphore(max(1, concurrency))
+    finished = 0
 
     async def score(neuron: CosyNeuron) -> dict:
+        nonlocal finished
         prompt = cosy_prompt(template, neuron.label)
         seeds = cosy_seeds(
             settings.seed, settings.target, neuron.layer, neuron.unit, neuron.label, n_images,
@@ -291,6 +294,9 @@ async def evaluate_cosy(
         async with limit:
             concept = await _render_and_read(client, settings, neuron, prompt, seeds, batch)
         control_values = controls[neuron.layer].unit(neuron.unit)
+        finished += 1
+        if on_progress:
+            on_progress(finished, len(neurons))
         return {
             "neuron": thread_id(neuron.layer, neuron.unit),
             "layer": neuron.layer,
@@ -449,11 +455,22 @@ def cosy_command(
     def note(text: str) -> None:
         typer.secho(text, fg=typer.colors.YELLOW, err=True)
 
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="neuron", desc="CoSy", dynamic_ncols=True)
+        bar.update(done - bar.n)
+
     async def go() -> list[dict]:
         async with LineClient(url) as client:
             return await evaluate_cosy(
                 folder, client, control_set, n_images, chosen_template, label_map,
                 cache_dir=cache, server_id=server_id, concurrency=concurrency, notes=note,
+                on_progress=progress,
             )  # fmt: skip
 
     try:
@@ -461,6 +478,8 @@ def cosy_command(
     except (ValueError, ControlSetError, LineServerError, LineServerUnavailable) as error:
         _fail(str(error))
     finally:
+        if bar is not None:
+            bar.close()
         if local is not None:
             local.stop()
     if not rows:
