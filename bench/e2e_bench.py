@@ -57,9 +57,11 @@ async def _e2e(server_url: str, llm_url: str, neurons: int, seed: int, out: str)
         wall = time.perf_counter() - started
         after = await client.metrics_text()
     images = sum(row["images"] for row in rows)
-    busy = _metric_sum(after, "line_backend_busy_seconds_total", "tiny-sd") - _metric_sum(
-        before, "line_backend_busy_seconds_total", "tiny-sd"
-    )
+
+    def busy(backend: str) -> float:
+        name = "line_backend_busy_seconds_total"
+        return _metric_sum(after, name, backend) - _metric_sum(before, name, backend)
+
     return {
         "neurons": neurons,
         "done": sum(row["status"] == "done" for row in rows),
@@ -67,7 +69,8 @@ async def _e2e(server_url: str, llm_url: str, neurons: int, seed: int, out: str)
         "neurons_per_min": 60 * neurons / wall,
         "images": images,
         "images_per_s": images / wall,
-        "generator_busy": busy / wall,
+        "generator_busy": busy("tiny-sd") / wall,
+        "target_busy": busy(TARGET) / wall,
     }
 
 
@@ -158,14 +161,15 @@ def format_table(result: dict) -> str:
         f"{result['setup']}; raw generator at max_batch: "
         f"{result['raw_images_per_s_at_max_batch']:.1f} images/s",
         "",
-        "| LLM latency | neurons | neurons/min | images/s | generator busy | e2e/raw "
-        "| speedup vs sequential |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| LLM latency | neurons | neurons/min | images/s | generator busy | target busy "
+        "| e2e/raw | speedup vs sequential |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["runs"]:
         lines.append(
             f"| {row['llm_latency_ms']} ms | {row['neurons']} | {row['neurons_per_min']:.1f} "
             f"| {row['images_per_s']:.1f} | {row['generator_busy']:.0%} "
+            f"| {row['target_busy']:.0%} "
             f"| {row['e2e_over_raw']:.2f} | {row['speedup_vs_sequential']:.1f}x |"
         )
     for latency, base in result["sequential"].items():

@@ -9,26 +9,13 @@ import pytest
 from chromium_cdp import find_chromium
 from report_fixtures import TOY_ITERATIONS, TOY_UNITS, ToyRun, add_cosy, add_truth, run_toy
 
-from tools.registry import load_generator, load_target
-from tools.server import create_app, start_server_thread
-from tools.service import BatchingConfig, InferenceService
-from tools.store import ActivationCache, ImageStore
+from tools.store import default_cache_dir
 
 
 @pytest.fixture(scope="session")
-def toy_store(tmp_path_factory) -> tuple[str, Path]:
-    """procedural:shapes + planted:shapes behind a real server; yields (url, store folder)."""
-    folder = tmp_path_factory.mktemp("report-store")
-    service = InferenceService(
-        [load_generator("procedural:shapes", "cpu")],
-        [load_target("planted:shapes", "cpu")],
-        ImageStore(folder),
-        ActivationCache(folder / "activations.sqlite"),
-        BatchingConfig(max_batch=64, max_wait_ms=5),
-    )
-    running = start_server_thread(create_app(service))
-    yield running.url, folder
-    running.stop()
+def toy_store(toy_world_server) -> tuple[str, Path]:
+    """The shared toy-world server (tests/conftest.py) and the store folder it writes to."""
+    return toy_world_server, default_cache_dir() / "store"
 
 
 @pytest.fixture(scope="session")

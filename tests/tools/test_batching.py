@@ -74,3 +74,27 @@ async def test_the_event_loop_stays_free_while_a_batch_runs(executor):
     release.set()
     assert await pending == 1
     await batcher.aclose()
+
+
+async def test_busy_time_counts_model_work_not_the_wait_for_a_shared_device(executor):
+    records: list[BatchRecord] = []
+    release = threading.Event()
+
+    def blocker(items):
+        release.wait(5)
+        return items
+
+    def quick(items):
+        return items
+
+    slow = MicroBatcher("slow", blocker, executor, 1, 1)
+    fast = MicroBatcher("fast", quick, executor, 1, 1, on_batch=records.append)
+    first = asyncio.ensure_future(slow.submit(1))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(fast.submit(2))  # waits for the shared worker thread
+    await asyncio.sleep(0.3)
+    release.set()
+    assert await first == 1 and await second == 2
+    assert records[0].seconds < 0.1  # the 0.3 s spent queued is not counted as busy
+    await slow.aclose()
+    await fast.aclose()
