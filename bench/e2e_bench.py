@@ -24,7 +24,10 @@ from agent.runner import RunFolder, RunSettings, run_neurons
 from agent.scripted_llm import ProposerPolicy, start_scripted_llm
 from agent.tools import PROPOSE_CONCEPT
 from bench.server_bench import (
+    DEVICE,
     MAX_BATCH,
+    SIZE,
+    STEPS,
     RESULTS,
     _metric_sum,
     raw_throughput,
@@ -32,7 +35,7 @@ from bench.server_bench import (
 )
 from tools.client import LineClient
 from tools.protocols import RenderJob
-from tools.registry import load_generator, load_target
+from tools.registry import GeneratorOptions, load_generator, load_target
 
 TARGET = "torchvision:resnet18:random"
 LAYER = "layer4"
@@ -116,8 +119,9 @@ def sequential_baseline(llm_url: str, generator, target, neurons: int = SEQUENTI
 
 def run() -> dict:
     """Run the benchmark, print its table, write ``bench-results/e2e.json``."""
-    generator = load_generator("tiny-sd", "cpu")
-    target = load_target(TARGET, "cpu")
+    options = GeneratorOptions(steps=STEPS, width=SIZE, height=SIZE)
+    generator = load_generator("tiny-sd", DEVICE, options)
+    target = load_target(TARGET, DEVICE)
     raw = raw_throughput(generator, MAX_BATCH)
     rows, sequential = [], {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -142,7 +146,8 @@ def run() -> dict:
     headline = next(r for r in rows if r["neurons"] == 64 and r["llm_latency_ms"] == 300)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "setup": f"tiny-sd 64x64 1 step + {TARGET} {LAYER}, cpu, max_batch {MAX_BATCH}",
+        "setup": f"tiny-sd {SIZE}x{SIZE} {STEPS} step(s) + {TARGET} {LAYER}, {DEVICE}, "
+        f"max_batch {MAX_BATCH}",
         "raw_images_per_s_at_max_batch": raw,
         "runs": rows,
         "sequential": {str(k): v for k, v in sequential.items()},
