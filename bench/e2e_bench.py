@@ -26,9 +26,9 @@ from agent.tools import PROPOSE_CONCEPT
 from bench.server_bench import (
     DEVICE,
     MAX_BATCH,
+    RESULTS,
     SIZE,
     STEPS,
-    RESULTS,
     _metric_sum,
     raw_throughput,
     start_server,
