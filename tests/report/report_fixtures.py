@@ -103,6 +103,26 @@ def copy_run(run: ToyRun, destination: Path) -> ToyRun:
     return ToyRun(destination, run.store, list(run.units))
 
 
+def large_run(run: ToyRun, destination: Path, count: int = 500) -> ToyRun:
+    """A copy of a run grown to ``count`` neurons whose histories repeat the real ones; the
+    results and CoSy tables are removed so the report builds from the histories alone."""
+    large = copy_run(run, destination)
+    config = json.loads((large.folder / "config.json").read_text())
+    histories = [
+        json.loads((large.folder / "neurons" / f"planted__{u}.json").read_text())
+        for u in large.units
+    ]
+    config["units"] = list(range(count))
+    (large.folder / "config.json").write_text(json.dumps(config))
+    for unit in range(count):
+        history = dict(histories[unit % len(histories)])
+        history["neuron"] = {**history["neuron"], "unit": unit}
+        (large.folder / "neurons" / f"planted__{unit}.json").write_text(json.dumps(history))
+    (large.folder / "results.csv").unlink()
+    (large.folder / "cosy.csv").unlink()
+    return ToyRun(large.folder, large.store, list(range(count)))
+
+
 def interrupt(run: ToyRun, unfinished: list[int], failed: list[int]) -> None:
     """Make a finished run look interrupted: no results table, some histories gone, and some
     marked failed the way the runner marks them."""

@@ -7,7 +7,7 @@ import shutil
 import time
 
 from chromium_cdp import Chromium
-from report_fixtures import copy_run, interrupt
+from report_fixtures import copy_run, interrupt, large_run
 
 from agent.report import build_report, start_viewer
 
@@ -179,18 +179,7 @@ def test_viewer_in_chromium_reloads_as_neurons_finish(toy_run, tmp_path, chromiu
 
 def test_large_report_pages_in_chromium(toy_run, tmp_path, chromium, screenshots):
     """500 neurons open fast: 50 rows a page, thumbnails load lazily."""
-    run = copy_run(toy_run, tmp_path / "run")
-    config = json.loads((run.folder / "config.json").read_text())
-    histories = [
-        json.loads((run.folder / "neurons" / f"planted__{u}.json").read_text()) for u in run.units
-    ]
-    config["units"] = list(range(500))
-    (run.folder / "config.json").write_text(json.dumps(config))
-    for unit in range(500):
-        history = dict(histories[unit % len(histories)])
-        (run.folder / "neurons" / f"planted__{unit}.json").write_text(json.dumps(history))
-    (run.folder / "results.csv").unlink()
-    (run.folder / "cosy.csv").unlink()
+    run = large_run(toy_run, tmp_path / "run", 500)
     index = build_report(run.folder, store=run.store)
     with Chromium(chromium) as browser:
         start = time.monotonic()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from report_fixtures import copy_run, interrupt
+from report_fixtures import copy_run, interrupt, large_run
 
 from agent.report import ReportBuilder, ReportError, build_report
 from agent.report.data import load_run, read_cosy
@@ -169,19 +169,7 @@ def test_not_a_run_folder(tmp_path):
 
 def test_large_run_builds_quickly(toy_run, tmp_path):
     """500 neurons (histories copied from the toy run): one build, paged index."""
-    run = copy_run(toy_run, tmp_path / "run")
-    config = json.loads((run.folder / "config.json").read_text())
-    histories = [
-        json.loads((run.folder / "neurons" / f"planted__{u}.json").read_text()) for u in run.units
-    ]
-    config["units"] = list(range(500))
-    (run.folder / "config.json").write_text(json.dumps(config))
-    for unit in range(500):
-        history = dict(histories[unit % len(histories)])
-        history["neuron"] = {**history["neuron"], "unit": unit}
-        (run.folder / "neurons" / f"planted__{unit}.json").write_text(json.dumps(history))
-    (run.folder / "results.csv").unlink()
-    (run.folder / "cosy.csv").unlink()
+    run = large_run(toy_run, tmp_path / "run", 500)
     start = time.monotonic()
     index = build_report(run.folder, store=run.store)
     elapsed = time.monotonic() - start
