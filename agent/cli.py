@@ -204,7 +204,11 @@ def run(
     prompts: Annotated[str, typer.Option(help="Prompt variant name or folder.")] = "paper",
     out: Annotated[Path | None, typer.Option(help="Run folder to create.")] = None,
     server: Annotated[
-        str | None, typer.Option(help="Inference server URL; without it one is started.")
+        list[str] | None,
+        typer.Option(
+            help="Inference server URL; repeat it to spread the work over several servers "
+            "(least outstanding requests). Without it one is started."
+        ),
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Neurons explained at once.")] = 64,
     seed: Annotated[int, typer.Option(help="Run seed (image seeds derive from it).")] = 0,

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.client import LineClient, LineServerError, LineServerUnavailable
+from tools.pool import connect
 from tools.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
 from tools.server import RunningServer, create_app, start_server_thread
 from tools.service import InferenceService
 from tools.store import ActivationCache, ImageStore, default_cache_dir
+
+SERVER_PATIENCE_S = 300.0  # a run waits this long for a server that went down to come back
 
 
 class RunSetupError(ValueError):
@@ -131,7 +134,7 @@ def settings_from_options(
     llm_base_url: str | None,
     prompts: str,
     out: Path | None,
-    server: str | None,
+    server: str | list[str] | None,
     concurrency: int,
     seed: int,
     temperature: float | None,
@@ -146,6 +149,10 @@ def settings_from_options(
     from agent.providers import LLMConfigError, check_llm_ready
     from agent.runner import RunFolder, RunSettings
 
+    if isinstance(server, list | tuple):
+        server = list(dict.fromkeys(server)) or None
+        if server and len(server) == 1:
+            server = server[0]
     if resume is not None:
         folder = RunFolder(resume)
         try:
@@ -264,18 +271,19 @@ def execute_run(
     from agent.runner import run_neurons
 
     local = None
-    if settings.server:
-        asyncio.run(
-            check_remote_server(
-                settings.server, settings.target, settings.layer, settings.units, settings.generator
+    if settings.server_urls:
+        for url in settings.server_urls:
+            asyncio.run(
+                check_remote_server(
+                    url, settings.target, settings.layer, settings.units, settings.generator
+                )
             )
-        )
-        url = settings.server
+        urls = settings.server_urls
     else:
         local = start_local_server(
             settings.target, settings.layer, settings.units, settings.generator, device, store
         )
-        url = local.url
+        urls = [local.url]
     folder.create(settings)
     variant = load_variant(settings.prompts, **settings.variant_overrides)
 
@@ -284,7 +292,7 @@ def execute_run(
 
         llm = make_llm_client(settings, folder)
         control = ControlSet.resolve(settings.control) if settings.control else None
-        async with LineClient(url) as client:
+        async with connect(urls, patience_s=SERVER_PATIENCE_S) as client:
             return await run_neurons(
                 settings, folder, client, llm, variant, on_progress, control=control
             )

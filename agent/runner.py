@@ -46,8 +46,22 @@ RESULT_COLUMNS = [
     "images",
     "reasks",
     "faults",
+    "rate_limited",
+    "server_errors",
+    "timeouts",
+    "connection_errors",
+    "unusable_answers",
+    "tool_errors",
+    "restarts",
 ]
-FAULT_COUNTERS = ("rate_limited", "server_errors", "timeouts", "unusable_answers", "tool_errors")
+FAULT_COUNTERS = (
+    "rate_limited",
+    "server_errors",
+    "timeouts",
+    "connection_errors",
+    "unusable_answers",
+    "tool_errors",
+)
 
 
 class RunSettings(BaseModel):
@@ -64,10 +78,17 @@ class RunSettings(BaseModel):
     variant_fingerprint: str = ""
     seed: int = 0
     concurrency: int = 64
-    server: str | None = None
+    server: str | list[str] | None = None  # one URL, or several (a pool; see tools.pool)
     control: str | None = None
     llm_cache: str | None = None
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def server_urls(self) -> list[str]:
+        """The inference servers of the run (empty: a local one is started)."""
+        if not self.server:
+            return []
+        return [self.server] if isinstance(self.server, str) else list(self.server)
 
 
 class RunFolder:
@@ -133,9 +154,48 @@ class RunProgress:
     started: float = field(default_factory=time.monotonic)
 
 
-def thread_id(layer: str, unit: int) -> str:
-    """The LangGraph thread of a neuron."""
-    return f"{layer}#{unit}"
+def thread_id(layer: str, unit: int, attempt: int = 1) -> str:
+    """The LangGraph thread of a neuron's attempt (a failed neuron restarts on a new thread)."""
+    return f"{layer}#{unit}" if attempt == 1 else f"{layer}#{unit}@{attempt}"
+
+
+def attempt_config(layer: str, unit: int, attempt: int, variant: PromptVariant) -> dict:
+    """The LangGraph config of one attempt at a neuron."""
+    settings = variant.settings
+    return {
+        "configurable": {"thread_id": thread_id(layer, unit, attempt)},
+        "recursion_limit": 10 * (settings.max_llm_turns + settings.iterations) + 50,
+    }
+
+
+async def latest_attempt(graph, layer: str, unit: int):
+    """The neuron's latest attempt number and its checkpointed state (empty when new)."""
+    attempt = 1
+    snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id(layer, unit)}})
+    while snapshot.values:
+        later = await graph.aget_state(
+            {"configurable": {"thread_id": thread_id(layer, unit, attempt + 1)}}
+        )
+        if not later.values:
+            break
+        attempt, snapshot = attempt + 1, later
+    return attempt, snapshot
+
+
+def cannot_continue(snapshot) -> bool:
+    """An attempt that stopped where running again gives the same failure: it reached the
+    final step without a single measured concept (every LLM answer was unusable)."""
+    return tuple(snapshot.next) == ("finish",) and not snapshot.values.get("entries")
+
+
+BUDGET_COUNTERS = ("agent_turns", "images")  # spent per attempt; a new attempt gets them afresh
+
+
+def carry_costs(start: dict, failed: dict, attempt: int) -> dict:
+    """A new attempt's first state, carrying the failed attempt's costs, faults and LLM log."""
+    counters = {k: v for k, v in failed.get("counters", {}).items() if k not in BUDGET_COUNTERS}
+    counters["restarts"] = attempt - 1
+    return {**start, "counters": counters, "llm_log": list(failed.get("llm_log", []))}
 
 
 def seed_concepts(
@@ -177,6 +237,24 @@ def initial_state(
     }
 
 
+def merge_counts(left: dict | None, right: dict | None) -> dict[str, int]:
+    """Counters added key by key."""
+    merged = dict(left or {})
+    for key, value in (right or {}).items():
+        merged[key] = merged.get(key, 0) + int(value)
+    return merged
+
+
+def previous_failed_calls(folder: RunFolder, layer: str, unit: int) -> dict[str, int]:
+    """Faults of LLM calls that failed for good in earlier sessions of this neuron (a resumed
+    run keeps counting them: they are in no checkpoint)."""
+    try:
+        history = json.loads(folder.history_path(layer, unit).read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(history.get("failed_calls") or {})
+
+
 def history_of(state: dict, status: str, reason: str = "") -> dict:
     """A neuron's JSON history from its graph state."""
     history = {
@@ -214,6 +292,8 @@ def result_row(settings: RunSettings, unit: int, state: dict, status: str, reaso
         "images": counters.get("images", 0),
         "reasks": counters.get("reasks", 0),
         "faults": sum(counters.get(key, 0) for key in FAULT_COUNTERS),
+        **{key: counters.get(key, 0) for key in FAULT_COUNTERS},
+        "restarts": counters.get("restarts", 0),
     }
 
 
@@ -248,12 +328,6 @@ async def run_neurons(
         graph = build_graph(variant.settings.strategy).compile(checkpointer=saver)
 
         async def explain(unit: int) -> None:
-            config = {
-                "configurable": {"thread_id": thread_id(settings.layer, unit)},
-                "recursion_limit": 10
-                * (variant.settings.max_llm_turns + variant.settings.iterations)
-                + 50,
-            }
             ctx = RunContext(
                 client=client,
                 llm=llm,
@@ -267,11 +341,13 @@ async def run_neurons(
             )
             async with limit:
                 status, reason = "done", ""
+                failed_calls = previous_failed_calls(folder, settings.layer, unit)
+                attempt, snapshot = await latest_attempt(graph, settings.layer, unit)
+                config = attempt_config(settings.layer, unit, attempt, variant)
                 try:
-                    snapshot = await graph.aget_state(config)
                     if snapshot.values.get("result"):
                         state = snapshot.values
-                    elif snapshot.values:
+                    elif snapshot.values and not cannot_continue(snapshot):
                         state = await graph.ainvoke(None, config, context=ctx)
                     else:
                         seeds = []
@@ -284,12 +360,24 @@ async def run_neurons(
                                 settings.seed * 1_000_003 + unit,
                             )
                         start = initial_state(settings.target, settings.layer, unit, variant, seeds)
+                        if snapshot.values:  # a failed attempt: start over, keep its costs
+                            attempt += 1
+                            config = attempt_config(settings.layer, unit, attempt, variant)
+                            start = carry_costs(start, snapshot.values, attempt)
                         state = await graph.ainvoke(start, config, context=ctx)
+                    if not (state.get("result") or {}).get("label"):
+                        raise RuntimeError("the neuron's graph ended without a label")
                 except Exception as error:
                     status, reason = "failed", f"{type(error).__name__}: {error}"
                     log.warning("neuron %s/%s failed: %s", settings.layer, unit, reason)
                     state = (await graph.aget_state(config)).values
-            folder.write_history(settings.layer, unit, history_of(state, status, reason))
+                    faults = getattr(error, "faults", None)  # an LLM call that failed for good:
+                    if isinstance(faults, dict):  # its faults are in no checkpointed state
+                        failed_calls = merge_counts(failed_calls, {**faults, "llm_calls_failed": 1})
+                state = {**state, "counters": merge_counts(state.get("counters"), failed_calls)}
+                history = history_of(state, status, reason)
+                history["failed_calls"] = failed_calls
+            folder.write_history(settings.layer, unit, history)
             rows[unit] = result_row(settings, unit, state, status, reason)
             progress.done += status == "done"
             progress.failed += status == "failed"

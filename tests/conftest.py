@@ -11,7 +11,7 @@ import pytest
 from agent.prompts import load_variant
 from agent.providers import build_llm_client
 from agent.runner import RunFolder, RunSettings, run_neurons
-from tools.client import LineClient
+from tools.pool import connect
 from tools.registry import load_generator, load_target
 from tools.server import create_app, start_server_thread
 from tools.service import BatchingConfig, InferenceService
@@ -70,7 +70,7 @@ def explain():
 
 
 def explain_neurons(
-    server_url: str,
+    server_url: str | list[str],
     out,
     units: list[int],
     llm: str = "offline:vocab",
@@ -104,7 +104,7 @@ def explain_neurons(
         llm_client = build_llm_client(
             llm, base_url=llm_base_url, temperature=variant.settings.temperature, timeout_s=10
         )
-        async with LineClient(server_url) as client:
+        async with connect(server_url) as client:
             return await run_neurons(settings, folder, client, llm_client, variant, control=control)
 
     return asyncio.run(go()), folder

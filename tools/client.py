@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import httpx
 import numpy as np
 
 RETRY_STATUSES = (502, 503, 504)
+MAX_BACKOFF_S = 5.0
 
 
 class LineServerError(RuntimeError):
@@ -60,12 +62,14 @@ class LineClient:
         retries: int = 5,
         backoff_s: float = 0.25,
         max_connections: int = 64,
+        patience_s: float = 0.0,
     ) -> None:
         token = token or os.environ.get("LINE_SERVER_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
+        self.patience_s = patience_s
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
@@ -86,24 +90,32 @@ class LineClient:
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """Send with retries: ``retries`` times with backoff, and for a server that is down
+        (refused or dropped connections, 502/503/504) also until ``patience_s`` has passed,
+        so a run survives a server restart. Every request is idempotent (content-addressed)."""
         attempt = 0
+        started = time.monotonic()
         while True:
             try:
                 response = await self._http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as error:
-                if attempt >= self.retries:
+                if attempt >= self.retries and time.monotonic() - started >= self.patience_s:
                     raise LineServerUnavailable(
                         f"cannot reach the inference server at {self.base_url} after "
-                        f"{attempt + 1} tries ({error}); is `line serve` running there?"
+                        f"{attempt + 1} tries in {time.monotonic() - started:.0f} s ({error}); "
+                        "is `line serve` running there?"
                     ) from error
             else:
-                if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
+                out_of_tries = (
+                    attempt >= self.retries and time.monotonic() - started >= self.patience_s
+                )
+                if response.status_code not in RETRY_STATUSES or out_of_tries:
                     if response.status_code >= 400:
                         raise LineServerError(
                             response.status_code, _message(response), f"{method} {path}"
                         )
                     return response
-            delay = self.backoff_s * (2**attempt)
+            delay = min(self.backoff_s * (2**attempt), MAX_BACKOFF_S)
             await asyncio.sleep(delay * (0.5 + random.random()))
             attempt += 1
 

@@ -36,13 +36,16 @@ def thumbnail_path(image_id: str) -> str:
 
 
 class ImageSource:
-    """Reads original images from a store folder, falling back to a LINE server."""
+    """Reads original images from a store folder, falling back to the run's LINE server(s)."""
 
-    def __init__(self, store: Path, server: str | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, store: Path, server: str | list[str] | None = None, timeout_s: float = 5.0
+    ) -> None:
         self.store = Path(store)
-        self.server = server.rstrip("/") if server else None
+        urls = [server] if isinstance(server, str) else list(server or [])
+        self.servers = [url.rstrip("/") for url in urls if url]
         self.timeout_s = timeout_s
-        self._server_down = False
+        self._down: set[str] = set()
 
     def read(self, image_id: str) -> bytes | None:
         """The image file's bytes, or None when neither the store nor the server has it."""
@@ -51,22 +54,25 @@ class ImageSource:
             return path.read_bytes()
         except OSError:
             pass
-        if self.server is None or self._server_down:
-            return None
         import httpx
 
         headers = {}
         token = os.environ.get("LINE_SERVER_TOKEN")
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        try:
-            response = httpx.get(
-                f"{self.server}/v1/images/{image_id}", headers=headers, timeout=self.timeout_s
-            )
-        except httpx.HTTPError:
-            self._server_down = True  # one unreachable server is not asked again per image
-            return None
-        return response.content if response.status_code == 200 else None
+        for server in self.servers:  # a pool's images live on the server that rendered them
+            if server in self._down:
+                continue
+            try:
+                response = httpx.get(
+                    f"{server}/v1/images/{image_id}", headers=headers, timeout=self.timeout_s
+                )
+            except httpx.HTTPError:
+                self._down.add(server)  # an unreachable server is not asked again per image
+                continue
+            if response.status_code == 200:
+                return response.content
+        return None
 
 
 def write_thumbnail(data: bytes, target: Path, size: int = THUMBNAIL_SIZE) -> bool:

@@ -1,0 +1,315 @@
+"""Several inference servers used as one: ``line run --server URL --server URL ...``.
+
+For users with one ``line serve`` per GPU (or per machine). ``ServerPool`` has the methods of
+``LineClient``, so the agent side does not change:
+
+- a render request goes to the server with the fewest outstanding requests (ties in turn);
+- images live in the store of the server that rendered them, so activations of an image go to
+  that server (one request per server when a batch spans several, rows merged in order);
+- uploads (control-set photos) go to every server: their ids hash the bytes, so they agree;
+- a server that stops answering is set aside for a while and its work goes elsewhere. An image
+  whose server is gone is rendered again on another one: image ids hash the generator, prompt,
+  seed and settings, so the new copy has the same id and nothing already recorded changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tools.client import Activations, LineClient, LineServerError, LineServerUnavailable
+
+log = logging.getLogger("line.pool")
+
+DOWN_FOR_S = 10.0  # how long a server that failed is passed over while others answer
+
+
+@dataclass
+class PoolMember:
+    """One server of the pool and what the pool knows about it."""
+
+    url: str
+    client: LineClient
+    outstanding: int = 0
+    requests: int = 0
+    images_rendered: int = 0
+    failures: int = 0
+    down_until: float = 0.0
+
+    def is_up(self, now: float) -> bool:
+        return now >= self.down_until
+
+
+@dataclass(frozen=True)
+class RenderRecipe:
+    """How an image was asked for, so another server can render the same image (same id)."""
+
+    prompt: str
+    seed: int
+    options: tuple[tuple[str, object], ...]
+
+
+@dataclass
+class PoolStats:
+    """Requests per server, for progress output and tests."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    images_rendered: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    rerendered: int = 0
+
+
+class ServerPool:
+    """Spread requests over several servers (least outstanding requests); see the module doc."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        token: str | None = None,
+        patience_s: float = 300.0,
+        **client_options,
+    ) -> None:
+        urls = list(dict.fromkeys(url.rstrip("/") for url in urls))
+        if not urls:
+            raise ValueError("a server pool needs at least one server URL")
+        client_options.setdefault("retries", 2)
+        self.members = [
+            PoolMember(url, LineClient(url, token=token, **client_options)) for url in urls
+        ]
+        self.base_url = ",".join(urls)
+        self.patience_s = patience_s
+        self._owner: dict[str, PoolMember] = {}
+        self._recipes: dict[str, RenderRecipe] = {}
+        self._turn = itertools.count()
+        self._rerendered = 0
+
+    async def __aenter__(self) -> ServerPool:
+        return self
+
+    async def __aexit__(self, *_exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every member's connections."""
+        await asyncio.gather(*(member.client.aclose() for member in self.members))
+
+    # ----- choosing a server ---------------------------------------------------------------
+    def _least_outstanding(self, exclude: Sequence[PoolMember] = ()) -> PoolMember | None:
+        now = time.monotonic()
+        candidates = [m for m in self.members if m not in exclude and m.is_up(now)]
+        if not candidates:
+            candidates = [m for m in self.members if m not in exclude]
+        if not candidates:
+            return None
+        fewest = min(member.outstanding for member in candidates)
+        tied = [member for member in candidates if member.outstanding == fewest]
+        return tied[next(self._turn) % len(tied)]
+
+    async def _on(self, member: PoolMember, method: str, *args, **kwargs):
+        member.outstanding += 1
+        member.requests += 1
+        try:
+            result = await getattr(member.client, method)(*args, **kwargs)
+        except LineServerUnavailable:
+            member.failures += 1
+            member.down_until = time.monotonic() + DOWN_FOR_S
+            log.warning("inference server %s is not answering; using the others", member.url)
+            raise
+        finally:
+            member.outstanding -= 1
+        member.down_until = 0.0
+        return result
+
+    async def _with_failover(self, method: str, *args, **kwargs):
+        """Call ``method`` on the least busy server; on a server that is down, on the next one,
+        and when all are down, again until ``patience_s`` has passed."""
+        started = time.monotonic()
+        tried: list[PoolMember] = []
+        while True:
+            member = self._least_outstanding(exclude=tried)
+            if member is None:
+                if time.monotonic() - started > self.patience_s:
+                    raise LineServerUnavailable(
+                        f"none of the inference servers answered for {self.patience_s:.0f} s: "
+                        f"{self.base_url}; is `line serve` running there?"
+                    )
+                tried = []
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                return member, await self._on(member, method, *args, **kwargs)
+            except LineServerUnavailable:
+                tried.append(member)
+
+    # ----- the LineClient interface --------------------------------------------------------
+    async def health(self) -> dict:
+        """``/healthz`` of the first server that answers."""
+        return (await self._with_failover("health"))[1]
+
+    async def models(self) -> dict:
+        """``/v1/models`` of the first server that answers (all should serve the same)."""
+        return (await self._with_failover("models"))[1]
+
+    async def generate_images(self, prompts: Sequence[str], seeds: Sequence[int], **options):
+        """Render on the least busy server; remembers where each image lives."""
+        member, images = await self._with_failover("generate_images", prompts, seeds, **options)
+        recipe_options = tuple(sorted(options.items()))
+        for image in images:
+            self._owner[image.id] = member
+            self._recipes[image.id] = RenderRecipe(image.prompt, image.seed, recipe_options)
+        member.images_rendered += sum(not image.cached for image in images)
+        return images
+
+    async def activations(
+        self,
+        target: str,
+        layer: str,
+        image_ids: Sequence[str],
+        units: Sequence[int] | None = None,
+    ) -> Activations:
+        """Measure each image on the server that holds it; rows come back in request order."""
+        groups: dict[int, list[str]] = {}
+        members: dict[int, PoolMember | None] = {}
+        for image_id in dict.fromkeys(image_ids):
+            owner = self._owner.get(image_id)
+            groups.setdefault(id(owner), []).append(image_id)
+            members[id(owner)] = owner
+        results = await asyncio.gather(
+            *(
+                self._measure_group(members[key], target, layer, ids, units)
+                for key, ids in groups.items()
+            )
+        )
+        rows: dict[str, np.ndarray] = {}
+        measured_units: list[int] = []
+        for ids, result in zip(groups.values(), results, strict=True):
+            measured_units = result.units
+            rows.update(zip(ids, result.values, strict=True))
+        values = np.stack([rows[image_id] for image_id in image_ids])
+        return Activations(target, layer, list(measured_units), values)
+
+    async def _measure_group(
+        self,
+        owner: PoolMember | None,
+        target: str,
+        layer: str,
+        ids: list[str],
+        units: Sequence[int] | None,
+    ) -> Activations:
+        if owner is None:  # not rendered through this pool: any server (a shared store)
+            return (await self._with_failover("activations", target, layer, ids, units))[1]
+        try:
+            return await self._on(owner, "activations", target, layer, ids, units)
+        except LineServerUnavailable:
+            if not all(image_id in self._recipes for image_id in ids):
+                raise
+        except LineServerError as error:
+            if error.status != 404 or not all(image_id in self._recipes for image_id in ids):
+                raise
+        return await self._rerender_and_measure(owner, target, layer, ids, units)
+
+    async def _rerender_and_measure(
+        self,
+        lost_on: PoolMember,
+        target: str,
+        layer: str,
+        ids: list[str],
+        units: Sequence[int] | None,
+    ) -> Activations:
+        """The images' server is gone: render them again elsewhere (same ids) and measure."""
+        by_options: dict[tuple, list[str]] = {}
+        for image_id in ids:
+            by_options.setdefault(self._recipes[image_id].options, []).append(image_id)
+        started = time.monotonic()
+        while True:
+            member = self._least_outstanding(exclude=[lost_on]) or lost_on
+            try:
+                for options, group in by_options.items():
+                    recipes = [self._recipes[image_id] for image_id in group]
+                    images = await self._on(
+                        member,
+                        "generate_images",
+                        [recipe.prompt for recipe in recipes],
+                        [recipe.seed for recipe in recipes],
+                        **dict(options),
+                    )
+                    if [image.id for image in images] != group:
+                        raise LineServerError(
+                            409,
+                            f"{member.url} renders different images for the same requests than "
+                            f"{lost_on.url}: the servers of a pool must serve the same generator",
+                            "POST /v1/images",
+                        )
+                    for image in images:
+                        self._owner[image.id] = member
+                self._rerendered += len(ids)
+                log.warning(
+                    "rendered %d images of %s again on %s", len(ids), lost_on.url, member.url
+                )
+                return await self._on(member, "activations", target, layer, ids, units)
+            except LineServerUnavailable:
+                if time.monotonic() - started > self.patience_s:
+                    raise
+                await asyncio.sleep(1.0)
+
+    async def upload_images(self, files: Sequence[bytes], names: Sequence[str] = ()) -> list[str]:
+        """Store the files on every server that answers (same ids everywhere)."""
+        now = time.monotonic()
+        live = [member for member in self.members if member.is_up(now)] or self.members
+        answers = await asyncio.gather(
+            *(self._on(member, "upload_images", files, names) for member in live),
+            return_exceptions=True,
+        )
+        ids = None
+        for member, answer in zip(live, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, LineServerUnavailable):
+                    raise answer
+                continue
+            if ids is not None and answer != ids:
+                raise LineServerError(
+                    409, f"{member.url} stores uploads under other ids", "POST /v1/images/upload"
+                )
+            ids = answer
+        if ids is None:
+            raise next(a for a in answers if isinstance(a, BaseException))
+        return ids
+
+    async def image_png(self, image_id: str) -> bytes:
+        """The PNG of an image, from the server that holds it."""
+        owner = self._owner.get(image_id)
+        if owner is not None:
+            return await self._on(owner, "image_png", image_id)
+        return (await self._with_failover("image_png", image_id))[1]
+
+    async def metrics_text(self) -> str:
+        """Every server's metrics page, each under a ``# server URL`` line."""
+        pages = await asyncio.gather(*(m.client.metrics_text() for m in self.members))
+        return "\n".join(
+            f"# server {m.url}\n{page}" for m, page in zip(self.members, pages, strict=True)
+        )
+
+    def stats(self) -> PoolStats:
+        """Requests, rendered images and failures per server."""
+        return PoolStats(
+            requests={m.url: m.requests for m in self.members},
+            images_rendered={m.url: m.images_rendered for m in self.members},
+            failures={m.url: m.failures for m in self.members},
+            rerendered=self._rerendered,
+        )
+
+
+def connect(urls: str | Sequence[str], token: str | None = None, **options):
+    """A ``LineClient`` for one server URL, a ``ServerPool`` for several."""
+    if isinstance(urls, str):
+        urls = [urls]
+    urls = list(dict.fromkeys(urls))
+    if len(urls) == 1:
+        return LineClient(urls[0], token=token, **options)
+    return ServerPool(urls, token=token, **options)
