@@ -123,7 +123,7 @@ async def _ask_for_concept(
             continue
         logs.append(log)
         return args, logs, counters
-    counters["unusable_answers"] = counters.get("unusable_answers", 0) + 1
+    counters["lost_rounds"] = counters.get("lost_rounds", 0) + 1
     return None, logs, counters
 
 

@@ -50,16 +50,18 @@ RESULT_COLUMNS = [
     "server_errors",
     "timeouts",
     "connection_errors",
-    "unusable_answers",
     "tool_errors",
+    "lost_rounds",
     "restarts",
 ]
+# what ``faults`` adds up: failed LLM requests (retried), unusable answers (re-asked) and
+# tool calls the agent got wrong (answered with an error)
 FAULT_COUNTERS = (
     "rate_limited",
     "server_errors",
     "timeouts",
     "connection_errors",
-    "unusable_answers",
+    "reasks",
     "tool_errors",
 )
 
@@ -293,6 +295,7 @@ def result_row(settings: RunSettings, unit: int, state: dict, status: str, reaso
         "reasks": counters.get("reasks", 0),
         "faults": sum(counters.get(key, 0) for key in FAULT_COUNTERS),
         **{key: counters.get(key, 0) for key in FAULT_COUNTERS},
+        "lost_rounds": counters.get("lost_rounds", 0),
         "restarts": counters.get("restarts", 0),
     }
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 import os
 
-BENCHMARKS = ["bench.server_bench", "bench.e2e_bench", "bench.toyworld_bench"]
+BENCHMARKS = [
+    "bench.server_bench",
+    "bench.e2e_bench",
+    "bench.toyworld_bench",
+    "bench.load_bench",
+]
 
 
 def main() -> None:

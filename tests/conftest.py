@@ -81,6 +81,8 @@ def explain_neurons(
     generator: str | None = None,
     concurrency: int = 8,
     control=None,
+    llm_timeout_s: float = 10,
+    llm_retry=None,
     **overrides,
 ):
     """Run neurons in-process against a server; returns (rows, folder)."""
@@ -97,12 +99,17 @@ def explain_neurons(
         server=server_url,
     )
     folder = RunFolder(out)
-    folder.create(settings)
+    if not folder.config.exists():  # an existing folder is resumed
+        folder.create(settings)
     variant = load_variant(prompts, **overrides)
 
     async def go():
         llm_client = build_llm_client(
-            llm, base_url=llm_base_url, temperature=variant.settings.temperature, timeout_s=10
+            llm,
+            base_url=llm_base_url,
+            temperature=variant.settings.temperature,
+            timeout_s=llm_timeout_s,
+            retry=llm_retry,
         )
         async with connect(server_url) as client:
             return await run_neurons(settings, folder, client, llm_client, variant, control=control)

@@ -94,3 +94,45 @@ def test_activation_cache_keeps_whole_vectors_across_restarts(tmp_path):
     assert set(found) == set(vectors)
     for key, vector in vectors.items():
         np.testing.assert_array_equal(found[key], vector)
+
+
+@pytest.mark.parametrize(
+    ("errno_", "words"), [(28, "No space left on device"), (30, "Read-only file system")]
+)
+def test_a_full_or_read_only_disk_is_a_clear_507_and_the_run_can_go_on(
+    tmp_path, monkeypatch, errno_, words
+):
+    import httpx
+
+    from tools.registry import load_generator, load_target
+    from tools.server import create_app, start_server_thread
+    from tools.service import InferenceService
+
+    store = ImageStore(tmp_path / "store")
+    service = InferenceService(
+        [load_generator("procedural:shapes", "cpu")],
+        [load_target("planted:shapes", "cpu")],
+        store,
+        ActivationCache(tmp_path / "store" / "activations.sqlite"),
+    )
+    running = start_server_thread(create_app(service))
+    body = {"prompts": ["a red circle", "a blue square"], "seeds": [1, 2]}
+    real_mkstemp = __import__("tempfile").mkstemp
+
+    def failing_disk(*_args, **_kwargs):
+        raise OSError(errno_, words)
+
+    try:
+        monkeypatch.setattr("tempfile.mkstemp", failing_disk)
+        answer = httpx.post(f"{running.url}/v1/images", json=body, timeout=30)
+        assert answer.status_code == 507
+        assert words in answer.json()["detail"]
+        assert "Free disk space or pass a writable folder with --store" in answer.json()["detail"]
+        assert not list(store.images.rglob("*.png")) and not list(store.images.rglob("*.part"))
+        monkeypatch.setattr("tempfile.mkstemp", real_mkstemp)  # space freed: the same request
+        answer = httpx.post(f"{running.url}/v1/images", json=body, timeout=30)
+        assert answer.status_code == 200
+        ids = [image["id"] for image in answer.json()["images"]]
+        assert all(store.load(image).size == (224, 224) for image in ids)  # whole, readable
+    finally:
+        running.stop()
