@@ -1,13 +1,8 @@
-"""`line run` as users run it: fail-fast checks, a run killed mid-way and resumed, concurrency."""
+"""`line run` as users run it: fail-fast checks, resuming a finished run, concurrency, caching."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -71,49 +66,6 @@ def test_an_existing_run_folder_is_not_overwritten(tmp_path):
     assert header.endswith(",groups,group_concepts")  # polysemanticity columns
     assert f"report: {tmp_path / 'run' / 'report' / 'index.html'}" in resumed.output
     assert (tmp_path / "run" / "report" / "index.html").is_file()
-
-
-def test_a_killed_run_resumes_without_repeating_steps(tmp_path):
-    out = tmp_path / "run"
-    units = "0-7"
-    with start_scripted_llm(ProposerPolicy(), latency_ms=100) as llm:
-        command = [
-            sys.executable, "-m", "agent.cli", "run", *TOY, "--units", units, "--llm",
-            "openai-compatible:scripted", "--llm-base-url", llm.url, "--out", str(out),
-            "--iterations", "6", "--concurrency", "4", "--quiet", "--no-groups",
-            "--no-report",
-        ]  # fmt: skip
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while llm.stats.requests < 20:
-            assert process.poll() is None, process.stdout.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        killed_at = llm.stats.requests
-        assert not out.joinpath("results.csv").exists()
-        resumed = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "run", "--resume", str(out), "--quiet",
-             "--no-groups", "--no-report"],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-        total_requests = llm.stats.requests
-    assert killed_at < total_requests
-    folder = RunFolder(out)
-    rows = list(csv_rows(folder))
-    assert [row["status"] for row in rows] == ["done"] * 8
-    recorded_calls = 0
-    for unit in range(8):
-        neuron = json.loads(folder.history_path("planted", unit).read_text())
-        proposals = [e["iteration"] for e in neuron["entries"] if e["source"] == "proposal"]
-        assert proposals == sorted(set(proposals)), proposals  # no round done twice
-        assert len({e["concept"] for e in neuron["entries"]}) == len(neuron["entries"])
-        recorded_calls += neuron["counters"]["llm_calls"]
-    # every LLM call of a finished step is recorded once; only calls in flight at the kill
-    # (at most one per concurrent neuron) were lost and asked again
-    assert 0 <= total_requests - recorded_calls <= 4
 
 
 def csv_rows(folder):
