@@ -71,6 +71,25 @@ def serve(
         typer.Option(help="Unpickle arbitrary objects in checkpoint files (only files you trust)."),
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Serve through Ray Serve: model replicas (one per GPU) behind the same HTTP "
+            "API. Needs the ray extra: pip install line-agent\\[ray].",
+        ),
+    ] = False,
+    replicas: Annotated[int, typer.Option(help="--ray: model replicas.")] = 1,
+    gpus_per_replica: Annotated[
+        float, typer.Option(help="--ray: GPUs per replica (0 runs the replicas on CPUs).")
+    ] = 1.0,
+    cpus_per_replica: Annotated[
+        float, typer.Option(help="--ray: CPUs per replica (also its torch threads).")
+    ] = 1.0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="--ray: join this Ray cluster (auto, or host:port); default: local."),
+    ] = None,
 ) -> None:
     """Run the batched inference server (image generation and activation measurement)."""
     import uvicorn
@@ -95,6 +114,16 @@ def serve(
     )
     if store is not None:
         config.store = store
+    if ray:
+        from tools.ray_serve import serve_with_ray
+
+        if replicas < 1:
+            _fail("--replicas must be at least 1")
+        try:
+            serve_with_ray(config, replicas, gpus_per_replica, cpus_per_replica, ray_address)
+        except (ServeConfigError, BackendSpecError, OSError) as error:
+            _fail(str(error))
+        return
     try:
         service = build_service(config)
     except (ServeConfigError, BackendSpecError, OSError) as error:

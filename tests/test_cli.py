@@ -8,6 +8,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tools.server import free_port
 
@@ -85,6 +86,17 @@ def test_serve_needs_something_to_serve():
 def test_serve_reports_an_unknown_target():
     result = run_line("serve", "--target", "torchvision:resnet19:random")
     assert result.returncode == 2 and "no classification model 'resnet19'" in result.stderr
+
+
+def test_serve_ray_refuses_gpus_the_cluster_does_not_have():
+    pytest.importorskip("ray")
+    result = run_line(
+        "serve", "--ray", "--replicas", "2", "--gpus-per-replica", "1", "--generator",
+        "procedural:shapes", "--port", str(free_port()), timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "2 replica(s) x 1 GPU need 2 GPUs, but the Ray cluster has 0" in result.stderr
+    assert "--gpus-per-replica 0" in result.stderr
 
 
 def test_layers_lists_units():

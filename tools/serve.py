@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools.protocols import ImageGenerator, TargetModel
 from tools.registry import GeneratorOptions, load_generator, load_target
 from tools.server import is_loopback
 from tools.service import BatchingConfig, InferenceService, ServiceLimits
@@ -49,9 +50,8 @@ class ServeConfig:
             )
 
 
-def build_service(config: ServeConfig) -> InferenceService:
-    """Load every backend once and assemble the service."""
-    config.check()
+def load_backends(config: ServeConfig) -> tuple[list[ImageGenerator], list[TargetModel]]:
+    """Load every generator and target a config names, on ``config.device``."""
     generators = []
     for spec in config.generators:
         log.info("loading generator %s", spec)
@@ -60,6 +60,13 @@ def build_service(config: ServeConfig) -> InferenceService:
     for spec in config.targets:
         log.info("loading target %s", spec)
         targets.append(load_target(spec, config.device, config.trust_checkpoints))
+    return generators, targets
+
+
+def build_service(config: ServeConfig) -> InferenceService:
+    """Load every backend once and assemble the service."""
+    config.check()
+    generators, targets = load_backends(config)
     store = ImageStore(config.store)
     cache = ActivationCache(Path(config.store) / "activations.sqlite")
     return InferenceService(generators, targets, store, cache, config.batching, config.limits)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 
@@ -24,7 +25,13 @@ from tools.batching import (
     run_render_batch,
 )
 from tools.metrics import ServerMetrics
-from tools.protocols import ImageGenerator, RenderJob, RenderSettings, TargetModel
+from tools.protocols import (
+    ImageGenerator,
+    RenderedImage,
+    RenderJob,
+    RenderSettings,
+    TargetModel,
+)
 from tools.store import (
     ActivationCache,
     ImageStore,
@@ -91,8 +98,34 @@ class ActivationTable:
     activations: np.ndarray
 
 
+class Dispatcher(Protocol):
+    """Where the service sends single model jobs instead of its own micro-batchers (e.g. to
+    Ray Serve replicas). Its errors should be ``BackendError`` with the backend's message."""
+
+    async def render(self, generator: ImageGenerator, job: RenderJob) -> RenderedImage:
+        """Render one job (batched with others by the dispatcher)."""
+        ...
+
+    async def measure(self, target: TargetModel, job: ActivationJob) -> np.ndarray:
+        """One image's layer vector."""
+        ...
+
+    def queue_depths(self) -> dict[str, int]:
+        """Jobs sent and not yet answered, per backend name."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop sending; called when the service closes."""
+        ...
+
+
 class InferenceService:
-    """Renders and measures for many concurrent callers, batching and caching all model work."""
+    """Renders and measures for many concurrent callers, batching and caching all model work.
+
+    Model work goes to one ``MicroBatcher`` per backend and compatibility key on this process's
+    device threads, or, given a ``dispatcher``, to that dispatcher (validation, dedupe, store,
+    cache and metrics stay here either way).
+    """
 
     def __init__(
         self,
@@ -102,6 +135,8 @@ class InferenceService:
         cache: ActivationCache,
         batching: BatchingConfig | None = None,
         limits: ServiceLimits | None = None,
+        dispatcher: Dispatcher | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         if not generators and not targets:
             raise ValueError("an inference service needs at least one generator or target")
@@ -112,7 +147,8 @@ class InferenceService:
         self.cache = cache
         self.batching = batching or BatchingConfig()
         self.limits = limits or ServiceLimits()
-        self.metrics = ServerMetrics()
+        self.metrics = metrics or ServerMetrics()
+        self.dispatcher = dispatcher
         self._workers = DeviceWorkers()
         # One thread for store and cache I/O: PNG coding on many threads at once would compete
         # with the model's own threads for the cores.
@@ -190,7 +226,7 @@ class InferenceService:
 
     def queue_depths(self) -> dict[str, int]:
         """Waiting requests per backend (summed over compatibility keys)."""
-        depths: dict[str, int] = {}
+        depths: dict[str, int] = dict(self.dispatcher.queue_depths()) if self.dispatcher else {}
         for batcher in self._batchers.values():
             depths[batcher.backend] = depths.get(batcher.backend, 0) + batcher.queue_depth
         return depths
@@ -294,13 +330,16 @@ class InferenceService:
         return records
 
     async def _render_and_store(self, generator: ImageGenerator, key: str, job: RenderJob) -> None:
-        batcher = self._batcher(
-            ("generator", generator.name, job.settings),
-            generator.name,
-            generator.device,
-            partial(run_render_batch, generator),
-        )
-        rendered = await batcher.submit(job)
+        if self.dispatcher is not None:
+            rendered = await self.dispatcher.render(generator, job)
+        else:
+            batcher = self._batcher(
+                ("generator", generator.name, job.settings),
+                generator.name,
+                generator.device,
+                partial(run_render_batch, generator),
+            )
+            rendered = await batcher.submit(job)
         metadata = {
             "generator": generator.identity,
             "prompt": job.prompt,
@@ -415,23 +454,33 @@ class InferenceService:
 
     async def _measure_and_cache(self, target: str, layer: str, key: str) -> np.ndarray:
         model = self.targets[target]
-        batcher = self._batcher(
-            ("target", target, layer), target, model.device, partial(self._measure_batch, model)
-        )
         image = await self._in_io_thread(self.store.load, key)
-        vector = await batcher.submit(ActivationJob(key, image, layer))
+        job = ActivationJob(key, image, layer)
+        if self.dispatcher is not None:
+            vector = np.asarray(await self.dispatcher.measure(model, job), dtype=np.float32)
+            await self._in_io_thread(self._cache_vectors, model, layer, {key: vector})
+        else:
+            batcher = self._batcher(
+                ("target", target, layer), target, model.device, partial(self._measure_batch, model)
+            )
+            vector = await batcher.submit(job)
         self.metrics.activations_computed.labels(target).inc()
         return vector
 
     def _measure_batch(self, model: TargetModel, jobs: list[ActivationJob]) -> list[np.ndarray]:
         """Run one activation batch and cache its layer vectors in one write."""
         rows = [np.asarray(row, dtype=np.float32) for row in run_activation_batch(model, jobs)]
+        vectors = {job.image_id: row for job, row in zip(jobs, rows, strict=True)}
+        self._cache_vectors(model, jobs[0].layer, vectors)
+        return rows
+
+    def _cache_vectors(
+        self, model: TargetModel, layer: str, vectors: dict[str, np.ndarray]
+    ) -> None:
         try:
-            vectors = {job.image_id: row for job, row in zip(jobs, rows, strict=True)}
-            self.cache.put_many(target_identity(model), jobs[0].layer, vectors)
+            self.cache.put_many(target_identity(model), layer, vectors)
         except StoreWriteError as error:  # measuring still works; only caching is lost
             log.warning("%s", error)
-        return rows
 
     # ----- lifecycle -----------------------------------------------------------------------
     def render_metrics(self) -> bytes:
@@ -441,7 +490,9 @@ class InferenceService:
         return self.metrics.render()
 
     async def aclose(self) -> None:
-        """Stop the batchers and worker threads and close the cache."""
+        """Stop the dispatcher, batchers and worker threads and close the cache."""
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose()
         for batcher in self._batchers.values():
             await batcher.aclose()
         await asyncio.to_thread(self._workers.shutdown)
