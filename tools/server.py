@@ -5,35 +5,87 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import ipaddress
 import secrets
 import socket
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from PIL import Image
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tools.service import InferenceService, ServiceError
-from tools.store import InvalidImageIdError, check_image_id
+from tools.store import (
+    InvalidImageIdError,
+    StoreWriteError,
+    check_image_id,
+)
 
 API_VERSION = "v1"
+MIN_SIDE = 16
+"""The smallest image side the server accepts: every backend renders it (procedural:shapes
+refuses anything smaller)."""
+MAX_UPLOAD_ASPECT = 128
+"""How many times longer than wide an uploaded image may be (the server renders up to 16x2048).
+Targets scale the short side to about 224 pixels, so a 1x100000 PNG of a few hundred bytes would
+become gigabytes of pixels."""
+
+
+def _plain_text(value: str) -> str:
+    """Refuse text that cannot be stored or hashed: NUL characters and lone surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "must be valid Unicode text; it contains a lone surrogate (an unpaired \\ud800-\\udfff "
+            "escape)"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain_text)]
+"""A request string: any Unicode text without NUL characters or lone surrogates."""
+
+
+class ErrorResponse(BaseModel):
+    """What every refused or failed request gets."""
+
+    detail: str = Field(description="What is wrong and what is valid.")
 
 
 class ImagesRequest(BaseModel):
     """Render one image per (prompt, seed) pair."""
 
     model_config = ConfigDict(extra="forbid")
-    prompts: list[str] = Field(description="One prompt per image.")
+    prompts: list[Text] = Field(description="One prompt per image.")
     seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
-    generator: str | None = Field(None, description="Generator name; the server's first if absent.")
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
+    generator: Text | None = Field(
+        None, description="Generator name; the server's first if absent."
+    )
+    width: int | None = Field(
+        None,
+        ge=MIN_SIDE,
+        description=f"Image width in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
+        "limit (2048 unless configured); the generator's default if absent.",
+    )
+    height: int | None = Field(
+        None,
+        ge=MIN_SIDE,
+        description=f"Image height in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
+        "limit (2048 unless configured); the generator's default if absent.",
+    )
+    steps: int | None = Field(
+        None, description="Denoising steps, 1 to the server's limit (500 unless configured)."
+    )
+    guidance: float | None = Field(None, description="Guidance scale, 0 to 100.")
 
 
 class ImageEntry(BaseModel):
@@ -56,7 +108,7 @@ class UploadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     images: list[str] = Field(description="Base64-encoded image files (PNG, JPEG, ...).")
-    names: list[str] = Field(default_factory=list, description="Optional names, one per image.")
+    names: list[Text] = Field(default_factory=list, description="Optional names, one per image.")
 
 
 class UploadResponse(BaseModel):
@@ -69,8 +121,8 @@ class ActivationsRequest(BaseModel):
     """Read a layer of a target on stored images."""
 
     model_config = ConfigDict(extra="forbid")
-    target: str
-    layer: str
+    target: Text
+    layer: Text
     image_ids: list[str]
     units: list[int] | None = Field(None, description="Unit indices; all units when absent.")
 
@@ -95,7 +147,35 @@ def is_loopback(host: str) -> bool:
 
 
 def _error(status: int, message: str) -> JSONResponse:
+    # Messages quote request text, which may hold lone surrogates that UTF-8 cannot encode.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"detail": message}, status_code=status)
+
+
+def _token_matches(header: str, token: str) -> bool:
+    """Whether an Authorization header carries ``token`` (compared as bytes, in constant time)."""
+    scheme, _, given = header.partition(" ")
+    # Header values arrive decoded as latin-1; compare_digest refuses non-ASCII str.
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        given.encode("latin-1", "replace"), token.encode("utf-8")
+    )
+
+
+def _too_thin(images: list[bytes]) -> str | None:
+    """Why the first overly elongated image is refused (from its header; nothing is decoded)."""
+    for index, data in enumerate(images):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except Exception:  # not an image: the service says so
+            continue
+        if max(width, height) > MAX_UPLOAD_ASPECT * max(1, min(width, height)):
+            return (
+                f"image {index} is {width}x{height} pixels; an image's long side may be at most "
+                f"{MAX_UPLOAD_ASPECT} times its short side (targets scale the short side to about "
+                "224 pixels)"
+            )
+    return None
 
 
 def _describe_validation(error: RequestValidationError) -> str:
@@ -121,14 +201,16 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
         version="1",
         description="Batched text-to-image rendering and activation measurement for LINE.",
         lifespan=lifespan,
+        responses={
+            "4XX": {"model": ErrorResponse, "description": "A refused request."},
+            "5XX": {"model": ErrorResponse, "description": "A backend or the store failed."},
+        },
     )
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
         if token is not None:
-            header = request.headers.get("authorization", "")
-            scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(given, token):
+            if not _token_matches(request.headers.get("authorization", ""), token):
                 return _error(
                     401,
                     "missing or wrong token: send 'Authorization: Bearer <token>' with the "
@@ -139,6 +221,10 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, error: ServiceError) -> JSONResponse:
         return _error(error.status, str(error))
+
+    @app.exception_handler(StoreWriteError)
+    async def store_error(_request: Request, error: StoreWriteError) -> JSONResponse:
+        return _error(507, str(error))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -153,7 +239,7 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
             "targets": list(service.targets),
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus metrics."""
         return Response(service.render_metrics(), media_type="text/plain; version=0.0.4")
@@ -186,6 +272,9 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
                 decoded.append(base64.b64decode(text, validate=True))
             except (binascii.Error, ValueError) as error:
                 raise ServiceError(f"image {index} is not valid base64: {error}") from error
+        refusal = await asyncio.to_thread(_too_thin, decoded)
+        if refusal is not None:
+            raise ServiceError(refusal)
         return UploadResponse(ids=await service.upload_images(decoded, body.names))
 
     @app.get(

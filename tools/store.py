@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sqlite3
+import struct
 import tempfile
 import threading
 from collections import OrderedDict
@@ -66,8 +67,10 @@ def decode_image(data: bytes) -> Image.Image:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.convert("RGB")
-    except (OSError, Image.DecompressionBombError) as error:
+    except (OSError, Image.DecompressionBombError, ValueError) as error:
         raise ValueError(f"not a readable image file ({error})") from error
+    except (SyntaxError, TypeError, IndexError, struct.error) as error:  # corrupt files, too
+        raise ValueError(f"not a readable image file ({type(error).__name__}: {error})") from error
 
 
 def check_image_id(value: str) -> str:
