@@ -7,6 +7,7 @@ import asyncio
 import os
 
 import pytest
+from toy_service import toy_world_service
 
 from agent.prompts import load_variant
 from agent.providers import build_llm_client
@@ -14,8 +15,7 @@ from agent.runner import RunFolder, RunSettings, run_neurons
 from tools.pool import connect
 from tools.registry import load_generator, load_target
 from tools.server import create_app, start_server_thread
-from tools.service import BatchingConfig, InferenceService
-from tools.store import ActivationCache, ImageStore, default_cache_dir
+from tools.store import default_cache_dir
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,7 +34,6 @@ def line_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_sd(line_cache):
     """The offline tiny Stable Diffusion generator on the CPU."""
-    from tools.registry import load_generator
 
     return load_generator("tiny-sd", "cpu")
 
@@ -42,7 +41,6 @@ def tiny_sd(line_cache):
 @pytest.fixture(scope="session")
 def resnet18(line_cache):
     """A random-weight ResNet-18 target."""
-    from tools.registry import load_target
 
     return load_target("torchvision:resnet18:random", "cpu")
 
@@ -51,14 +49,7 @@ def resnet18(line_cache):
 def toy_world_server(line_cache):
     """procedural:shapes + planted:shapes behind a real server on 127.0.0.1."""
     folder = default_cache_dir() / "store"  # the session's cache: runs reuse each other's images
-    service = InferenceService(
-        [load_generator("procedural:shapes", "cpu")],
-        [load_target("planted:shapes", "cpu")],
-        ImageStore(folder),
-        ActivationCache(folder / "activations.sqlite"),
-        BatchingConfig(max_batch=64, max_wait_ms=5),
-    )
-    running = start_server_thread(create_app(service))
+    running = start_server_thread(create_app(toy_world_service(folder)))
     yield running.url
     running.stop()
 

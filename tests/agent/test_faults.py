@@ -14,14 +14,12 @@ import time
 
 import httpx
 import pytest
+from toy_service import toy_world_service
 
 from agent.providers import RetryPolicy
 from agent.runner import RunFolder
 from agent.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
-from tools.registry import load_generator, load_target
 from tools.server import create_app, free_port, start_server_thread
-from tools.service import BatchingConfig, InferenceService
-from tools.store import ActivationCache, ImageStore
 
 TOY = ["--target", "planted:shapes", "--layer", "planted", "--generator", "procedural:shapes"]
 LINE = [sys.executable, "-m", "agent.cli"]
@@ -125,13 +123,7 @@ def test_server_killed_mid_run_and_restarted(tmp_path):
 
 def test_runner_killed_and_resumed_repeats_no_step(tmp_path):
     out, units, iterations, concurrency = tmp_path / "run", list(range(8)), 6, 4
-    service = InferenceService(
-        [load_generator("procedural:shapes", "cpu")],
-        [load_target("planted:shapes", "cpu")],
-        ImageStore(tmp_path / "store"),
-        ActivationCache(tmp_path / "store" / "activations.sqlite"),
-        BatchingConfig(max_batch=64, max_wait_ms=5),
-    )
+    service = toy_world_service(tmp_path / "store")
     server = start_server_thread(create_app(service))
     folder = RunFolder(out)
     resume = [*LINE, "run", "--resume", str(out), "--quiet", "--no-groups", "--no-report"]

@@ -8,24 +8,16 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+from toy_service import toy_world_service
 
 from tools.client import LineServerUnavailable
 from tools.pool import ServerPool, connect
-from tools.registry import load_generator, load_target
 from tools.server import create_app, free_port, start_server_thread
-from tools.service import BatchingConfig, InferenceService
-from tools.store import ActivationCache, ImageStore
 
 
 def toy_server(folder, port: int = 0):
     """A toy-world server with its own store (as on another machine)."""
-    service = InferenceService(
-        [load_generator("procedural:shapes", "cpu")],
-        [load_target("planted:shapes", "cpu")],
-        ImageStore(folder),
-        ActivationCache(folder / "activations.sqlite"),
-        BatchingConfig(max_batch=32, max_wait_ms=5),
-    )
+    service = toy_world_service(folder, max_batch=32)
     return start_server_thread(create_app(service), port=port), service
 
 

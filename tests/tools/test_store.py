@@ -103,18 +103,12 @@ def test_a_full_or_read_only_disk_is_a_clear_507_and_the_run_can_go_on(
     tmp_path, monkeypatch, errno_, words
 ):
     import httpx
+    from toy_service import toy_world_service
 
-    from tools.registry import load_generator, load_target
     from tools.server import create_app, start_server_thread
-    from tools.service import InferenceService
 
-    store = ImageStore(tmp_path / "store")
-    service = InferenceService(
-        [load_generator("procedural:shapes", "cpu")],
-        [load_target("planted:shapes", "cpu")],
-        store,
-        ActivationCache(tmp_path / "store" / "activations.sqlite"),
-    )
+    service = toy_world_service(tmp_path / "store")
+    store = service.store
     running = start_server_thread(create_app(service))
     body = {"prompts": ["a red circle", "a blue square"], "seeds": [1, 2]}
     real_mkstemp = __import__("tempfile").mkstemp

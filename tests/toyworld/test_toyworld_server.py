@@ -9,12 +9,10 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+from toy_service import toy_world_service
 
 from tools.client import LineClient
-from tools.registry import load_generator, load_target
 from tools.server import create_app, start_server_thread
-from tools.service import BatchingConfig, InferenceService
-from tools.store import ActivationCache, ImageStore
 from tools.toyworld.procedural import render_prompt
 from tools.toyworld.truth import planted_ground_truth
 
@@ -22,13 +20,7 @@ from tools.toyworld.truth import planted_ground_truth
 @pytest.fixture(scope="module")
 def toy_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("toy-store")
-    service = InferenceService(
-        [load_generator("procedural:shapes", "cpu")],
-        [load_target("planted:shapes", "cpu")],
-        ImageStore(folder),
-        ActivationCache(folder / "activations.sqlite"),
-        BatchingConfig(max_batch=16, max_wait_ms=100),
-    )
+    service = toy_world_service(folder, max_batch=16, max_wait_ms=100)
     running = start_server_thread(create_app(service))
     yield running.url, service
     running.stop()

@@ -1,0 +1,22 @@
+"""The toy world behind a real ``InferenceService`` with its own store, for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tools.registry import load_generator, load_target
+from tools.service import BatchingConfig, InferenceService
+from tools.store import ActivationCache, ImageStore
+
+
+def toy_world_service(
+    folder: Path, max_batch: int = 64, max_wait_ms: float = 5
+) -> InferenceService:
+    """``procedural:shapes`` + ``planted:shapes`` on the CPU, storing under ``folder``."""
+    return InferenceService(
+        [load_generator("procedural:shapes", "cpu")],
+        [load_target("planted:shapes", "cpu")],
+        ImageStore(folder),
+        ActivationCache(Path(folder) / "activations.sqlite"),
+        BatchingConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
+    )
