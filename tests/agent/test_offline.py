@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.tools import tool
 
 from agent.offline import (
     NOT_AN_LLM,
@@ -18,40 +17,8 @@ from agent.offline import (
 )
 from agent.providers import extract_concept_from_text, extract_tool_call
 from agent.scoreboard import format_score_lines, format_tried_lines
+from agent.tools import AGENTIC_TOOLS, PROPOSE_CONCEPT, SUBMIT_EXPLANATION
 from tools.toyworld.vocabulary import parse_attributes
-
-
-@tool
-def propose_concept(concept: str) -> str:
-    """Propose the next concept."""
-    return concept
-
-
-@tool
-def submit_explanation(concept: str, summary: str) -> str:
-    """Submit the final concept with a one-sentence summary."""
-    return concept
-
-
-@tool
-def generate_images(concept: str, n: int = 5) -> str:
-    """Render n images of a concept."""
-    return concept
-
-
-@tool
-def measure_activation(concept: str) -> str:
-    """Measure the unit on a concept's images."""
-    return concept
-
-
-@tool
-def read_scoreboard(top_k: int = 10) -> str:
-    """The best concepts so far."""
-    return ""
-
-
-AGENTIC = [generate_images, measure_activation, read_scoreboard]
 
 
 def planted_score(concept: str, truth: set[str]) -> float:
@@ -77,7 +44,7 @@ def paper_prompt(scores: dict[str, float]) -> list:
 
 
 def run_paper(truth: set[str], rounds: int, model: OfflineVocabProposer) -> list[str]:
-    bound = model.bind_tools([propose_concept])
+    bound = model.bind_tools([PROPOSE_CONCEPT])
     scores: dict[str, float] = {}
     proposals = []
     for _ in range(rounds):
@@ -118,7 +85,7 @@ def test_vocabulary_file_parsing(tmp_path):
 def test_says_it_is_not_an_llm_and_costs_nothing():
     model = OfflineVocabProposer()
     assert "not-an-llm" in model._llm_type
-    message = model.bind_tools([propose_concept]).invoke(paper_prompt({}))
+    message = model.bind_tools([PROPOSE_CONCEPT]).invoke(paper_prompt({}))
     assert message.content.startswith(NOT_AN_LLM)
     assert message.usage_metadata["total_tokens"] == 0
     assert message.tool_calls[0]["args"] == {"concept": "red"}
@@ -126,8 +93,8 @@ def test_says_it_is_not_an_llm_and_costs_nothing():
 
 def test_deterministic_for_the_same_messages():
     scores = {"red": 0.1, "blue": 0.9, "orange": 0.3}
-    a = OfflineVocabProposer().bind_tools([propose_concept]).invoke(paper_prompt(scores))
-    b = OfflineVocabProposer().bind_tools([propose_concept]).invoke(paper_prompt(scores))
+    a = OfflineVocabProposer().bind_tools([PROPOSE_CONCEPT]).invoke(paper_prompt(scores))
+    b = OfflineVocabProposer().bind_tools([PROPOSE_CONCEPT]).invoke(paper_prompt(scores))
     assert a.content == b.content
     assert a.tool_calls == b.tool_calls
 
@@ -161,7 +128,7 @@ def test_never_repeats_even_when_everything_is_tried(tmp_path):
 
 
 def test_tried_lines_are_respected_without_scores():
-    bound = OfflineVocabProposer().bind_tools([propose_concept])
+    bound = OfflineVocabProposer().bind_tools([PROPOSE_CONCEPT])
     message = bound.invoke([HumanMessage("Already tried:\n- red\n- Orange\n- a photo of a dog")])
     assert message.tool_calls[0]["args"]["concept"] == "yellow"
 
@@ -175,7 +142,7 @@ def test_integer_lines_are_not_scores():
 
 def test_submit_explanation_returns_the_best():
     scores = {"red": 0.2, "blue triangle": 1.25, "blue": 0.6}
-    bound = OfflineVocabProposer().bind_tools([submit_explanation])
+    bound = OfflineVocabProposer().bind_tools([SUBMIT_EXPLANATION])
     message = bound.invoke(paper_prompt(scores))
     _name, args = extract_tool_call(message, ["submit_explanation"])
     assert args["concept"] == "blue triangle"
@@ -185,7 +152,7 @@ def test_submit_explanation_returns_the_best():
 def test_tool_choice_forces_a_tool():
     scores = {"red": 0.2, "blue": 0.6}
     bound = OfflineVocabProposer().bind_tools(
-        [propose_concept, submit_explanation], tool_choice="submit_explanation"
+        [PROPOSE_CONCEPT, SUBMIT_EXPLANATION], tool_choice="submit_explanation"
     )
     assert bound.invoke(paper_prompt(scores)).tool_calls[0]["name"] == "submit_explanation"
     assert resolve_tool_choice({"type": "function", "function": {"name": "b"}}, ["a", "b"]) == (
@@ -204,7 +171,7 @@ def test_plain_text_without_tools_is_extractable():
 
 
 def test_agentic_generate_then_measure_then_next():
-    model = OfflineVocabProposer(images_per_concept=3).bind_tools(AGENTIC)
+    model = OfflineVocabProposer(images_per_concept=3).bind_tools(AGENTIC_TOOLS)
     messages = [SystemMessage("Explore."), HumanMessage("Concepts so far:\n(none yet)")]
     expected = ["red", "orange", "yellow"]
     for concept in expected:
@@ -233,12 +200,12 @@ def test_agentic_generate_then_measure_then_next():
         ]
     evidence = read_evidence(transcript_from_langchain(messages))
     assert evidence.scores == {"red": 0.1, "orange": 0.7, "yellow": 0.2}
-    final = OfflineVocabProposer().bind_tools([submit_explanation]).invoke(messages)
+    final = OfflineVocabProposer().bind_tools([SUBMIT_EXPLANATION]).invoke(messages)
     assert final.tool_calls[0]["args"]["concept"] == "orange"
 
 
 def test_parallel_calls_hold_distinct_concepts():
-    model = OfflineVocabProposer(parallel_calls=3).bind_tools([propose_concept])
+    model = OfflineVocabProposer(parallel_calls=3).bind_tools([PROPOSE_CONCEPT])
     message = model.invoke([HumanMessage("- red")])
     assert [call["args"]["concept"] for call in message.tool_calls] == [
         "orange",
@@ -252,7 +219,7 @@ def test_ai_tool_calls_count_as_tried():
     previous = AIMessage(
         content="", tool_calls=[{"name": "propose_concept", "args": {"concept": "red"}, "id": "1"}]
     )
-    message = OfflineVocabProposer().bind_tools([propose_concept]).invoke([previous])
+    message = OfflineVocabProposer().bind_tools([PROPOSE_CONCEPT]).invoke([previous])
     assert message.tool_calls[0]["args"]["concept"] == "orange"
 
 
@@ -271,7 +238,7 @@ def test_combination_phrases():
 def run_paper_scored(score, rounds: int, model: OfflineVocabProposer) -> dict[str, float]:
     """Like ``run_paper`` with any score function (the prompt shows only the best 10); every
     proposal with its score, in order."""
-    bound = model.bind_tools([propose_concept])
+    bound = model.bind_tools([PROPOSE_CONCEPT])
     scores: dict[str, float] = {}
     for _ in range(rounds):
         message = bound.invoke(paper_prompt(scores))

@@ -8,7 +8,6 @@ import time
 import httpx
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
-from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
 from agent.providers import (
@@ -26,25 +25,7 @@ from agent.scripted_llm import (
     start_scripted_llm,
     transcript_from_openai,
 )
-
-
-@tool
-def propose_concept(concept: str) -> str:
-    """Propose the next concept."""
-    return concept
-
-
-@tool
-def generate_images(concept: str, n: int = 5) -> str:
-    """Render n images of a concept."""
-    return concept
-
-
-@tool
-def measure_activation(concept: str) -> str:
-    """Measure the unit on a concept's images."""
-    return concept
-
+from agent.tools import GENERATE_IMAGES, MEASURE_ACTIVATION, PROPOSE_CONCEPT
 
 PROMPT = [
     SystemMessage("You interpret a neuron."),
@@ -75,7 +56,7 @@ def client_for(server, timeout_s: float = 10, **kwargs) -> LLMClient:
 
 async def test_tool_call_comes_back_parsed(scripted):
     server = scripted(ProposerPolicy())
-    reply = await client_for(server).invoke(PROMPT, tools=[propose_concept])
+    reply = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     assert extract_tool_call(reply.message, ["propose_concept"]) == (
         "propose_concept",
         {"concept": "yellow"},
@@ -88,7 +69,7 @@ async def test_tool_call_comes_back_parsed(scripted):
 
 async def test_parallel_tool_calls(scripted):
     server = scripted(ProposerPolicy(parallel_calls=3))
-    reply = await client_for(server).invoke(PROMPT, tools=[propose_concept])
+    reply = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     concepts = [call["args"]["concept"] for call in reply.message.tool_calls]
     assert concepts == ["yellow", "green", "blue"]
     assert len({call["id"] for call in reply.message.tool_calls}) == 3
@@ -98,7 +79,7 @@ async def test_streamed_tool_call_deltas_and_usage(scripted):
     server = scripted(ProposerPolicy(parallel_calls=2))
     model = build_chat_model("openai-compatible:scripted", base_url=server.url)
     assert isinstance(model, ChatOpenAI)
-    chunks = [chunk async for chunk in model.bind_tools([propose_concept]).astream(PROMPT)]
+    chunks = [chunk async for chunk in model.bind_tools([PROPOSE_CONCEPT]).astream(PROMPT)]
     assert len(chunks) > 3
     message = chunks[0]
     for chunk in chunks[1:]:
@@ -114,7 +95,7 @@ async def test_streamed_tool_call_deltas_and_usage(scripted):
 async def test_rate_limit_with_retry_after_is_retried(scripted):
     server = scripted(ScriptedReplies([Reply.rate_limited(retry_after_s=0.3)]))
     started = time.monotonic()
-    reply = await client_for(server).invoke(PROMPT, tools=[propose_concept])
+    reply = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     assert time.monotonic() - started >= 0.3
     assert (reply.attempts, reply.rate_limited) == (2, 1)
     assert reply.message.tool_calls[0]["args"] == {"concept": "yellow"}
@@ -124,7 +105,7 @@ async def test_rate_limit_with_retry_after_is_retried(scripted):
 async def test_server_error_is_retried(scripted):
     server = scripted(ScriptedReplies([Reply.server_error(), Reply.server_error(503)]))
     client = client_for(server)
-    reply = await client.invoke(PROMPT, tools=[propose_concept])
+    reply = await client.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     assert (reply.attempts, reply.server_errors) == (3, 2)
     assert server.stats.count("server_error") == 2 and server.stats.answered() == 1
     assert client.usage.requests == 3 and client.usage.replies == 1
@@ -136,7 +117,7 @@ async def test_hang_times_out_is_retried_then_fails_clearly(scripted):
     client.retry = RetryPolicy(max_attempts=2, base_delay_s=0.01)
     started = time.monotonic()
     with pytest.raises(LLMCallError) as error:
-        await client.invoke(PROMPT, tools=[propose_concept])
+        await client.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     assert time.monotonic() - started < 5
     assert "after 2 attempts (timeouts)" in str(error.value)
     assert "raise the LLM timeout" in str(error.value)
@@ -146,15 +127,15 @@ async def test_hang_times_out_is_retried_then_fails_clearly(scripted):
 
 async def test_hang_then_success(scripted):
     server = scripted(ScriptedReplies([Reply.hang(30)]))
-    reply = await client_for(server, timeout_s=0.3).invoke(PROMPT, tools=[propose_concept])
+    reply = await client_for(server, timeout_s=0.3).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     assert (reply.attempts, reply.timeouts) == (2, 1)
 
 
 async def test_cache_hit_costs_no_request(scripted, tmp_path):
     server = scripted(ProposerPolicy())
     client = client_for(server, cache_dir=tmp_path / "llm-cache")
-    first = await client.invoke(PROMPT, tools=[propose_concept])
-    second = await client.invoke(PROMPT, tools=[propose_concept])
+    first = await client.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    second = await client.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     assert server.stats.requests == 1
     assert second.cached and (second.input_tokens, second.output_tokens) == (0, 0)
     assert second.message.tool_calls == first.message.tool_calls
@@ -173,7 +154,7 @@ async def test_cache_hit_costs_no_request(scripted, tmp_path):
 )
 async def test_unusable_answers_arrive_and_are_flagged(scripted, reply, reason):
     server = scripted(ScriptedReplies([reply]))
-    answer = await client_for(server).invoke(PROMPT, tools=[propose_concept])
+    answer = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     assert answer.attempts == 1  # not a transport fault: the graph re-asks, not the client
     with pytest.raises(UnusableAnswer, match=reason):
         extract_tool_call(answer.message, ["propose_concept"])
@@ -182,14 +163,14 @@ async def test_unusable_answers_arrive_and_are_flagged(scripted, reply, reason):
 
 async def test_long_concept_is_ten_thousand_characters(scripted):
     server = scripted(ScriptedReplies([Reply.long_concept()]))
-    answer = await client_for(server).invoke(PROMPT, tools=[propose_concept])
+    answer = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     assert len(answer.message.tool_calls[0]["args"]["concept"]) == 10_000
 
 
 async def test_agentic_conversation_through_chatopenai(scripted):
     server = scripted(ProposerPolicy(images_per_concept=2))
     client = client_for(server)
-    tools = [generate_images, measure_activation]
+    tools = [GENERATE_IMAGES, MEASURE_ACTIVATION]
     messages = [SystemMessage("Explore."), HumanMessage("Find the concept.")]
     seen = []
     for score in (0.2, 0.9):
