@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from agent.graph import build_graph
 from agent.prompts import PromptVariant
 from agent.providers import LLMClient
-from agent.state import RunContext
+from agent.state import RunContext, add_counters
 from tools.client import LineClient
 from tools.controlset import ControlSet, measure_control
 
@@ -239,14 +239,6 @@ def initial_state(
     }
 
 
-def merge_counts(left: dict | None, right: dict | None) -> dict[str, int]:
-    """Counters added key by key."""
-    merged = dict(left or {})
-    for key, value in (right or {}).items():
-        merged[key] = merged.get(key, 0) + int(value)
-    return merged
-
-
 def previous_failed_calls(folder: RunFolder, layer: str, unit: int) -> dict[str, int]:
     """Faults of LLM calls that failed for good in earlier sessions of this neuron (a resumed
     run keeps counting them: they are in no checkpoint)."""
@@ -376,8 +368,8 @@ async def run_neurons(
                     state = (await graph.aget_state(config)).values
                     faults = getattr(error, "faults", None)  # an LLM call that failed for good:
                     if isinstance(faults, dict):  # its faults are in no checkpointed state
-                        failed_calls = merge_counts(failed_calls, {**faults, "llm_calls_failed": 1})
-                state = {**state, "counters": merge_counts(state.get("counters"), failed_calls)}
+                        failed_calls = add_counters(failed_calls, {**faults, "llm_calls_failed": 1})
+                state = {**state, "counters": add_counters(state.get("counters"), failed_calls)}
                 history = history_of(state, status, reason)
                 history["failed_calls"] = failed_calls
             folder.write_history(settings.layer, unit, history)

@@ -95,21 +95,22 @@ class LineClient:
         so a run survives a server restart. Every request is idempotent (content-addressed)."""
         attempt = 0
         started = time.monotonic()
+
+        def out_of_tries() -> bool:
+            return attempt >= self.retries and time.monotonic() - started >= self.patience_s
+
         while True:
             try:
                 response = await self._http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as error:
-                if attempt >= self.retries and time.monotonic() - started >= self.patience_s:
+                if out_of_tries():
                     raise LineServerUnavailable(
                         f"cannot reach the inference server at {self.base_url} after "
                         f"{attempt + 1} tries in {time.monotonic() - started:.0f} s ({error}); "
                         "is `line serve` running there?"
                     ) from error
             else:
-                out_of_tries = (
-                    attempt >= self.retries and time.monotonic() - started >= self.patience_s
-                )
-                if response.status_code not in RETRY_STATUSES or out_of_tries:
+                if response.status_code not in RETRY_STATUSES or out_of_tries():
                     if response.status_code >= 400:
                         raise LineServerError(
                             response.status_code, _message(response), f"{method} {path}"
