@@ -10,8 +10,8 @@ from tools.client import LineClient, LineServerError, LineServerUnavailable
 from tools.pool import connect
 from tools.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
 from tools.server import RunningServer, create_app, start_server_thread
-from tools.service import InferenceService
-from tools.store import ActivationCache, ImageStore, default_cache_dir
+from tools.service import InferenceService, open_service
+from tools.store import default_cache_dir
 
 SERVER_PATIENCE_S = 300.0  # a run waits this long for a server that went down to come back
 
@@ -87,13 +87,7 @@ def start_local_server(
         others = [load_target(spec, device) for spec in extra_targets]
     except BackendSpecError as error:
         raise RunSetupError(str(error)) from error
-    folder = store or default_cache_dir() / "store"
-    service = InferenceService(
-        [backend],
-        [model, *others],
-        ImageStore(folder),
-        ActivationCache(folder / "activations.sqlite"),
-    )
+    service = open_service([backend], [model, *others], store or default_cache_dir() / "store")
     return LocalServer(start_server_thread(create_app(service)), service)
 
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from tools.registry import load_generator, load_target
-from tools.service import BatchingConfig, InferenceService
-from tools.store import ActivationCache, ImageStore
+from tools.service import BatchingConfig, InferenceService, open_service
 
 
 def toy_world_service(
     folder: Path, max_batch: int = 64, max_wait_ms: float = 5
 ) -> InferenceService:
     """``procedural:shapes`` + ``planted:shapes`` on the CPU, storing under ``folder``."""
-    return InferenceService(
+    return open_service(
         [load_generator("procedural:shapes", "cpu")],
         [load_target("planted:shapes", "cpu")],
-        ImageStore(folder),
-        ActivationCache(Path(folder) / "activations.sqlite"),
-        BatchingConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
+        folder,
+        batching=BatchingConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
     )

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
 from PIL import Image
 
 from tools.protocols import ImageGenerator, RenderedImage, RenderJob, TargetModel
@@ -44,11 +45,12 @@ class ActivationJob:
     layer: str
 
 
-def run_activation_batch(target: TargetModel, jobs: Sequence[ActivationJob]) -> list:
-    """Batching core for activations: one forward pass over jobs of the same layer."""
+def run_activation_batch(target: TargetModel, jobs: Sequence[ActivationJob]) -> list[np.ndarray]:
+    """Batching core for activations: one forward pass over jobs of the same layer; a float32
+    layer vector per job."""
     layer = jobs[0].layer
     rows = target.activations([job.image for job in jobs], layer)
-    return list(rows)
+    return [np.asarray(row, dtype=np.float32) for row in rows]
 
 
 class DeviceWorkers:

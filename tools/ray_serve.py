@@ -49,8 +49,7 @@ from tools.protocols import (
     TargetModel,
 )
 from tools.serve import ServeConfig, ServeConfigError, load_backends
-from tools.service import InferenceService
-from tools.store import ActivationCache, ImageStore
+from tools.service import open_service, target_identity
 
 log = logging.getLogger("line.server")
 
@@ -159,7 +158,7 @@ class ModelReplica:
             "targets": [
                 {
                     "name": target.name,
-                    "identity": getattr(target, "identity", None) or target.name,
+                    "identity": target_identity(target),
                     "device": target.device,
                     "layers": [[layer.name, layer.units] for layer in target.layers()],
                 }
@@ -197,7 +196,7 @@ class ModelReplica:
         for (name, _layer), indices in groups.items():
             target = self.targets.get(name)
             jobs = [requests[index].job for index in indices]
-            run = partial(_activation_rows, target, jobs) if target else None
+            run = partial(run_activation_batch, target, jobs) if target else None
             for index, reply in zip(indices, await self._run(name, run, len(jobs)), strict=True):
                 replies[index] = reply
         return replies
@@ -223,10 +222,6 @@ class ModelReplica:
             self.replica, sequence, backend, size, time.perf_counter() - started, error
         )
         return [ReplicaReply(result, batch) for result in results]
-
-
-def _activation_rows(target: TargetModel, jobs: list[ActivationJob]) -> list[np.ndarray]:
-    return [np.asarray(row, dtype=np.float32) for row in run_activation_batch(target, jobs)]
 
 
 # ----- the ingress ----------------------------------------------------------------------------
@@ -360,13 +355,12 @@ class LineIngress:
         generators, targets = remote_backends(description)
         metrics = ServerMetrics()
         self.token = config.token
-        self.service = InferenceService(
+        self.service = open_service(
             generators,
             targets,
-            ImageStore(config.store),
-            ActivationCache(Path(config.store) / "activations.sqlite"),
-            config.batching,
-            config.limits,
+            config.store,
+            batching=config.batching,
+            limits=config.limits,
             dispatcher=RayDispatcher(models, metrics),
             metrics=metrics,
         )

@@ -9,8 +9,8 @@ from pathlib import Path
 from tools.protocols import ImageGenerator, TargetModel
 from tools.registry import GeneratorOptions, load_generator, load_target
 from tools.server import is_loopback
-from tools.service import BatchingConfig, InferenceService, ServiceLimits
-from tools.store import ActivationCache, ImageStore, default_cache_dir
+from tools.service import BatchingConfig, InferenceService, ServiceLimits, open_service
+from tools.store import default_cache_dir
 
 log = logging.getLogger("line.server")
 
@@ -67,6 +67,6 @@ def build_service(config: ServeConfig) -> InferenceService:
     """Load every backend once and assemble the service."""
     config.check()
     generators, targets = load_backends(config)
-    store = ImageStore(config.store)
-    cache = ActivationCache(Path(config.store) / "activations.sqlite")
-    return InferenceService(generators, targets, store, cache, config.batching, config.limits)
+    return open_service(
+        generators, targets, config.store, batching=config.batching, limits=config.limits
+    )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -469,7 +470,7 @@ class InferenceService:
 
     def _measure_batch(self, model: TargetModel, jobs: list[ActivationJob]) -> list[np.ndarray]:
         """Run one activation batch and cache its layer vectors in one write."""
-        rows = [np.asarray(row, dtype=np.float32) for row in run_activation_batch(model, jobs)]
+        rows = run_activation_batch(model, jobs)
         vectors = {job.image_id: row for job, row in zip(jobs, rows, strict=True)}
         self._cache_vectors(model, jobs[0].layer, vectors)
         return rows
@@ -498,6 +499,22 @@ class InferenceService:
         await asyncio.to_thread(self._workers.shutdown)
         self._io.shutdown(wait=True)
         self.cache.close()
+
+
+def open_service(
+    generators: Sequence[ImageGenerator],
+    targets: Sequence[TargetModel],
+    folder: str | Path,
+    **options,
+) -> InferenceService:
+    """A service whose image store and activation cache live in ``folder`` (PNGs under
+    ``images/``, vectors in ``activations.sqlite``): the layout of every LINE server.
+    ``options`` are the other ``InferenceService`` arguments (batching, limits, ...)."""
+    folder = Path(folder)
+    store = ImageStore(folder)
+    return InferenceService(
+        generators, targets, store, ActivationCache(folder / "activations.sqlite"), **options
+    )
 
 
 def target_identity(target: TargetModel) -> str:

@@ -15,21 +15,19 @@ from PIL import Image
 from tools.client import LineClient, LineServerError
 from tools.protocols import RenderJob
 from tools.server import create_app, start_server_thread
-from tools.service import BatchingConfig, InferenceService, ServiceLimits
-from tools.store import ActivationCache, ImageStore
+from tools.service import BatchingConfig, ServiceLimits, open_service
 from tools.targets.torch_target import imagenet_preprocess
 
 TARGET = "torchvision:resnet18:random"
 
 
 def make_service(tmp_path, tiny_sd, resnet18, max_batch=8, max_wait_ms=100.0):
-    return InferenceService(
+    return open_service(
         [tiny_sd],
         [resnet18],
-        ImageStore(tmp_path / "store"),
-        ActivationCache(tmp_path / "store" / "activations.sqlite"),
-        BatchingConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
-        ServiceLimits(max_images_per_request=16, max_prompt_chars=200),
+        tmp_path / "store",
+        batching=BatchingConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
+        limits=ServiceLimits(max_images_per_request=16, max_prompt_chars=200),
     )
 
 

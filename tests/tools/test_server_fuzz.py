@@ -25,8 +25,8 @@ from schemathesis import checks
 
 from tools.registry import GeneratorOptions, load_generator, load_target
 from tools.server import create_app, start_server_thread
-from tools.service import MAX_SEED, BatchingConfig, InferenceService, ServiceLimits
-from tools.store import ActivationCache, ImageStore, upload_id
+from tools.service import MAX_SEED, BatchingConfig, InferenceService, ServiceLimits, open_service
+from tools.store import upload_id
 from tools.toyworld.procedural import render_prompt
 
 GENERATOR = "procedural:shapes"
@@ -101,13 +101,12 @@ BROKEN_TIFF = SEED_FILES["TIFF"].replace(b"\x11\x01\x04\x00", b"\x11\x01\x0a\x00
 
 
 def _service(folder) -> InferenceService:
-    return InferenceService(
+    return open_service(
         [load_generator(GENERATOR, "cpu", GeneratorOptions(width=64, height=64))],
         [load_target(TARGET, "cpu")],
-        ImageStore(folder),
-        ActivationCache(folder / "activations.sqlite"),
-        BatchingConfig(max_batch=8, max_wait_ms=1),
-        LIMITS,
+        folder,
+        batching=BatchingConfig(max_batch=8, max_wait_ms=1),
+        limits=LIMITS,
     )
 
 
