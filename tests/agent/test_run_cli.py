@@ -81,13 +81,11 @@ def test_32_concurrent_neurons_meet_in_server_batches(tmp_path, tiny_sd, resnet1
 
     from tools.client import LineClient
     from tools.server import create_app, start_server_thread
-    from tools.service import BatchingConfig, InferenceService
-    from tools.store import ActivationCache, ImageStore
+    from tools.service import BatchingConfig, open_service
 
-    service = InferenceService(
-        [tiny_sd], [resnet18], ImageStore(tmp_path / "s"),
-        ActivationCache(tmp_path / "s" / "a.sqlite"), BatchingConfig(max_batch=64, max_wait_ms=20),
-    )  # fmt: skip
+    service = open_service(
+        [tiny_sd], [resnet18], tmp_path / "s", batching=BatchingConfig(max_batch=64, max_wait_ms=20)
+    )
     running = start_server_thread(create_app(service))
     try:
         rows, _ = explain(

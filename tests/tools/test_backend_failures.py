@@ -11,7 +11,7 @@ from PIL import Image
 from tools.client import LineClient, LineServerError
 from tools.registry import load_target
 from tools.server import create_app, start_server_thread
-from tools.service import BatchingConfig, InferenceService
+from tools.service import BatchingConfig, InferenceService, open_service
 from tools.store import ActivationCache, ImageStore
 
 FRAGILE_MODEL = '''
@@ -39,14 +39,13 @@ async def test_a_failing_batch_fails_only_its_requests(tmp_path, tiny_sd):
     source = tmp_path / "fragile.py"
     source.write_text(FRAGILE_MODEL)
     target = load_target(f"python:{source}:build", "cpu")
-    store = ImageStore(tmp_path / "store")
-    service = InferenceService(
+    service = open_service(
         [tiny_sd],
         [target],
-        store,
-        ActivationCache(tmp_path / "store" / "a.sqlite"),
-        BatchingConfig(max_batch=2, max_wait_ms=200),
+        tmp_path / "store",
+        batching=BatchingConfig(max_batch=2, max_wait_ms=200),
     )
+    store = service.store
     running = start_server_thread(create_app(service))
     try:
         async with LineClient(running.url, retries=0) as client:
