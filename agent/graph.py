@@ -18,19 +18,19 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from agent.providers import UnusableAnswer, extract_concept_from_text, extract_tool_call
-from agent.scoreboard import (
-    Scoreboard,
-    check_concept,
-    format_score_lines,
-    format_tried_lines,
-)
 from agent.state import NeuronState, RunContext
-from agent.tools import (
+from tools.agent_tools import (
     AGENTIC_TOOLS,
     PROPOSE_CONCEPT,
     SUBMIT_EXPLANATION,
     AgentToolbox,
     evaluate_concept,
+)
+from tools.scoreboard import (
+    Scoreboard,
+    check_concept,
+    format_score_lines,
+    format_tried_lines,
 )
 
 MAX_NUDGES = 2  # reminders when the agent stops calling tools too early

@@ -6,12 +6,20 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.providers import LLMConfigError, build_llm_client, check_llm_ready
+from agent.runner import RunFolder, RunSettings, run_neurons
+from analysis.groundtruth import attribute_match
+from analysis.polysemanticity import GROUP_COLUMNS, with_group_columns
+from analysis.similarity import EmbedderUnavailable
+from inference.app import RunningServer, create_app, start_server_thread
+from inference.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
+from inference.service import InferenceService, open_service
+from inference.store import default_cache_dir
+from inference.toyworld.truth import planted_ground_truth
+from prompts.variant import VariantError, load_variant
 from tools.client import LineClient, LineServerError, LineServerUnavailable
+from tools.controlset import ControlSet, ControlSetError
 from tools.pool import connect
-from tools.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
-from tools.server import RunningServer, create_app, start_server_thread
-from tools.service import InferenceService, open_service
-from tools.store import default_cache_dir
 
 SERVER_PATIENCE_S = 300.0  # a run waits this long for a server that went down to come back
 
@@ -139,9 +147,6 @@ def settings_from_options(
     llm_cache: Path | None = None,
 ):
     """Resolve and check the options of ``line run`` (nothing heavy is loaded here)."""
-    from agent.prompts import VariantError, load_variant
-    from agent.providers import LLMConfigError, check_llm_ready
-    from agent.runner import RunFolder, RunSettings
 
     if isinstance(server, list | tuple):
         server = list(dict.fromkeys(server)) or None
@@ -204,8 +209,6 @@ def settings_from_options(
             "PATH|toy or use --score mean"
         )
     if settings.control:
-        from tools.controlset import ControlSet, ControlSetError
-
         try:
             ControlSet.resolve(settings.control)
         except ControlSetError as error:
@@ -216,8 +219,6 @@ def settings_from_options(
 
 def make_llm_client(settings, folder):
     """The run's LLM client: the provider's chat model behind limits, retries and a cache."""
-    from agent.prompts import load_variant
-    from agent.providers import build_llm_client
 
     variant = load_variant(settings.prompts, **settings.variant_overrides)
     return build_llm_client(
@@ -234,9 +235,6 @@ def add_group_columns(rows: list[dict], folder, extra_columns: list[str] = ()) -
     Skipped (with a warning) when the offline sentence-embedding model is not installed.
     """
     import logging
-
-    from evals.polysemanticity import GROUP_COLUMNS, with_group_columns
-    from evals.similarity import EmbedderUnavailable
 
     try:
         rows = with_group_columns(rows, folder)
@@ -261,9 +259,6 @@ def execute_run(
     """
     import asyncio
 
-    from agent.prompts import load_variant
-    from agent.runner import run_neurons
-
     local = None
     if settings.server_urls:
         for url in settings.server_urls:
@@ -282,7 +277,6 @@ def execute_run(
     variant = load_variant(settings.prompts, **settings.variant_overrides)
 
     async def go():
-        from tools.controlset import ControlSet
 
         llm = make_llm_client(settings, folder)
         control = ControlSet.resolve(settings.control) if settings.control else None
@@ -302,9 +296,6 @@ def execute_run(
 def run_demo(out: Path | None, llm: str, llm_base_url: str | None, concurrency: int, on_progress):
     """The offline toy world end to end: every planted unit, label vs ground truth."""
     from datetime import datetime
-
-    from evals.groundtruth import attribute_match
-    from tools.toyworld.truth import planted_ground_truth
 
     truth = {unit.unit: unit for unit in planted_ground_truth()}
     layer = next(iter(truth.values())).layer

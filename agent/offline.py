@@ -10,7 +10,7 @@ entry with partners of other categories ("red circle", "dotted heart"), then rep
 best entry that keep its meaning ("red close-up"), then everything else.
 
 The decision logic (:class:`VocabProposer`) works on a neutral transcript, so the scripted
-OpenAI-compatible test server (:mod:`agent.scripted_llm`) reuses it on wire-format messages.
+OpenAI-compatible test server (:mod:`testing.scripted_llm`) reuses it on wire-format messages.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr
 
-from agent.scoreboard import (
+from inference.toyworld.vocabulary import parse_scene_text, tokenize
+from tools.scoreboard import (
     MAX_CONCEPT_CHARS,
     MAX_CONCEPT_WORDS,
     SCORE_LINE,
@@ -95,7 +96,6 @@ def infer_category(concept: str) -> str:
     ``"red"`` is a colour, ``"many small objects"`` a size; anything with a word the toy
     vocabulary does not know (``"red fruit"``) is ``"other"``.
     """
-    from tools.toyworld.vocabulary import parse_scene_text, tokenize
 
     words = tokenize(concept)
     spec = parse_scene_text(concept)

@@ -42,7 +42,8 @@ from langchain_core.messages import (
 )
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from agent.scoreboard import MAX_CONCEPT_CHARS, MAX_CONCEPT_WORDS, check_concept, normalise_concept
+from agent.offline import OfflineVocabProposer
+from tools.scoreboard import MAX_CONCEPT_CHARS, MAX_CONCEPT_WORDS, check_concept, normalise_concept
 
 OPENAI_COMPATIBLE = "openai-compatible"
 OFFLINE = "offline"
@@ -274,8 +275,6 @@ def build_chat_model(
     """
     parsed = check_llm_ready(spec, base_url, api_key)
     if parsed.is_offline:
-        from agent.offline import OfflineVocabProposer
-
         path = str(parsed.vocab_path) if parsed.vocab_path else None
         try:
             return OfflineVocabProposer(vocabulary_path=path)

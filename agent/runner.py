@@ -24,9 +24,9 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel, Field
 
 from agent.graph import build_graph
-from agent.prompts import PromptVariant
 from agent.providers import LLMClient
 from agent.state import RunContext, add_counters
+from prompts.variant import PromptVariant
 from tools.client import LineClient
 from tools.controlset import ControlSet, measure_control
 

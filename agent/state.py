@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
-import numpy as np
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 
-if TYPE_CHECKING:
-    from agent.prompts import PromptVariant
-    from agent.providers import LLMClient
-    from tools.client import LineClient
+from agent.providers import LLMClient
+from tools.agent_tools import NeuronContext
 
 
 def add_counters(left: dict[str, int] | None, right: dict[str, int] | None) -> dict[str, int]:
@@ -44,16 +41,8 @@ class NeuronState(TypedDict, total=False):
     result: dict | None  # the final label
 
 
-@dataclass
-class RunContext:
-    """What nodes and tools need but the LLM never sees or chooses (not checkpointed)."""
+@dataclass(kw_only=True)
+class RunContext(NeuronContext):
+    """The tools' neuron context plus the LLM the graph's nodes ask (not checkpointed)."""
 
-    client: LineClient
     llm: LLMClient
-    variant: PromptVariant
-    target: str
-    layer: str
-    unit: int
-    generator: str | None = None
-    run_seed: int = 0
-    control_activations: np.ndarray | None = None  # this unit on the control set, for MAD/AUC

@@ -18,11 +18,8 @@ import time
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from agent.prompts import load_variant
 from agent.providers import build_llm_client, extract_tool_call
 from agent.runner import RunFolder, RunSettings, run_neurons
-from agent.scripted_llm import ProposerPolicy, start_scripted_llm
-from agent.tools import PROPOSE_CONCEPT
 from bench.server_bench import (
     DEVICE,
     MAX_BATCH,
@@ -33,9 +30,12 @@ from bench.server_bench import (
     raw_throughput,
     start_server,
 )
+from inference.protocols import RenderJob
+from inference.registry import GeneratorOptions, load_generator, load_target
+from prompts.variant import load_variant
+from testing.scripted_llm import ProposerPolicy, start_scripted_llm
+from tools.agent_tools import PROPOSE_CONCEPT
 from tools.client import LineClient
-from tools.protocols import RenderJob
-from tools.registry import GeneratorOptions, load_generator, load_target
 
 TARGET = "torchvision:resnet18:random"
 LAYER = "layer4"

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import httpx
 
-from tools.server import free_port
+from inference.app import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = f"python:{ROOT / 'bench' / 'wide_toy.py'}:build"
-LINE = [sys.executable, "-m", "agent.cli"]
+LINE = [sys.executable, "-m", "cli.app"]
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
@@ -79,7 +79,7 @@ def measure(neurons: int = 1000, iterations: int = 2) -> dict:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         llm = subprocess.Popen(
-            [sys.executable, "-m", "agent.scripted_llm", "--port", str(llm_port)],
+            [sys.executable, "-m", "testing.scripted_llm", "--port", str(llm_port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:

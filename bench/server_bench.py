@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from inference.app import free_port
+from inference.protocols import RenderJob
+from inference.registry import GeneratorOptions, load_generator
 from tools.client import LineClient
-from tools.protocols import RenderJob
-from tools.registry import GeneratorOptions, load_generator
-from tools.server import free_port
 
 # Defaults are the figures the README reports; LINE_BENCH_* variables rerun it elsewhere (a GPU).
 DEVICE = os.environ.get("LINE_BENCH_DEVICE", "cpu")
@@ -113,7 +113,7 @@ def start_server(store: str) -> tuple[subprocess.Popen, str]:
 
     port = free_port()
     command = [
-        sys.executable, "-m", "agent.cli", "serve",
+        sys.executable, "-m", "cli.app", "serve",
         "--generator", "tiny-sd", "--target", "torchvision:resnet18:random",
         "--port", str(port), "--store", store, "--device", DEVICE,
         "--width", str(SIZE), "--height", str(SIZE), "--steps", str(STEPS),

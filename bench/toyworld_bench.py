@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tools.protocols import RenderJob, RenderSettings
-from tools.toyworld.controls import random_toy_scene_prompts
-from tools.toyworld.planted import PlantedShapesModel
-from tools.toyworld.procedural import ProceduralShapesGenerator
+from inference.protocols import RenderJob, RenderSettings
+from inference.toyworld.controls import random_toy_scene_prompts
+from inference.toyworld.planted import PlantedShapesModel
+from inference.toyworld.procedural import ProceduralShapesGenerator
 
 PROMPTS = (
     "a red circle",

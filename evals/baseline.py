@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.prompts import PromptVariant
-from agent.scoreboard import normalise_concept
-from agent.scoring import score_activations
+from prompts.variant import PromptVariant
 from tools.client import LineClient
+from tools.scoreboard import normalise_concept
+from tools.scoring import score_activations
 
 
 def read_vocabulary(path: str | Path) -> list[str]:

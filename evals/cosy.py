@@ -59,7 +59,7 @@ def cosy_scores(control: Iterable[float], concept: Iterable[float]) -> dict[str,
 
 def cosy_seed(run_seed: int, target: str, layer: str, unit: int, label: str, index: int) -> int:
     """The seed of the ``index``-th CoSy image of a label: its own hash namespace (``cosy|``),
-    so it differs from the search's image seeds (``agent.tools.image_seed``)."""
+    so it differs from the search's image seeds (``tools.agent_tools.image_seed``)."""
     key = f"cosy|{run_seed}|{target}|{layer}|{unit}|{label}|{index}"
     return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
 

@@ -21,12 +21,16 @@ import numpy as np
 import typer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from agent.launch import RunSetupError, check_layer_units, check_remote_server, start_local_server
 from agent.runner import RunFolder, RunSettings, thread_id
 from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt, cosy_scores, cosy_seeds
-from tools.client import LineClient
+from inference.store import default_cache_dir
+from prompts.variant import VariantError, load_variant
+from tools.client import LineClient, LineServerError, LineServerUnavailable
 from tools.controlset import (
     ControlActivations,
     ControlSet,
+    ControlSetError,
     cached_control_activations,
     measure_control,
 )
@@ -139,7 +143,6 @@ def cosy_neurons(
 
 def cosy_template_of(settings: RunSettings) -> str:
     """The run's CoSy template: the variant's ``cosy_template`` setting if it has one."""
-    from agent.prompts import VariantError, load_variant
 
     try:
         variant = load_variant(settings.prompts, **settings.variant_overrides)
@@ -198,7 +201,6 @@ def read_label_csv(path: Path) -> tuple[dict[tuple[str, int] | int, str], list[s
 
 # ----- scoring ------------------------------------------------------------------------------
 async def _check_neurons(client: LineClient, target: str, neurons: list[CosyNeuron]) -> None:
-    from agent.launch import check_layer_units
 
     models = await client.models()
     entry = next((t for t in models["targets"] if t["name"] == target), None)
@@ -409,10 +411,6 @@ def cosy_command(
     concurrency: Annotated[int, typer.Option(help="Neurons rendered at once.")] = 16,
 ) -> None:
     """CoSy: score labels by how well the neuron separates their images from natural images."""
-    from agent.launch import RunSetupError, check_remote_server, start_local_server
-    from tools.client import LineServerError, LineServerUnavailable
-    from tools.controlset import ControlSetError
-    from tools.store import default_cache_dir
 
     folder = RunFolder(run_dir)
     local = None

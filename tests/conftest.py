@@ -7,15 +7,15 @@ import asyncio
 import os
 
 import pytest
-from toy_service import toy_world_service
 
-from agent.prompts import load_variant
 from agent.providers import build_llm_client
 from agent.runner import RunFolder, RunSettings, run_neurons
+from inference.app import create_app, start_server_thread
+from inference.registry import load_generator, load_target
+from inference.store import default_cache_dir
+from prompts.variant import load_variant
+from testing.toy_service import toy_world_service
 from tools.pool import connect
-from tools.registry import load_generator, load_target
-from tools.server import create_app, start_server_thread
-from tools.store import default_cache_dir
 
 
 @pytest.fixture(scope="session", autouse=True)

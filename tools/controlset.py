@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.toyworld.controls import random_toy_scene_prompts
 from tools.client import LineClient, LineServerError
 
 log = logging.getLogger("line.control")
@@ -93,7 +94,6 @@ class ControlSet:
     @classmethod
     def toy(cls, count: int = TOY_CONTROL_SIZE, seed: int = 0) -> ControlSet:
         """The toy world's control set: random scenes with fixed seeds."""
-        from tools.toyworld.controls import random_toy_scene_prompts
 
         pairs = random_toy_scene_prompts(count, seed)
         name = "toy" if (count, seed) == (TOY_CONTROL_SIZE, 0) else f"toy:{count}"

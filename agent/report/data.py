@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.runner import FAULT_COUNTERS
+from inference.toyworld.truth import planted_ground_truth
+from prompts.variant import load_variant
 
 STATUS_ORDER = ("done", "failed", "unfinished")
 """Statuses shown in the report, in the order the index's filter lists them."""
@@ -254,10 +256,6 @@ def toy_world_truth(config: Mapping[str, Any]) -> dict[int, Any]:
     """Planted units by index when the run's target is the toy world's planted model."""
     if not str(config.get("target", "")).startswith("planted:"):
         return {}
-    try:
-        from tools.toyworld.truth import planted_ground_truth
-    except ImportError:
-        return {}
     return {unit.unit: unit for unit in planted_ground_truth() if unit.layer == config["layer"]}
 
 
@@ -272,7 +270,7 @@ def truth_columns(
     match: str | None = None
     if status == "done":
         try:
-            from evals.groundtruth import attribute_match
+            from analysis.groundtruth import attribute_match
 
             matched = attribute_match(label, planted)
             match = "-" if matched is None else str(bool(matched))
@@ -374,8 +372,6 @@ def score_kind(config: Mapping[str, Any]) -> str:
     if overrides.get("score"):
         return str(overrides["score"])
     try:
-        from agent.prompts import load_variant
-
         return load_variant(str(config.get("prompts") or "paper"), **overrides).settings.score
     except Exception:  # a variant folder that moved: the report still builds
         return "mean"

@@ -1,4 +1,4 @@
-"""Polysemanticity groups for the report, from :mod:`evals.polysemanticity` when it is there.
+"""Polysemanticity groups for the report, from :mod:`analysis.polysemanticity` when it is there.
 
 The grouping embeds concepts with a sentence model; when the module or its model is missing
 the report still builds, shows no groups and says why.
@@ -10,18 +10,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.report.data import EntryView, GroupView
+from analysis.polysemanticity import concept_groups
 
 GroupFunction = Callable[[list[dict[str, Any]]], Sequence[Any]]
 
 
 def load_grouper() -> tuple[GroupFunction | None, str]:
     """``(concept_groups, "")``, or ``(None, why)`` when polysemanticity analysis is missing."""
-    try:
-        from evals.polysemanticity import concept_groups
-    except ImportError as error:
-        return None, (
-            f"polysemanticity analysis is not available ({error}); no concepts were grouped"
-        )
     return concept_groups, ""
 
 

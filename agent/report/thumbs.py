@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tools.store import IMAGE_ID_PATTERN, default_cache_dir
+from inference.store import IMAGE_ID_PATTERN, default_cache_dir
 
 log = logging.getLogger("line.report")
 

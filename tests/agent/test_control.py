@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from agent.runner import seed_concepts
+from inference.toyworld.procedural import render_prompt
 from tools.client import LineClient
 from tools.controlset import ControlSet, ControlSetError, control_activations
-from tools.toyworld.procedural import render_prompt
 
 CLASSES = {"red_things": "a red circle", "blue_things": "a blue square", "stars": "a green star"}
 

@@ -14,15 +14,15 @@ import time
 
 import httpx
 import pytest
-from toy_service import toy_world_service
 
 from agent.providers import RetryPolicy
 from agent.runner import RunFolder
-from agent.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
-from tools.server import create_app, free_port, start_server_thread
+from inference.app import create_app, free_port, start_server_thread
+from testing.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
+from testing.toy_service import toy_world_service
 
 TOY = ["--target", "planted:shapes", "--layer", "planted", "--generator", "procedural:shapes"]
-LINE = [sys.executable, "-m", "agent.cli"]
+LINE = [sys.executable, "-m", "cli.app"]
 OPENAI = "openai-compatible:scripted"
 
 

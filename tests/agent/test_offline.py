@@ -16,9 +16,9 @@ from agent.offline import (
     transcript_from_langchain,
 )
 from agent.providers import extract_concept_from_text, extract_tool_call
-from agent.scoreboard import format_score_lines, format_tried_lines
-from agent.tools import AGENTIC_TOOLS, PROPOSE_CONCEPT, SUBMIT_EXPLANATION
-from tools.toyworld.vocabulary import parse_attributes
+from inference.toyworld.vocabulary import parse_attributes
+from tools.agent_tools import AGENTIC_TOOLS, PROPOSE_CONCEPT, SUBMIT_EXPLANATION
+from tools.scoreboard import format_score_lines, format_tried_lines
 
 
 def planted_score(concept: str, truth: set[str]) -> float:
@@ -296,7 +296,7 @@ def test_conjunction_partner_is_tried_even_when_off_the_scoreboard(halves, shown
 
 @pytest.fixture(scope="module")
 def planted():
-    from tools.toyworld.planted import PlantedShapesModel
+    from inference.toyworld.planted import PlantedShapesModel
 
     return PlantedShapesModel()
 
@@ -309,8 +309,8 @@ def test_recovers_planted_units_in_the_demo_budget(concept, planted):
     best-scoring concept (the first of equal ones, as on the scoreboard) names exactly the
     planted attributes."""
     from agent.launch import DEMO_OFFLINE_ITERATIONS
-    from tools.toyworld.procedural import render_prompt
-    from tools.toyworld.truth import PLANTED_LAYER, planted_ground_truth
+    from inference.toyworld.procedural import render_prompt
+    from inference.toyworld.truth import PLANTED_LAYER, planted_ground_truth
 
     unit = next(u for u in planted_ground_truth() if u.concept == concept)
 

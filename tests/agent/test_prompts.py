@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from agent.prompts import PROMPTS_DIR, VariantError, list_variants, load_variant
-from agent.scoreboard import ConceptEntry, Scoreboard, format_score_lines, format_tried_lines
+from prompts.variant import PROMPTS_DIR, VariantError, list_variants, load_variant
+from tools.scoreboard import ConceptEntry, Scoreboard, format_score_lines, format_tried_lines
 
 
 def board() -> Scoreboard:

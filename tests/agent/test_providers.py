@@ -437,8 +437,8 @@ def test_clients_built_in_turn_work_across_event_loops():
     from langchain_core.messages import HumanMessage
 
     from agent.providers import build_llm_client
-    from agent.scripted_llm import ProposerPolicy, start_scripted_llm
-    from agent.tools import PROPOSE_CONCEPT
+    from testing.scripted_llm import ProposerPolicy, start_scripted_llm
+    from tools.agent_tools import PROPOSE_CONCEPT
 
     with start_scripted_llm(ProposerPolicy()) as server:
         for _ in range(3):

@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.runner import RunFolder
-from agent.scripted_llm import ProposerPolicy, start_scripted_llm
-from tools.server import free_port
+from cli.app import app
+from inference.app import free_port
+from testing.scripted_llm import ProposerPolicy, start_scripted_llm
 
 runner = CliRunner()
 TOY = ["--target", "planted:shapes", "--layer", "planted", "--generator", "procedural:shapes"]
@@ -79,9 +79,9 @@ def test_32_concurrent_neurons_meet_in_server_batches(tmp_path, tiny_sd, resnet1
     import asyncio
     import re
 
+    from inference.app import create_app, start_server_thread
+    from inference.service import BatchingConfig, open_service
     from tools.client import LineClient
-    from tools.server import create_app, start_server_thread
-    from tools.service import BatchingConfig, open_service
 
     service = open_service(
         [tiny_sd], [resnet18], tmp_path / "s", batching=BatchingConfig(max_batch=64, max_wait_ms=20)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from agent.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
-from tools.toyworld.truth import planted_ground_truth
+from inference.toyworld.truth import planted_ground_truth
+from testing.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
 
 OPENAI = "openai-compatible:scripted"
 
@@ -125,7 +125,7 @@ def test_tool_errors_go_back_to_the_llm(toy_world_server, explain, tmp_path):
 
 @pytest.mark.parametrize("unit", [u.unit for u in planted_ground_truth() if u.kind == "single"][:6])
 def test_offline_vocab_finds_single_attribute_units(toy_world_server, explain, tmp_path, unit):
-    from evals.groundtruth import attribute_match
+    from analysis.groundtruth import attribute_match
 
     truth = {u.unit: u for u in planted_ground_truth()}[unit]
     rows, _ = explain(toy_world_server, tmp_path / "run", [unit], iterations=23)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.runner import RunFolder
-from tools.toyworld.truth import planted_ground_truth
+from inference.toyworld.truth import planted_ground_truth
 
 
 @pytest.fixture(scope="session")

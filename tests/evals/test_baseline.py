@@ -7,8 +7,8 @@ import csv
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.offline import DEFAULT_VOCABULARY_PATH
+from cli.app import app
 from evals.baseline import baseline_seed, concept_discovery, read_vocabulary
 
 runner = CliRunner()

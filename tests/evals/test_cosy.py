@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from agent.scoring import auc_score, mad_score
 from evals.cosy import (
     DEFAULT_COSY_TEMPLATE,
     cosy_prompt,
@@ -16,6 +15,7 @@ from evals.cosy import (
     cosy_seed,
     cosy_seeds,
 )
+from tools.scoring import auc_score, mad_score
 
 
 def test_keys_and_a_hand_computed_case_with_a_tie():
@@ -113,7 +113,7 @@ def test_cosy_seeds_are_fixed_distinct_and_avoid_excluded_seeds():
 
 
 def test_cosy_seeds_use_another_namespace_than_the_search():
-    from agent.tools import image_seed
+    from tools.agent_tools import image_seed
 
     class Ctx:
         target, layer, unit = "planted:shapes", "planted", 3

@@ -19,6 +19,7 @@ from evals.cosy_eval import (
     read_label_csv,
     search_seeds,
 )
+from inference.toyworld.procedural import render_prompt
 from tools.client import LineClient
 from tools.controlset import (
     ControlSet,
@@ -27,7 +28,6 @@ from tools.controlset import (
     control_activations,
     measure_control,
 )
-from tools.toyworld.procedural import render_prompt
 
 runner = CliRunner()
 

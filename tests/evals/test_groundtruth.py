@@ -10,22 +10,22 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from evals.groundtruth import (
+from analysis.groundtruth import (
     CLAIM_Z,
     GroundTruth,
     attribute_match,
     normalised_score,
     score_label,
 )
-from evals.groundtruth_eval import (
+from analysis.similarity import default_embedder
+from evals.groundtruth import (
     ROW_COLUMNS,
     SUMMARY_COLUMNS,
     groundtruth_command,
     run_groundtruth_benchmark,
     summarize_groundtruth,
 )
-from evals.similarity import default_embedder
-from tools.toyworld.truth import planted_ground_truth
+from inference.toyworld.truth import planted_ground_truth
 
 TRUTH = {unit.unit: unit for unit in planted_ground_truth()}
 RED, BLUE_TRIANGLE, STAR_OR_CROSS, MANY_SMALL, NOISE, CONSTANT = 0, 1, 2, 3, 4, 17

@@ -11,7 +11,7 @@ from PIL import Image
 from scipy import stats
 from typer.testing import CliRunner
 
-from agent.cli import app
+from cli.app import app
 from evals.variants import Arm, ArmRun, mean_ci, paired_wilcoxon, pairwise_tests, summarize
 
 runner = CliRunner()

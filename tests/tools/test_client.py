@@ -6,8 +6,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from inference.app import free_port, start_server_thread
 from tools.client import LineClient, LineServerError, LineServerUnavailable
-from tools.server import free_port, start_server_thread
 
 
 @pytest.fixture(scope="module")

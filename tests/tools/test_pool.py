@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
-from toy_service import toy_world_service
 
+from inference.app import create_app, free_port, start_server_thread
+from testing.toy_service import toy_world_service
 from tools.client import LineServerUnavailable
 from tools.pool import ServerPool, connect
-from tools.server import create_app, free_port, start_server_thread
 
 
 def toy_server(folder, port: int = 0):

@@ -1,0 +1,408 @@
+"""The ``line`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent.launch import RunSetupError, execute_run, run_demo, settings_from_options
+from agent.report import ReportError, build_report, serve_viewer
+from cli.evals import eval_app
+from cli.toyworld import toyworld_app
+from inference.app import create_app
+from inference.config import ServeConfig, ServeConfigError, build_service
+from inference.ray_serve import serve_with_ray
+from inference.registry import BackendSpecError, GeneratorOptions, load_target
+from inference.service import BatchingConfig, ServiceLimits
+
+app = typer.Typer(
+    help="LINE: LLM-based iterative neuron explanations for vision models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(toyworld_app, name="toyworld")
+app.add_typer(eval_app, name="eval")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    generator: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Generator spec (repeatable; the first is the default): tiny-sd, "
+            "procedural:shapes, a diffusers hub id or folder."
+        ),
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Target spec (repeatable): torchvision:<arch>[:<weights>|random], "
+            "places365:<checkpoint>, python:<file.py>:<factory>, planted:shapes."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; non-loopback needs --token.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8400,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="A batch closes at this many items.")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="...or this long after its first item.")
+    ] = 10.0,
+    store: Annotated[
+        Path | None, typer.Option(help="Image store folder [default: ~/.cache/line/store].")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="LINE_SERVER_TOKEN", help="Require 'Authorization: Bearer TOKEN'."),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="Generator dtype: float32, float16, bfloat16.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Default diffusion steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Default guidance scale.")] = None,
+    width: Annotated[int | None, typer.Option(help="Default image width.")] = None,
+    height: Annotated[int | None, typer.Option(help="Default image height.")] = None,
+    max_images_per_request: Annotated[int, typer.Option(help="Cap per request.")] = 256,
+    trust_checkpoints: Annotated[
+        bool,
+        typer.Option(help="Unpickle arbitrary objects in checkpoint files (only files you trust)."),
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Serve through Ray Serve: model replicas (one per GPU) behind the same HTTP "
+            "API. Needs the ray extra: pip install line-agent\\[ray].",
+        ),
+    ] = False,
+    replicas: Annotated[int, typer.Option(help="--ray: model replicas.")] = 1,
+    gpus_per_replica: Annotated[
+        float, typer.Option(help="--ray: GPUs per replica (0 runs the replicas on CPUs).")
+    ] = 1.0,
+    cpus_per_replica: Annotated[
+        float, typer.Option(help="--ray: CPUs per replica (also its torch threads).")
+    ] = 1.0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="--ray: join this Ray cluster (auto, or host:port); default: local."),
+    ] = None,
+) -> None:
+    """Run the batched inference server (image generation and activation measurement)."""
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    config = ServeConfig(
+        generators=generator or [],
+        targets=target or [],
+        host=host,
+        port=port,
+        device=device,
+        token=token,
+        generator_options=GeneratorOptions(dtype, steps, guidance, width, height),
+        batching=BatchingConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
+        limits=ServiceLimits(max_images_per_request=max_images_per_request),
+        trust_checkpoints=trust_checkpoints,
+    )
+    if store is not None:
+        config.store = store
+    if ray:
+        if replicas < 1:
+            _fail("--replicas must be at least 1")
+        try:
+            serve_with_ray(config, replicas, gpus_per_replica, cpus_per_replica, ray_address)
+        except (ServeConfigError, BackendSpecError, OSError) as error:
+            _fail(str(error))
+        return
+    try:
+        service = build_service(config)
+    except (ServeConfigError, BackendSpecError, OSError) as error:
+        _fail(str(error))
+    typer.echo(
+        f"LINE server on http://{host}:{port} (store {config.store}); "
+        f"generators: {', '.join(service.generators) or '-'}; "
+        f"targets: {', '.join(service.targets) or '-'}",
+        err=True,
+    )
+    uvicorn.run(create_app(service, token), host=host, port=port, log_level=log_level.lower())
+
+
+@app.command()
+def layers(
+    target: Annotated[str, typer.Argument(help="Target spec, e.g. torchvision:resnet50.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "cpu",
+    trust_checkpoints: Annotated[bool, typer.Option(help="See `line serve`.")] = False,
+) -> None:
+    """List a target model's layers and unit counts."""
+
+    try:
+        model = load_target(target, device, trust_checkpoints)
+    except BackendSpecError as error:
+        _fail(str(error))
+    rows = [{"layer": layer.name, "units": layer.units} for layer in model.layers()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(row["layer"]) for row in rows)
+    for row in rows:
+        typer.echo(f"{row['layer']:<{width}}  {row['units']}")
+
+
+def _progress_printer(quiet: bool):
+    """A tqdm bar over neurons with images, LLM calls and tokens (``None`` when quiet)."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(progress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=progress.total, unit="neuron", dynamic_ncols=True)
+        bar.n = progress.done + progress.failed
+        bar.set_postfix(
+            images=progress.images,
+            llm_calls=progress.llm_calls,
+            tokens=progress.tokens,
+            failed=progress.failed,
+        )
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return update, close
+
+
+def _print_results(rows: list[dict], extra: list[str] = (), limit: int = 40) -> None:
+    columns = ["unit", "label", "score", "status", *extra]
+    table = [columns] + [
+        [f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
+        for row in rows[:limit]
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for index, line in enumerate(table):
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        if index == 0:
+            typer.echo("  ".join("-" * width for width in widths))
+    if len(rows) > limit:
+        typer.echo(f"... {len(rows) - limit} more in results.csv")
+    done = sum(row["status"] == "done" for row in rows)
+    failed = [row for row in rows if row["status"] != "done"]
+    typer.echo(
+        f"{done} of {len(rows)} neurons explained; {sum(row['llm_calls'] for row in rows)} LLM "
+        f"calls, {sum(row['tokens'] for row in rows)} tokens, "
+        f"{sum(row['images'] for row in rows)} images"
+    )
+    for row in failed[:10]:
+        typer.secho(f"unit {row['unit']} failed: {row['reason']}", fg=typer.colors.YELLOW)
+    if failed:
+        typer.echo("rerun with --resume to retry the failed neurons")
+
+
+@app.command()
+def run(
+    target: Annotated[
+        str | None, typer.Option(help="Target spec, e.g. torchvision:resnet50.")
+    ] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer name (see `line layers`).")] = None,
+    units: Annotated[str | None, typer.Option(help="Units: 0-99, 3,7,9 or 0-3,10.")] = None,
+    generator: Annotated[
+        str | None, typer.Option(help="Generator spec (a local server needs one).")
+    ] = None,
+    llm: Annotated[
+        str | None,
+        typer.Option(help="provider:model, openai-compatible:<model>, or offline:vocab."),
+    ] = None,
+    llm_base_url: Annotated[
+        str | None, typer.Option(help="Base URL for openai-compatible servers.")
+    ] = None,
+    prompts: Annotated[str, typer.Option(help="Prompt variant name or folder.")] = "paper",
+    out: Annotated[Path | None, typer.Option(help="Run folder to create.")] = None,
+    server: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Inference server URL; repeat it to spread the work over several servers "
+            "(least outstanding requests). Without it one is started."
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Neurons explained at once.")] = 64,
+    seed: Annotated[int, typer.Option(help="Run seed (image seeds derive from it).")] = 0,
+    temperature: Annotated[float | None, typer.Option(help="Override the variant's.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Override the variant's.")] = None,
+    device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
+    store: Annotated[Path | None, typer.Option(help="Store folder of a local server.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="Control set: a folder of images (class folders seed the search) or toy."
+        ),
+    ] = None,
+    score: Annotated[
+        str | None, typer.Option(help="Override the variant's score: mean, mad, auc.")
+    ] = None,
+    llm_cache: Annotated[
+        Path | None,
+        typer.Option(help="Cache LLM answers in this folder: a repeated run costs nothing."),
+    ] = None,
+    groups: Annotated[
+        bool,
+        typer.Option(help="Add polysemanticity groups to results.csv (loads a text model)."),
+    ] = True,
+    report_html: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")
+    ] = True,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
+    ] = False,
+) -> None:
+    """Explain neurons: propose, render, measure, refine, for many neurons at once."""
+
+    try:
+        settings, folder = settings_from_options(
+            target=target, layer=layer, units=units, generator=generator, llm=llm,
+            llm_base_url=llm_base_url, prompts=prompts, out=out, server=server,
+            concurrency=concurrency, seed=seed, temperature=temperature, iterations=iterations,
+            resume=resume, control=control, score=score, llm_cache=llm_cache,
+        )  # fmt: skip
+        update, close = _progress_printer(quiet or as_json)
+        try:
+            rows = execute_run(
+                settings, folder, device=device, store=store, on_progress=update, groups=groups
+            )
+        finally:
+            close()
+    except RunSetupError as error:
+        _fail(str(error))
+    index = _write_report(folder.path, store, echo=not as_json) if report_html else None
+    if as_json:
+        _print_json(folder.path, index, rows)
+        return
+    if not quiet:
+        _print_results(rows)
+    typer.echo(f"run folder: {folder.path}")
+    if index is not None:
+        typer.echo(f"report: {index}")
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder [default: runs/demo-<time>].")
+    ] = None,
+    llm: Annotated[
+        str, typer.Option(help="LLM spec; the default is not an LLM.")
+    ] = "offline:vocab",
+    llm_base_url: Annotated[str | None, typer.Option(help="For openai-compatible.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Neurons explained at once.")] = 32,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
+    ] = False,
+) -> None:
+    """Explain every planted unit of the offline toy world and compare with the ground truth."""
+
+    update, close = _progress_printer(quiet or as_json)
+    try:
+        rows, folder = run_demo(out, llm, llm_base_url, concurrency, on_progress=update)
+    except RunSetupError as error:
+        _fail(str(error))
+    finally:
+        close()
+    index = _write_report(folder.path, echo=not as_json)
+    if as_json:
+        _print_json(folder.path, index, rows)
+        return
+    _print_results(rows, extra=["truth", "match", "groups"])
+    matched = [row for row in rows if row["match"] in (True, False)]
+    typer.echo(
+        f"ground truth recovered for {sum(row['match'] is True for row in matched)} of "
+        f"{len(matched)} planted units with a concept"
+    )
+    typer.echo(f"run folder: {folder.path}")
+    if index is not None:
+        typer.echo(f"report: {index}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (from `line run` or `line demo`).")],
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Image store the run used (default: ~/.cache/line/store)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default: RUN_DIR/report).")
+    ] = None,
+) -> None:
+    """Write a run's static HTML report: opens from file://, no server or network needed."""
+
+    try:
+        index = build_report(run_dir, store=store, out=out)
+    except ReportError as error:
+        _fail(str(error))
+    typer.echo(f"report: {index}")
+
+
+@app.command()
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, finished or still running.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8500,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Image store the run used (default: ~/.cache/line/store)."),
+    ] = None,
+) -> None:
+    """Serve a run's report on 127.0.0.1; pages refresh while the run is still going."""
+
+    try:
+        serve_viewer(
+            run_dir,
+            port,
+            store,
+            on_ready=lambda url: typer.echo(f"viewing {run_dir} at {url} (Ctrl-C to stop)"),
+        )
+    except ReportError as error:
+        _fail(str(error))
+
+
+def _write_report(run_dir: Path, store: Path | None = None, echo: bool = True) -> Path | None:
+    """Write the run's HTML report; a failure only warns (the results are safe)."""
+
+    try:
+        return build_report(run_dir, store=store)
+    except Exception as error:  # the run's results are safe; the report can be rebuilt
+        if echo:
+            typer.secho(
+                f"could not write the report ({error}); try `line report {run_dir}`",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+        return None
+
+
+def _print_json(run_dir: Path, index: Path | None, rows: list[dict]) -> None:
+    typer.echo(
+        json.dumps(
+            {"run_folder": str(run_dir), "report": str(index) if index else None, "neurons": rows},
+            default=str,
+        )
+    )
+
+
+if __name__ == "__main__":
+    app()

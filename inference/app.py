@@ -1,0 +1,347 @@
+"""The HTTP face of the inference service: versioned JSON endpoints, token auth, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import ipaddress
+import secrets
+import socket
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from PIL import Image
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from inference.service import InferenceService, ServiceError
+from inference.store import (
+    InvalidImageIdError,
+    StoreWriteError,
+    check_image_id,
+)
+
+API_VERSION = "v1"
+MIN_SIDE = 16
+"""The smallest image side the server accepts: every backend renders it (procedural:shapes
+refuses anything smaller)."""
+MAX_UPLOAD_ASPECT = 128
+"""How many times longer than wide an uploaded image may be (the server renders up to 16x2048).
+Targets scale the short side to about 224 pixels, so a 1x100000 PNG of a few hundred bytes would
+become gigabytes of pixels."""
+
+
+def _plain_text(value: str) -> str:
+    """Refuse text that cannot be stored or hashed: NUL characters and lone surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "must be valid Unicode text; it contains a lone surrogate (an unpaired \\ud800-\\udfff "
+            "escape)"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain_text)]
+"""A request string: any Unicode text without NUL characters or lone surrogates."""
+
+
+class ErrorResponse(BaseModel):
+    """What every refused or failed request gets."""
+
+    detail: str = Field(description="What is wrong and what is valid.")
+
+
+class ImagesRequest(BaseModel):
+    """Render one image per (prompt, seed) pair."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[Text] = Field(description="One prompt per image.")
+    seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
+    generator: Text | None = Field(
+        None, description="Generator name; the server's first if absent."
+    )
+    width: int | None = Field(
+        None,
+        ge=MIN_SIDE,
+        description=f"Image width in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
+        "limit (2048 unless configured); the generator's default if absent.",
+    )
+    height: int | None = Field(
+        None,
+        ge=MIN_SIDE,
+        description=f"Image height in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
+        "limit (2048 unless configured); the generator's default if absent.",
+    )
+    steps: int | None = Field(
+        None, description="Denoising steps, 1 to the server's limit (500 unless configured)."
+    )
+    guidance: float | None = Field(None, description="Guidance scale, 0 to 100.")
+
+
+class ImageEntry(BaseModel):
+    """A rendered (or already stored) image."""
+
+    id: str
+    prompt: str
+    seed: int
+    cached: bool
+
+
+class ImagesResponse(BaseModel):
+    """The images of a request, in request order."""
+
+    images: list[ImageEntry]
+
+
+class UploadRequest(BaseModel):
+    """Store image files (e.g. a control set's photos) so activations can be read on them."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(description="Base64-encoded image files (PNG, JPEG, ...).")
+    names: list[Text] = Field(default_factory=list, description="Optional names, one per image.")
+
+
+class UploadResponse(BaseModel):
+    """The ids of the stored images, in request order."""
+
+    ids: list[str]
+
+
+class ActivationsRequest(BaseModel):
+    """Read a layer of a target on stored images."""
+
+    model_config = ConfigDict(extra="forbid")
+    target: Text
+    layer: Text
+    image_ids: list[str]
+    units: list[int] | None = Field(None, description="Unit indices; all units when absent.")
+
+
+class ActivationsResponse(BaseModel):
+    """A row of activations per image, a column per unit."""
+
+    target: str
+    layer: str
+    units: list[int]
+    activations: list[list[float]]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    # Messages quote request text, which may hold lone surrogates that UTF-8 cannot encode.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def _token_matches(header: str, token: str) -> bool:
+    """Whether an Authorization header carries ``token`` (compared as bytes, in constant time)."""
+    scheme, _, given = header.partition(" ")
+    # Header values arrive decoded as latin-1; compare_digest refuses non-ASCII str.
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        given.encode("latin-1", "replace"), token.encode("utf-8")
+    )
+
+
+def _too_thin(images: list[bytes]) -> str | None:
+    """Why the first overly elongated image is refused (from its header; nothing is decoded)."""
+    for index, data in enumerate(images):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except Exception:  # not an image: the service says so
+            continue
+        if max(width, height) > MAX_UPLOAD_ASPECT * max(1, min(width, height)):
+            return (
+                f"image {index} is {width}x{height} pixels; an image's long side may be at most "
+                f"{MAX_UPLOAD_ASPECT} times its short side (targets scale the short side to about "
+                "224 pixels)"
+            )
+    return None
+
+
+def _describe_validation(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+        if item.get("type") == "json_invalid":
+            return f"malformed JSON in the request body: {item.get('ctx', {}).get('error', '')}"
+        parts.append(f"{where or 'body'}: {item.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
+    """The FastAPI application serving ``service``; every request needs ``token`` if one is set."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await service.aclose()
+
+    app = FastAPI(
+        title="LINE inference server",
+        version="1",
+        description="Batched text-to-image rendering and activation measurement for LINE.",
+        lifespan=lifespan,
+        responses={
+            "4XX": {"model": ErrorResponse, "description": "A refused request."},
+            "5XX": {"model": ErrorResponse, "description": "A backend or the store failed."},
+        },
+    )
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if token is not None:
+            if not _token_matches(request.headers.get("authorization", ""), token):
+                return _error(
+                    401,
+                    "missing or wrong token: send 'Authorization: Bearer <token>' with the "
+                    "server's --token (LINE_SERVER_TOKEN)",
+                )
+        return await call_next(request)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, error: ServiceError) -> JSONResponse:
+        return _error(error.status, str(error))
+
+    @app.exception_handler(StoreWriteError)
+    async def store_error(_request: Request, error: StoreWriteError) -> JSONResponse:
+        return _error(507, str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(422, _describe_validation(error))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, object]:
+        """Liveness: the server is up and its models are loaded."""
+        return {
+            "status": "ok",
+            "generators": list(service.generators),
+            "targets": list(service.targets),
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(service.render_metrics(), media_type="text/plain; version=0.0.4")
+
+    @app.get(f"/{API_VERSION}/models")
+    async def models() -> dict[str, object]:
+        """Generators and targets with their layers and unit counts."""
+        return service.models()
+
+    @app.post(f"/{API_VERSION}/images", response_model=ImagesResponse)
+    async def images(body: ImagesRequest) -> ImagesResponse:
+        """Render one image per prompt/seed pair; stored images are not rendered again."""
+        records = await service.generate_images(
+            body.prompts,
+            body.seeds,
+            generator=body.generator,
+            width=body.width,
+            height=body.height,
+            steps=body.steps,
+            guidance=body.guidance,
+        )
+        return ImagesResponse(images=[ImageEntry(**vars(record)) for record in records])
+
+    @app.post(f"/{API_VERSION}/images/upload", response_model=UploadResponse)
+    async def upload(body: UploadRequest) -> UploadResponse:
+        """Store image files; their ids work with /v1/activations like rendered ones."""
+        decoded = []
+        for index, text in enumerate(body.images):
+            try:
+                decoded.append(base64.b64decode(text, validate=True))
+            except (binascii.Error, ValueError) as error:
+                raise ServiceError(f"image {index} is not valid base64: {error}") from error
+        refusal = await asyncio.to_thread(_too_thin, decoded)
+        if refusal is not None:
+            raise ServiceError(refusal)
+        return UploadResponse(ids=await service.upload_images(decoded, body.names))
+
+    @app.get(
+        f"/{API_VERSION}/images/{{image_id}}",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def image_png(image_id: str = Path(max_length=200)) -> Response:
+        """The PNG of a stored image."""
+        try:
+            check_image_id(image_id)
+            data = await asyncio.to_thread(service.store.read_bytes, image_id)
+        except InvalidImageIdError as error:
+            raise ServiceError(str(error)) from error
+        except FileNotFoundError as error:
+            raise ServiceError(f"no image {image_id} in the store", status=404) from error
+        return Response(data, media_type="image/png")
+
+    @app.post(f"/{API_VERSION}/activations", response_model=ActivationsResponse)
+    async def activations(body: ActivationsRequest) -> ActivationsResponse:
+        """A layer's activations on stored images (all units, or the listed ones)."""
+        table = await service.activations(body.target, body.layer, body.image_ids, body.units)
+        return ActivationsResponse(
+            target=table.target,
+            layer=table.layer,
+            units=table.units,
+            activations=table.activations.tolist(),
+        )
+
+    return app
+
+
+@dataclass
+class RunningServer:
+    """A uvicorn server running on a background thread (for ``line run`` and tests)."""
+
+    url: str
+    server: object
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit and wait for it."""
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def start_server_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
+    """Serve ``app`` with uvicorn on a background thread; returns once it accepts connections."""
+    import time
+
+    import uvicorn
+
+    port = port or free_port(host)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="line-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the inference server did not start on {host}:{port}")
+        time.sleep(0.02)
+    return RunningServer(f"http://{host}:{port}", server, thread)

@@ -1,0 +1,188 @@
+"""Dynamic micro-batching: requests from many concurrent callers meet in full model batches.
+
+The batching core is a plain function ``run_batch(list[request]) -> list[result]``; the
+``MicroBatcher`` only decides when a batch closes (``max_batch`` items or ``max_wait_ms`` after its
+first item) and runs the function on the device's worker thread, never on the event loop. The same
+function can sit behind Ray Serve's ``@serve.batch`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from inference.protocols import ImageGenerator, RenderedImage, RenderJob, TargetModel
+
+RequestT = TypeVar("RequestT")
+ResultT = TypeVar("ResultT")
+
+
+class BackendError(RuntimeError):
+    """A batch failed inside a backend; carries the backend's own message."""
+
+
+def run_render_batch(generator: ImageGenerator, jobs: Sequence[RenderJob]) -> list[RenderedImage]:
+    """Batching core for images: render jobs that share one ``RenderSettings``."""
+    images = generator.render(jobs)
+    if len(images) != len(jobs):
+        raise BackendError(f"generator {generator.name!r} returned {len(images)} for {len(jobs)}")
+    return images
+
+
+@dataclass(frozen=True)
+class ActivationJob:
+    """One stored image whose layer vector is wanted."""
+
+    image_id: str
+    image: Image.Image
+    layer: str
+
+
+def run_activation_batch(target: TargetModel, jobs: Sequence[ActivationJob]) -> list[np.ndarray]:
+    """Batching core for activations: one forward pass over jobs of the same layer; a float32
+    layer vector per job."""
+    layer = jobs[0].layer
+    rows = target.activations([job.image for job in jobs], layer)
+    return [np.asarray(row, dtype=np.float32) for row in rows]
+
+
+class DeviceWorkers:
+    """One worker thread per device: model work on a device runs in order, off the event loop."""
+
+    def __init__(self) -> None:
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+
+    def for_device(self, device: str) -> ThreadPoolExecutor:
+        """The device's worker (created on first use)."""
+        if device not in self._executors:
+            self._executors[device] = ThreadPoolExecutor(1, thread_name_prefix=f"line-{device}")
+        return self._executors[device]
+
+    def shutdown(self) -> None:
+        """Stop every worker thread after its current batch."""
+        for executor in self._executors.values():
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class BatchRecord:
+    """What the batcher reports after each batch (for metrics)."""
+
+    backend: str
+    size: int
+    seconds: float
+    failed: bool
+
+
+class MicroBatcher(Generic[RequestT, ResultT]):
+    """Queues requests for one (backend, compatibility key) and runs them in batches."""
+
+    def __init__(
+        self,
+        backend: str,
+        run_batch: Callable[[list[RequestT]], list[ResultT]],
+        executor: ThreadPoolExecutor,
+        max_batch: int,
+        max_wait_ms: float,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.backend = backend
+        self._run_batch = run_batch
+        self._executor = executor
+        self._max_batch = max_batch
+        self._max_wait = max_wait_ms / 1000.0
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[RequestT, asyncio.Future]] = asyncio.Queue()
+        self._collector: asyncio.Task | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch."""
+        return self._queue.qsize()
+
+    async def submit(self, request: RequestT) -> ResultT:
+        """Queue one request and wait for its result (or its batch's error)."""
+        if self._collector is None or self._collector.done():
+            self._collector = asyncio.create_task(self._collect_forever())
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, future))
+        return await future
+
+    async def _next_batch(self) -> list[tuple[RequestT, asyncio.Future]]:
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self._max_wait
+        while len(batch) < self._max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return [item for item in batch if not item[1].cancelled()]
+
+    async def _collect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            requests = [request for request, _ in batch]
+            timing: dict[str, float] = {}
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._timed_batch, requests, timing
+                )
+                if len(results) != len(requests):
+                    raise BackendError(
+                        f"{self.backend}: batch returned {len(results)} results for "
+                        f"{len(requests)} requests"
+                    )
+                error = None
+            except Exception as raised:
+                results, error = None, raised
+            seconds = timing.get("seconds", 0.0)
+            if self._on_batch:
+                self._on_batch(BatchRecord(self.backend, len(batch), seconds, error is not None))
+            for index, (_, future) in enumerate(batch):
+                if future.done():
+                    continue
+                if error is not None:
+                    message = f"{self.backend} failed on a batch of {len(batch)}: {error}"
+                    future.set_exception(BackendError(message))
+                else:
+                    future.set_result(results[index])
+
+    def _timed_batch(self, requests: list[RequestT], timing: dict[str, float]) -> list[ResultT]:
+        """Run a batch on the worker thread, timing only the model work (not the queue for a
+        device shared with other backends)."""
+        started = time.perf_counter()
+        try:
+            return self._run_batch(requests)
+        finally:
+            timing["seconds"] = time.perf_counter() - started
+
+    async def aclose(self) -> None:
+        """Stop collecting; requests still queued fail."""
+        if self._collector is not None:
+            self._collector.cancel()
+            try:
+                await self._collector
+            except (asyncio.CancelledError, Exception):
+                pass
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(BackendError(f"{self.backend}: server is shutting down"))

@@ -1,0 +1,72 @@
+"""Building and running an inference server from command-line settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference.app import is_loopback
+from inference.protocols import ImageGenerator, TargetModel
+from inference.registry import GeneratorOptions, load_generator, load_target
+from inference.service import BatchingConfig, InferenceService, ServiceLimits, open_service
+from inference.store import default_cache_dir
+
+log = logging.getLogger("line.server")
+
+
+class ServeConfigError(ValueError):
+    """Server settings that cannot work together."""
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``line serve`` takes."""
+
+    generators: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8400
+    device: str = "auto"
+    store: Path = field(default_factory=lambda: default_cache_dir() / "store")
+    token: str | None = None
+    generator_options: GeneratorOptions = field(default_factory=GeneratorOptions)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+    trust_checkpoints: bool = False
+
+    def check(self) -> None:
+        """Refuse settings that would expose the server or serve nothing."""
+        if not self.generators and not self.targets:
+            raise ServeConfigError(
+                "nothing to serve: pass --generator SPEC and/or --target SPEC, e.g. "
+                "--generator tiny-sd --target torchvision:resnet18:random"
+            )
+        if not is_loopback(self.host) and not self.token:
+            raise ServeConfigError(
+                f"refusing to bind {self.host}: only loopback addresses are served without a "
+                "token. Set --token (or LINE_SERVER_TOKEN) to require "
+                "'Authorization: Bearer <token>' on every request"
+            )
+
+
+def load_backends(config: ServeConfig) -> tuple[list[ImageGenerator], list[TargetModel]]:
+    """Load every generator and target a config names, on ``config.device``."""
+    generators = []
+    for spec in config.generators:
+        log.info("loading generator %s", spec)
+        generators.append(load_generator(spec, config.device, config.generator_options))
+    targets = []
+    for spec in config.targets:
+        log.info("loading target %s", spec)
+        targets.append(load_target(spec, config.device, config.trust_checkpoints))
+    return generators, targets
+
+
+def build_service(config: ServeConfig) -> InferenceService:
+    """Load every backend once and assemble the service."""
+    config.check()
+    generators, targets = load_backends(config)
+    return open_service(
+        generators, targets, config.store, batching=config.batching, limits=config.limits
+    )

@@ -1,0 +1,117 @@
+"""Text-to-image generation with any diffusers pipeline (hub id or local folder)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from inference.protocols import (
+    BackendSpecError,
+    GeneratorOptions,
+    RenderedImage,
+    RenderJob,
+    RenderSettings,
+)
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise BackendSpecError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+class DiffusersGenerator:
+    """Renders prompts with a diffusers text-to-image pipeline, one seed per image.
+
+    A call renders a batch of prompts that share width, height, steps and guidance; each image gets
+    its own ``torch.Generator``, so an image rendered in a batch equals the same job rendered alone.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pipeline,
+        device: str,
+        dtype: str,
+        defaults: RenderSettings,
+    ) -> None:
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self.pipeline = pipeline
+        self.identity = f"diffusers:{name}:{dtype}"
+        self._defaults = defaults
+
+    def default_settings(self) -> RenderSettings:
+        """The settings used for fields a request leaves out."""
+        return self._defaults
+
+    def render_arrays(self, jobs: Sequence[RenderJob]) -> np.ndarray:
+        """Render jobs to float arrays ``[n, height, width, 3]`` in [0, 1]."""
+        import torch
+
+        if not jobs:
+            return np.zeros((0, 0, 0, 3), dtype=np.float32)
+        settings = jobs[0].settings
+        if any(job.settings != settings for job in jobs):
+            raise ValueError("a diffusers batch must share width, height, steps and guidance")
+        generator_device = "cpu" if self.device == "mps" else self.device
+        seeds = [torch.Generator(generator_device).manual_seed(job.seed) for job in jobs]
+        with torch.inference_mode():
+            output = self.pipeline(
+                prompt=[job.prompt for job in jobs],
+                generator=seeds,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                width=settings.width,
+                height=settings.height,
+                output_type="np",
+            )
+        return np.asarray(output.images, dtype=np.float32)
+
+    def render(self, jobs: Sequence[RenderJob]) -> list[RenderedImage]:
+        """Render one RGB image per job."""
+        arrays = self.render_arrays(jobs)
+        pixels = np.clip(np.rint(arrays * 255.0), 0, 255).astype(np.uint8)
+        return [RenderedImage(image=Image.fromarray(array, mode="RGB")) for array in pixels]
+
+
+def load_diffusers_pipeline(source: str | Path, device: str, dtype: str):
+    """Load a text-to-image pipeline by hub id or folder and move it to ``device``."""
+    from diffusers import AutoPipelineForText2Image
+
+    try:
+        pipeline = AutoPipelineForText2Image.from_pretrained(str(source), dtype=_torch_dtype(dtype))
+    except Exception as error:  # hub, file and config errors all land here
+        raise BackendSpecError(
+            f"could not load the diffusers pipeline {str(source)!r}: {error}. Pass a hub id of a "
+            "text-to-image model you can download (e.g. 'stabilityai/sd-turbo'), a local folder "
+            "saved with save_pretrained, or 'tiny-sd' for an offline smoke-test model"
+        ) from error
+    pipeline = pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def create_diffusers_generator(
+    spec: str, device: str, options: GeneratorOptions
+) -> DiffusersGenerator:
+    """Build a generator for a hub id or a local pipeline folder."""
+    dtype = options.dtype or ("float16" if device.startswith("cuda") else "float32")
+    pipeline = load_diffusers_pipeline(spec, device, dtype)
+    sample = int(getattr(pipeline, "default_sample_size", 64) or 64)
+    scale = int(getattr(pipeline, "vae_scale_factor", 8) or 8)
+    defaults = RenderSettings(
+        width=options.width or sample * scale,
+        height=options.height or sample * scale,
+        steps=options.steps or 25,
+        guidance=7.5 if options.guidance is None else options.guidance,
+    )
+    return DiffusersGenerator(spec, pipeline, device, dtype, defaults)

@@ -1,0 +1,113 @@
+"""The two small protocols every backend of the inference server implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+
+class BackendSpecError(ValueError):
+    """A backend spec that cannot be loaded; the message says what to pass instead."""
+
+
+@dataclass(frozen=True)
+class GeneratorOptions:
+    """User options for a generator; ``None`` keeps the backend's own default."""
+
+    dtype: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything besides prompt and seed that determines a rendered image's pixels.
+
+    Requests are only batched together when their settings are equal.
+    """
+
+    width: int
+    height: int
+    steps: int
+    guidance: float
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One image to render: a prompt, its seed, and the shared settings."""
+
+    prompt: str
+    seed: int
+    settings: RenderSettings
+
+
+@dataclass
+class RenderedImage:
+    """A rendered image plus what the backend understood of the prompt (if it can say)."""
+
+    image: Image.Image
+    understood: list[str] | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ImageGenerator(Protocol):
+    """A text-to-image backend. ``render`` gets jobs that all share one ``RenderSettings``."""
+
+    name: str
+    """The spec the user gave (``tiny-sd``, ``stabilityai/sd-turbo``, ``procedural:shapes``)."""
+
+    identity: str
+    """What about the backend changes pixels (name, version, dtype), hashed into image ids."""
+
+    device: str
+
+    def default_settings(self) -> RenderSettings:
+        """The settings used for fields a request leaves out."""
+        ...
+
+    def render(self, jobs: Sequence[RenderJob]) -> list[RenderedImage]:
+        """Render one image per job, in order; every image depends only on its own job."""
+        ...
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A readable layer of a target model and how many units it has."""
+
+    name: str
+    units: int
+
+
+class UnknownLayerError(KeyError, ValueError):
+    """A layer name a target does not have; the message lists the valid ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+@runtime_checkable
+class TargetModel(Protocol):
+    """A vision model whose units LINE explains. Sees pixels only."""
+
+    name: str
+    """The spec the user gave (``torchvision:resnet18:random``, ``planted:shapes``)."""
+
+    identity: str
+    """What fixes the weights (name, file hash, version); keys the activation cache."""
+
+    device: str
+
+    def layers(self) -> list[LayerInfo]:
+        """Every readable layer with its unit count."""
+        ...
+
+    def activations(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
+        """The layer's activations on RGB images as a float32 ``[batch, units]`` array."""
+        ...

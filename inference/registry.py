@@ -1,0 +1,77 @@
+"""Turns backend specs from the command line into backends.
+
+Generators: ``tiny-sd``, ``procedural:shapes``, or any diffusers text-to-image pipeline by hub id
+or local folder. Targets: ``torchvision:<arch>[:<weights>]``, ``places365:<checkpoint>``,
+``python:<file.py>:<factory>``, ``planted:shapes``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from inference.protocols import BackendSpecError, GeneratorOptions, ImageGenerator, TargetModel
+
+# Backend families by spec prefix, as "module:function" so heavy imports happen only on use.
+GENERATOR_FAMILIES: dict[str, str] = {
+    "tiny-sd": "inference.generators.tiny_sd:create_tiny_sd_generator",
+    "procedural": "inference.toyworld.procedural:create_procedural_generator",
+}
+DIFFUSERS_FACTORY = "inference.generators.diffusers_generator:create_diffusers_generator"
+TARGET_FAMILIES: dict[str, str] = {
+    "torchvision": "inference.targets.torch_target:create_torchvision_target",
+    "places365": "inference.targets.torch_target:create_places365_target",
+    "python": "inference.targets.torch_target:create_python_target",
+    "planted": "inference.toyworld.planted:create_planted_target",
+}
+GENERATOR_SPEC_HELP = (
+    "'tiny-sd' (offline random weights, images are noise), 'procedural:shapes' (offline toy "
+    "world), or a diffusers text-to-image pipeline by hub id (e.g. 'stabilityai/sd-turbo') or "
+    "local folder"
+)
+TARGET_SPEC_HELP = (
+    "'torchvision:<arch>[:<weights>|random]' (e.g. 'torchvision:resnet50', "
+    "'torchvision:resnet18:random'), 'places365:<checkpoint.pth.tar>', "
+    "'python:<file.py>:<factory>', or 'planted:shapes'"
+)
+
+
+def _import_factory(path: str):
+    module_name, function_name = path.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def resolve_device(device: str) -> str:
+    """Map ``auto`` to the best available torch device; keep any other value."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_generator(
+    spec: str, device: str = "auto", options: GeneratorOptions | None = None
+) -> ImageGenerator:
+    """Build the image generator a spec names."""
+    options = options or GeneratorOptions()
+    device = resolve_device(device)
+    if not spec.strip():
+        raise BackendSpecError(f"empty generator spec; use {GENERATOR_SPEC_HELP}")
+    family, _, rest = spec.partition(":")
+    if family in GENERATOR_FAMILIES:
+        return _import_factory(GENERATOR_FAMILIES[family])(rest, device=device, options=options)
+    return _import_factory(DIFFUSERS_FACTORY)(spec, device=device, options=options)
+
+
+def load_target(spec: str, device: str = "auto", trust_checkpoints: bool = False) -> TargetModel:
+    """Build the target model a spec names."""
+    device = resolve_device(device)
+    family, sep, rest = spec.partition(":")
+    if not sep or family not in TARGET_FAMILIES:
+        raise BackendSpecError(f"unknown target {spec!r}; use {TARGET_SPEC_HELP}")
+    factory = _import_factory(TARGET_FAMILIES[family])
+    return factory(rest, device=device, trust_checkpoints=trust_checkpoints)

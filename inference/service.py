@@ -1,0 +1,532 @@
+"""The inference service behind the HTTP server: validation, store, caches and batchers.
+
+It knows nothing of HTTP: errors are ``ServiceError`` with a status code and a message that says
+what is wrong and what is valid; ``inference.app`` turns them into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from inference.batching import (
+    ActivationJob,
+    BackendError,
+    DeviceWorkers,
+    MicroBatcher,
+    run_activation_batch,
+    run_render_batch,
+)
+from inference.metrics import ServerMetrics
+from inference.protocols import (
+    ImageGenerator,
+    RenderedImage,
+    RenderJob,
+    RenderSettings,
+    TargetModel,
+)
+from inference.store import (
+    ActivationCache,
+    ImageStore,
+    InvalidImageIdError,
+    StoreWriteError,
+    check_image_id,
+    decode_image,
+    image_id,
+    upload_id,
+)
+
+log = logging.getLogger("line.server")
+
+MAX_SEED = 2**63 - 1
+
+
+class ServiceError(Exception):
+    """A request the service refuses or cannot serve; ``status`` is the HTTP status to send."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """Caps that keep one request from hogging the server."""
+
+    max_images_per_request: int = 256
+    max_prompt_chars: int = 1000
+    max_side: int = 2048
+    max_steps: int = 500
+    max_upload_bytes: int = 20_000_000
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """When a batch closes."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 10.0
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a ``generate_images`` answer."""
+
+    id: str
+    prompt: str
+    seed: int
+    cached: bool
+
+
+@dataclass(frozen=True)
+class ActivationTable:
+    """Activations of some units of one layer, a row per image."""
+
+    target: str
+    layer: str
+    units: list[int]
+    activations: np.ndarray
+
+
+class Dispatcher(Protocol):
+    """Where the service sends single model jobs instead of its own micro-batchers (e.g. to
+    Ray Serve replicas). Its errors should be ``BackendError`` with the backend's message."""
+
+    async def render(self, generator: ImageGenerator, job: RenderJob) -> RenderedImage:
+        """Render one job (batched with others by the dispatcher)."""
+        ...
+
+    async def measure(self, target: TargetModel, job: ActivationJob) -> np.ndarray:
+        """One image's layer vector."""
+        ...
+
+    def queue_depths(self) -> dict[str, int]:
+        """Jobs sent and not yet answered, per backend name."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop sending; called when the service closes."""
+        ...
+
+
+class InferenceService:
+    """Renders and measures for many concurrent callers, batching and caching all model work.
+
+    Model work goes to one ``MicroBatcher`` per backend and compatibility key on this process's
+    device threads, or, given a ``dispatcher``, to that dispatcher (validation, dedupe, store,
+    cache and metrics stay here either way).
+    """
+
+    def __init__(
+        self,
+        generators: Sequence[ImageGenerator],
+        targets: Sequence[TargetModel],
+        store: ImageStore,
+        cache: ActivationCache,
+        batching: BatchingConfig | None = None,
+        limits: ServiceLimits | None = None,
+        dispatcher: Dispatcher | None = None,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        if not generators and not targets:
+            raise ValueError("an inference service needs at least one generator or target")
+        self.generators = {generator.name: generator for generator in generators}
+        self.targets = {target.name: target for target in targets}
+        self.default_generator = generators[0].name if generators else None
+        self.store = store
+        self.cache = cache
+        self.batching = batching or BatchingConfig()
+        self.limits = limits or ServiceLimits()
+        self.metrics = metrics or ServerMetrics()
+        self.dispatcher = dispatcher
+        self._workers = DeviceWorkers()
+        # One thread for store and cache I/O: PNG coding on many threads at once would compete
+        # with the model's own threads for the cores.
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="line-store")
+        self._batchers: dict[tuple, MicroBatcher] = {}
+        self._rendering: dict[str, asyncio.Task] = {}
+        self._measuring: dict[tuple[str, str, str], asyncio.Task] = {}
+        self._layer_units = {
+            target.name: {layer.name: layer.units for layer in target.layers()}
+            for target in targets
+        }
+
+    # ----- lookups -------------------------------------------------------------------------
+    def models(self) -> dict[str, object]:
+        """Generators and targets with their layers and unit counts."""
+        return {
+            "generators": [
+                {
+                    "name": generator.name,
+                    "device": generator.device,
+                    "default": generator.name == self.default_generator,
+                    "defaults": asdict(generator.default_settings()),
+                }
+                for generator in self.generators.values()
+            ],
+            "targets": [
+                {
+                    "name": name,
+                    "device": self.targets[name].device,
+                    "layers": [{"name": layer, "units": units} for layer, units in layers.items()],
+                }
+                for name, layers in self._layer_units.items()
+            ],
+        }
+
+    def _generator(self, name: str | None) -> ImageGenerator:
+        if name is None:
+            if self.default_generator is None:
+                raise ServiceError("this server has no generator; start it with --generator")
+            return self.generators[self.default_generator]
+        if name not in self.generators:
+            raise ServiceError(
+                f"unknown generator {name!r}; this server has: "
+                + (", ".join(self.generators) or "none (start it with --generator)"),
+                status=404,
+            )
+        return self.generators[name]
+
+    def _target_layer(self, target: str, layer: str) -> int:
+        if target not in self.targets:
+            raise ServiceError(
+                f"unknown target {target!r}; this server has: "
+                + (", ".join(self.targets) or "none (start it with --target)"),
+                status=404,
+            )
+        layers = self._layer_units[target]
+        if layer not in layers:
+            raise ServiceError(
+                f"target {target!r} has no layer {layer!r}; valid layers: " + ", ".join(layers),
+                status=404,
+            )
+        return layers[layer]
+
+    def _batcher(self, key: tuple, backend: str, device: str, run_batch) -> MicroBatcher:
+        if key not in self._batchers:
+            self._batchers[key] = MicroBatcher(
+                backend,
+                run_batch,
+                self._workers.for_device(device),
+                self.batching.max_batch,
+                self.batching.max_wait_ms,
+                on_batch=self.metrics.record_batch,
+            )
+        return self._batchers[key]
+
+    def queue_depths(self) -> dict[str, int]:
+        """Waiting requests per backend (summed over compatibility keys)."""
+        depths: dict[str, int] = dict(self.dispatcher.queue_depths()) if self.dispatcher else {}
+        for batcher in self._batchers.values():
+            depths[batcher.backend] = depths.get(batcher.backend, 0) + batcher.queue_depth
+        return depths
+
+    async def _in_io_thread(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+
+    # ----- images --------------------------------------------------------------------------
+    def resolve_settings(
+        self,
+        generator: ImageGenerator,
+        width: int | None,
+        height: int | None,
+        steps: int | None,
+        guidance: float | None,
+    ) -> RenderSettings:
+        """Fill a request's missing settings from the generator's defaults and check them."""
+        settings = generator.default_settings()
+        settings = replace(
+            settings,
+            width=settings.width if width is None else width,
+            height=settings.height if height is None else height,
+            steps=settings.steps if steps is None else steps,
+            guidance=float(settings.guidance if guidance is None else guidance),
+        )
+        limit = self.limits.max_side
+        for side in ("width", "height"):
+            value = getattr(settings, side)
+            if not 8 <= value <= limit or value % 8:
+                raise ServiceError(f"{side} must be a multiple of 8 from 8 to {limit}, got {value}")
+        if not 1 <= settings.steps <= self.limits.max_steps:
+            raise ServiceError(
+                f"steps must be from 1 to {self.limits.max_steps}, got {settings.steps}"
+            )
+        if not 0.0 <= settings.guidance <= 100.0:
+            raise ServiceError(f"guidance must be from 0 to 100, got {settings.guidance}")
+        return settings
+
+    def _check_prompts(self, prompts: Sequence[str], seeds: Sequence[int]) -> None:
+        if len(prompts) != len(seeds):
+            raise ServiceError(
+                f"prompts and seeds must have the same length (one seed per image), got "
+                f"{len(prompts)} prompts and {len(seeds)} seeds"
+            )
+        cap = self.limits.max_images_per_request
+        if len(prompts) > cap:
+            raise ServiceError(
+                f"{len(prompts)} images in one request; this server takes at most {cap} "
+                "(split the request, or start the server with a larger --max-images-per-request)",
+                status=413,
+            )
+        for index, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise ServiceError(f"prompt {index} is empty; give each image a non-empty prompt")
+            if len(prompt) > self.limits.max_prompt_chars:
+                raise ServiceError(
+                    f"prompt {index} has {len(prompt)} characters; the limit is "
+                    f"{self.limits.max_prompt_chars}"
+                )
+        for index, seed in enumerate(seeds):
+            if not 0 <= seed <= MAX_SEED:
+                raise ServiceError(f"seed {index} is {seed}; seeds go from 0 to {MAX_SEED}")
+
+    async def generate_images(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        generator: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> list[ImageRecord]:
+        """Render one image per (prompt, seed) unless the store already has it."""
+        backend = self._generator(generator)
+        settings = self.resolve_settings(backend, width, height, steps, guidance)
+        self._check_prompts(prompts, seeds)
+        waits: list[asyncio.Task] = []
+        records: list[ImageRecord] = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            job = RenderJob(prompt, seed, settings)
+            key = image_id(backend.identity, prompt, seed, settings)
+            task = self._rendering.get(key)
+            cached = task is not None or self.store.has(key)
+            if cached:
+                self.metrics.image_cache_hits.labels(backend.name).inc()
+            else:
+                task = asyncio.create_task(self._render_and_store(backend, key, job))
+                self._rendering[key] = task
+                task.add_done_callback(lambda _t, key=key: self._rendering.pop(key, None))
+            if task is not None:
+                waits.append(task)
+            records.append(ImageRecord(key, prompt, seed, cached))
+        if waits:
+            results = await asyncio.gather(
+                *(asyncio.shield(w) for w in waits), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise _as_service_error(result)
+        return records
+
+    async def _render_and_store(self, generator: ImageGenerator, key: str, job: RenderJob) -> None:
+        if self.dispatcher is not None:
+            rendered = await self.dispatcher.render(generator, job)
+        else:
+            batcher = self._batcher(
+                ("generator", generator.name, job.settings),
+                generator.name,
+                generator.device,
+                partial(run_render_batch, generator),
+            )
+            rendered = await batcher.submit(job)
+        metadata = {
+            "generator": generator.identity,
+            "prompt": job.prompt,
+            "seed": job.seed,
+            **asdict(job.settings),
+        }
+        if rendered.understood is not None:
+            metadata["understood"] = rendered.understood
+            log.debug("%s understood %s in %r", generator.name, rendered.understood, job.prompt)
+        await self._in_io_thread(self.store.put, key, rendered.image, metadata)
+        self.metrics.images_generated.labels(generator.name).inc()
+
+    async def upload_images(self, images: Sequence[bytes], names: Sequence[str]) -> list[str]:
+        """Store user images (a control set's photos); ids hash their bytes."""
+        if not images:
+            raise ServiceError("images is empty; send base64-encoded image files")
+        cap = self.limits.max_images_per_request
+        if len(images) > cap:
+            raise ServiceError(
+                f"{len(images)} images in one request; this server takes at most {cap}", status=413
+            )
+        if names and len(names) != len(images):
+            raise ServiceError(f"{len(names)} names for {len(images)} images; give one per image")
+        ids = []
+        for index, data in enumerate(images):
+            if len(data) > self.limits.max_upload_bytes:
+                raise ServiceError(
+                    f"image {index} has {len(data)} bytes; the limit is "
+                    f"{self.limits.max_upload_bytes}",
+                    status=413,
+                )
+            key = upload_id(data)
+            ids.append(key)
+            if self.store.has(key):
+                continue
+            try:
+                image = await self._in_io_thread(decode_image, data)
+            except ValueError as error:
+                raise ServiceError(f"image {index}: {error}") from error
+            metadata = {"uploaded": True, "name": names[index] if names else ""}
+            await self._in_io_thread(self.store.put, key, image, metadata)
+        return ids
+
+    # ----- activations ---------------------------------------------------------------------
+    def _check_image_ids(self, image_ids: Sequence[str]) -> None:
+        if not image_ids:
+            raise ServiceError("image_ids is empty; pass ids returned by POST /v1/images")
+        cap = self.limits.max_images_per_request
+        if len(image_ids) > cap:
+            raise ServiceError(
+                f"{len(image_ids)} images in one request; this server takes at most {cap}",
+                status=413,
+            )
+        try:
+            for value in image_ids:
+                check_image_id(value)
+        except InvalidImageIdError as error:
+            raise ServiceError(str(error)) from error
+        missing = [value for value in image_ids if not self.store.has(value)]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ServiceError(
+                f"{len(missing)} image id(s) are not in the store: {shown}; render them first "
+                "with POST /v1/images",
+                status=404,
+            )
+
+    async def activations(
+        self,
+        target: str,
+        layer: str,
+        image_ids: Sequence[str],
+        units: Sequence[int] | None = None,
+    ) -> ActivationTable:
+        """The layer's activations on stored images, for all units or the given ones."""
+        unit_count = self._target_layer(target, layer)
+        if units is None:
+            units = list(range(unit_count))
+        else:
+            bad = [unit for unit in units if not 0 <= unit < unit_count]
+            if bad:
+                raise ServiceError(
+                    f"unit {bad[0]} is out of range: layer {layer!r} of {target!r} has "
+                    f"{unit_count} units, indices 0 to {unit_count - 1}"
+                )
+            units = list(units)
+        self._check_image_ids(image_ids)
+        cache_key = target_identity(self.targets[target])
+        cached = await self._in_io_thread(self.cache.get_many, cache_key, layer, set(image_ids))
+        waits = {}
+        for value in dict.fromkeys(image_ids):
+            if value in cached:
+                self.metrics.activation_cache_hits.labels(target).inc()
+                continue
+            key = (value, target, layer)
+            task = self._measuring.get(key)
+            if task is None:
+                task = asyncio.create_task(self._measure_and_cache(target, layer, value))
+                self._measuring[key] = task
+                task.add_done_callback(lambda _t, key=key: self._measuring.pop(key, None))
+            waits[value] = task
+        if waits:
+            results = await asyncio.gather(
+                *(asyncio.shield(task) for task in waits.values()), return_exceptions=True
+            )
+            for value, result in zip(waits, results, strict=True):
+                if isinstance(result, BaseException):
+                    raise _as_service_error(result)
+                cached[value] = result
+        matrix = np.stack([cached[value] for value in image_ids])[:, units]
+        return ActivationTable(target, layer, units, matrix)
+
+    async def _measure_and_cache(self, target: str, layer: str, key: str) -> np.ndarray:
+        model = self.targets[target]
+        image = await self._in_io_thread(self.store.load, key)
+        job = ActivationJob(key, image, layer)
+        if self.dispatcher is not None:
+            vector = np.asarray(await self.dispatcher.measure(model, job), dtype=np.float32)
+            await self._in_io_thread(self._cache_vectors, model, layer, {key: vector})
+        else:
+            batcher = self._batcher(
+                ("target", target, layer), target, model.device, partial(self._measure_batch, model)
+            )
+            vector = await batcher.submit(job)
+        self.metrics.activations_computed.labels(target).inc()
+        return vector
+
+    def _measure_batch(self, model: TargetModel, jobs: list[ActivationJob]) -> list[np.ndarray]:
+        """Run one activation batch and cache its layer vectors in one write."""
+        rows = run_activation_batch(model, jobs)
+        vectors = {job.image_id: row for job, row in zip(jobs, rows, strict=True)}
+        self._cache_vectors(model, jobs[0].layer, vectors)
+        return rows
+
+    def _cache_vectors(
+        self, model: TargetModel, layer: str, vectors: dict[str, np.ndarray]
+    ) -> None:
+        try:
+            self.cache.put_many(target_identity(model), layer, vectors)
+        except StoreWriteError as error:  # measuring still works; only caching is lost
+            log.warning("%s", error)
+
+    # ----- lifecycle -----------------------------------------------------------------------
+    def render_metrics(self) -> bytes:
+        """Prometheus text with fresh queue depths."""
+        for backend, depth in self.queue_depths().items():
+            self.metrics.queue_depth.labels(backend).set(depth)
+        return self.metrics.render()
+
+    async def aclose(self) -> None:
+        """Stop the dispatcher, batchers and worker threads and close the cache."""
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose()
+        for batcher in self._batchers.values():
+            await batcher.aclose()
+        await asyncio.to_thread(self._workers.shutdown)
+        self._io.shutdown(wait=True)
+        self.cache.close()
+
+
+def open_service(
+    generators: Sequence[ImageGenerator],
+    targets: Sequence[TargetModel],
+    folder: str | Path,
+    **options,
+) -> InferenceService:
+    """A service whose image store and activation cache live in ``folder`` (PNGs under
+    ``images/``, vectors in ``activations.sqlite``): the layout of every LINE server.
+    ``options`` are the other ``InferenceService`` arguments (batching, limits, ...)."""
+    folder = Path(folder)
+    store = ImageStore(folder)
+    return InferenceService(
+        generators, targets, store, ActivationCache(folder / "activations.sqlite"), **options
+    )
+
+
+def target_identity(target: TargetModel) -> str:
+    """What the activation cache is keyed by: the target's weights, not only its name."""
+    return getattr(target, "identity", None) or target.name
+
+
+def _as_service_error(error: BaseException) -> ServiceError:
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, StoreWriteError):
+        return ServiceError(str(error), status=507)
+    if isinstance(error, BackendError):
+        return ServiceError(str(error), status=500)
+    return ServiceError(f"internal error: {type(error).__name__}: {error}", status=500)

@@ -1,0 +1,323 @@
+"""Target models built on ``torch.nn.Module``: torchvision, Places365 checkpoints, user factories.
+
+A layer is any named submodule whose output is a tensor. Its activations are read with a forward
+hook and reduced to one value per unit: ``[B, C, H, W]`` outputs are averaged over space (CNNs),
+``[B, tokens, D]`` outputs give the first (CLS) token (ViTs), ``[B, D]`` outputs are taken as they
+are. A module called several times in one forward pass (torchvision's shared ReLUs) reports its
+last call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import pickle
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from inference.protocols import BackendSpecError, LayerInfo, UnknownLayerError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Preprocess = Callable[[Image.Image], "object"]
+
+
+def imagenet_preprocess() -> Preprocess:
+    """Resize to 256, centre-crop 224, ImageNet-normalise: the standard for models without one."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def reduce_to_units(output) -> object | None:
+    """Reduce a layer output to ``[batch, units]``; ``None`` when it has no unit axis we know."""
+    import torch
+
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+        return None
+    if output.dim() == 4:
+        return output.mean(dim=(2, 3))
+    if output.dim() == 3:
+        return output[:, 0, :]
+    if output.dim() == 2:
+        return output
+    return None
+
+
+class _StopForward(Exception):
+    """Raised from a hook to skip the rest of the network once the wanted layer has run."""
+
+
+class TorchTarget:
+    """A ``TargetModel`` over any ``torch.nn.Module`` with its preprocessing."""
+
+    def __init__(
+        self,
+        name: str,
+        module,
+        preprocess: Preprocess | None,
+        device: str,
+        identity: str | None = None,
+    ) -> None:
+        import torch
+
+        self.name = name
+        self.identity = identity or name
+        self.device = device
+        self.module = module.eval().to(device)
+        self.preprocess = preprocess or imagenet_preprocess()
+        self._torch = torch
+        self._layers, self._calls = self._discover_layers()
+
+    def _discover_layers(self) -> tuple[dict[str, LayerInfo], dict[str, int]]:
+        """Run one grey image through the model and record every layer's unit count."""
+        units: dict[str, int] = {}
+        calls: dict[str, int] = {}
+        handles = []
+
+        def make_hook(layer_name: str):
+            def hook(_module, _inputs, output):
+                reduced = reduce_to_units(output)
+                calls[layer_name] = calls.get(layer_name, 0) + 1
+                if reduced is not None:
+                    units[layer_name] = int(reduced.shape[1])
+                else:
+                    units.pop(layer_name, None)
+
+            return hook
+
+        for layer_name, submodule in self.module.named_modules():
+            if layer_name:
+                handles.append(submodule.register_forward_hook(make_hook(layer_name)))
+        try:
+            probe = self.preprocess_batch([Image.new("RGB", (224, 224), (128, 128, 128))])
+            with self._torch.inference_mode():
+                self.module(probe)
+        finally:
+            for handle in handles:
+                handle.remove()
+        order = [name for name, _ in self.module.named_modules() if name in units]
+        return {name: LayerInfo(name, units[name]) for name in order}, calls
+
+    def layers(self) -> list[LayerInfo]:
+        """Every readable layer with its unit count, in module order."""
+        return list(self._layers.values())
+
+    def layer_info(self, layer: str) -> LayerInfo:
+        """The layer's info, or an error that lists the valid names."""
+        if layer not in self._layers:
+            raise UnknownLayerError(
+                f"target {self.name!r} has no layer {layer!r}; valid layers: "
+                + ", ".join(self._layers)
+            )
+        return self._layers[layer]
+
+    def preprocess_batch(self, images: Sequence[Image.Image]):
+        """Preprocess PIL images into one batch tensor on the model's device."""
+        tensors = [self.preprocess(image.convert("RGB")) for image in images]
+        return self._torch.stack(tensors).to(self.device)
+
+    def forward_layer(self, batch, layer: str):
+        """Run the model on a preprocessed batch; the layer's ``[batch, units]`` tensor."""
+        self.layer_info(layer)
+        captured = {}
+        stop_early = self._calls.get(layer, 0) == 1
+
+        def hook(_module, _inputs, output):
+            captured["units"] = reduce_to_units(output)
+            if stop_early:
+                raise _StopForward
+
+        handle = self.module.get_submodule(layer).register_forward_hook(hook)
+        try:
+            with self._torch.inference_mode():
+                self.module(batch)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured["units"]
+
+    def activations(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
+        """The layer's activations for RGB images as a float32 ``[batch, units]`` array."""
+        self.layer_info(layer)
+        if not images:
+            return np.zeros((0, self._layers[layer].units), dtype=np.float32)
+        units = self.forward_layer(self.preprocess_batch(images), layer)
+        return units.float().cpu().numpy().astype(np.float32, copy=False)
+
+
+def create_torchvision_target(rest: str, device: str, trust_checkpoints: bool = False):
+    """``torchvision:<arch>[:<weights>]``; weights default to ``DEFAULT``, ``random`` for none."""
+    import torchvision
+    from torchvision import models
+
+    arch, _, weights_name = rest.partition(":")
+    weights_name = weights_name or "DEFAULT"
+    available = models.list_models(module=models)
+    if arch not in available:
+        raise BackendSpecError(
+            f"torchvision has no classification model {arch!r}; choose one of: "
+            + ", ".join(available)
+        )
+    if weights_name == "random":
+        # a fixed random initialisation: the same weights in every process, so cached
+        # activations of an earlier server stay valid
+        with torch_seed(RANDOM_WEIGHTS_SEED):
+            module = models.get_model(arch, weights=None)
+        return TorchTarget(f"torchvision:{rest}", module, None, device)
+    weights_enum = models.get_model_weights(arch)
+    valid = ["DEFAULT", *weights_enum.__members__, "random"]
+    if weights_name not in valid:
+        raise BackendSpecError(
+            f"torchvision model {arch!r} has no weights {weights_name!r}; use one of: "
+            + ", ".join(valid)
+        )
+    weights = weights_enum[weights_name]
+    try:
+        module = models.get_model(arch, weights=weights)
+    except Exception as error:
+        raise BackendSpecError(
+            f"could not load weights {weights} for {arch!r} ({error}). They download into "
+            f"$TORCH_HOME/hub/checkpoints on first use; copy the file {weights.url} there on a "
+            f"machine without internet, or use 'torchvision:{arch}:random'"
+        ) from error
+    del torchvision
+    return TorchTarget(f"torchvision:{rest}", module, weights.transforms(), device)
+
+
+RANDOM_WEIGHTS_SEED = 0
+
+
+class torch_seed:
+    """Seed torch's global generator inside a block, restoring its state afterwards."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        import torch
+
+        self._state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *_exc) -> None:
+        import torch
+
+        torch.random.set_rng_state(self._state)
+
+
+def file_fingerprint(path: Path) -> str:
+    """A short content hash of a file (checkpoints, model code), for cache keys."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_checkpoint(path: Path, trust_checkpoints: bool):
+    """``torch.load`` that only unpickles plain tensors and containers unless trusted."""
+    import torch
+
+    if not path.is_file():
+        raise BackendSpecError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoints)
+    except pickle.UnpicklingError as error:
+        raise BackendSpecError(
+            f"checkpoint {str(path)!r} holds Python objects beyond tensors, which LINE does not "
+            "unpickle by default because unpickling runs arbitrary code. If you trust the file, "
+            f"pass --trust-checkpoints. ({error})"
+        ) from error
+
+
+RESNET_BLOCKS = {
+    (2, 2, 2, 2, False): "resnet18",
+    (3, 4, 6, 3, False): "resnet34",
+    (3, 4, 6, 3, True): "resnet50",
+    (3, 4, 23, 3, True): "resnet101",
+    (3, 8, 36, 3, True): "resnet152",
+}
+
+
+def resnet_arch_from_state_dict(state_dict: dict) -> str:
+    """Name the torchvision ResNet a state dict fits, from its block counts."""
+    counts = []
+    for stage in range(1, 5):
+        blocks = {key.split(".")[1] for key in state_dict if key.startswith(f"layer{stage}.")}
+        counts.append(len(blocks))
+    bottleneck = any(".conv3." in key for key in state_dict)
+    key = (*counts, bottleneck)
+    if key not in RESNET_BLOCKS:
+        raise BackendSpecError(
+            f"the checkpoint is not a ResNet LINE knows (blocks per stage {counts}); supported: "
+            + ", ".join(RESNET_BLOCKS.values())
+        )
+    return RESNET_BLOCKS[key]
+
+
+def create_places365_target(rest: str, device: str, trust_checkpoints: bool = False):
+    """``places365:<path>``: a CSAIL Places365 ResNet checkpoint (``module.`` prefixes stripped)."""
+    from torchvision import models
+
+    if not rest:
+        raise BackendSpecError(
+            "places365 needs a checkpoint path, e.g. 'places365:resnet18_places365.pth.tar'"
+        )
+    checkpoint = load_checkpoint(Path(rest).expanduser(), trust_checkpoints)
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise BackendSpecError(f"{rest!r} holds no state_dict of tensors")
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    arch = resnet_arch_from_state_dict(state_dict)
+    module = models.get_model(arch, weights=None, num_classes=365)
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise BackendSpecError(f"{rest!r} does not fit {arch} with 365 classes: {error}") from error
+    identity = f"places365:{rest}@{file_fingerprint(Path(rest).expanduser())}"
+    return TorchTarget(f"places365:{rest}", module, None, device, identity)
+
+
+def create_python_target(rest: str, device: str, trust_checkpoints: bool = False):
+    """``python:<file.py>:<factory>``: a user's module, optionally with its preprocessing."""
+    import torch
+
+    path_text, sep, factory_name = rest.rpartition(":")
+    if not sep or not path_text or not factory_name:
+        raise BackendSpecError(
+            f"'python:{rest}' must name a file and a factory, e.g. 'python:my_model.py:build'"
+        )
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise BackendSpecError(f"python target file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"line_user_model_{path.stem}", path)
+    module_code = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module_code)
+    factory = getattr(module_code, factory_name, None)
+    if not callable(factory):
+        names = [name for name in vars(module_code) if callable(getattr(module_code, name))]
+        raise BackendSpecError(
+            f"{str(path)!r} has no factory {factory_name!r}; callables there: " + ", ".join(names)
+        )
+    made = factory()
+    module, preprocess = made if isinstance(made, tuple) else (made, None)
+    if not isinstance(module, torch.nn.Module):
+        raise BackendSpecError(
+            f"factory {factory_name!r} returned {type(module).__name__}; it must return a "
+            "torch.nn.Module or a (module, preprocess) tuple"
+        )
+    identity = f"python:{rest}@{file_fingerprint(path)}"
+    return TorchTarget(f"python:{rest}", module, preprocess, device, identity)

@@ -1,0 +1,132 @@
+"""Content-addressed image store and activation cache."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference.protocols import RenderSettings
+from inference.store import (
+    ActivationCache,
+    ImageStore,
+    InvalidImageIdError,
+    StoreWriteError,
+    image_id,
+)
+
+SETTINGS = RenderSettings(64, 64, 1, 0.0)
+
+
+def test_image_id_hashes_everything_that_sets_pixels():
+    base = image_id("tiny-sd-v1:float32", "a cat", 1, SETTINGS)
+    assert base == image_id("tiny-sd-v1:float32", "a cat", 1, RenderSettings(64, 64, 1, 0))
+    variants = {
+        image_id("tiny-sd-v1:float16", "a cat", 1, SETTINGS),
+        image_id("tiny-sd-v1:float32", "a cat ", 1, SETTINGS),
+        image_id("tiny-sd-v1:float32", "a cat", 2, SETTINGS),
+        image_id("tiny-sd-v1:float32", "a cat", 1, RenderSettings(72, 64, 1, 0.0)),
+        image_id("tiny-sd-v1:float32", "a cat", 1, RenderSettings(64, 72, 1, 0.0)),
+        image_id("tiny-sd-v1:float32", "a cat", 1, RenderSettings(64, 64, 2, 0.0)),
+        image_id("tiny-sd-v1:float32", "a cat", 1, RenderSettings(64, 64, 1, 1.5)),
+    }
+    assert base not in variants and len(variants) == 7
+    assert len(base) == 64 and all(c in "0123456789abcdef" for c in base)
+
+
+def test_store_round_trip_with_provenance(tmp_path):
+    store = ImageStore(tmp_path)
+    key = image_id("g", "a cat", 1, SETTINGS)
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert not store.has(key)
+    store.put(key, Image.fromarray(pixels), {"prompt": "a cat", "seed": 1})
+    assert store.has(key)
+    np.testing.assert_array_equal(np.asarray(store.load(key)), pixels)
+    assert store.metadata(key) == {"prompt": "a cat", "seed": 1}
+    assert ImageStore(tmp_path).has(key)  # survives a restart
+    assert not list(tmp_path.rglob("*.part"))
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "ABC", "0" * 63, "g" * 64, "0" * 64 + "/x"])
+def test_malformed_ids_never_touch_the_file_system(tmp_path, bad):
+    with pytest.raises(InvalidImageIdError, match="64 lowercase hex"):
+        ImageStore(tmp_path).path(bad)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_store_is_a_clear_error(tmp_path):
+    store = ImageStore(tmp_path)
+    key = image_id("g", "p", 1, SETTINGS)
+    (tmp_path / "images").chmod(0o500)
+    try:
+        with pytest.raises(StoreWriteError, match="pass a writable folder"):
+            store.put(key, Image.new("RGB", (8, 8)), {})
+        assert not store.has(key)
+    finally:
+        (tmp_path / "images").chmod(0o700)
+
+
+def test_a_failed_write_leaves_no_entry(tmp_path, monkeypatch):
+    store = ImageStore(tmp_path)
+    key = image_id("g", "p", 1, SETTINGS)
+
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(StoreWriteError, match="No space left on device"):
+        store.put(key, Image.new("RGB", (8, 8)), {})
+    assert not store.has(key)
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_activation_cache_keeps_whole_vectors_across_restarts(tmp_path):
+    cache = ActivationCache(tmp_path / "a.sqlite", memory_entries=1)
+    vectors = {f"{i:064x}": np.arange(5, dtype=np.float32) + i for i in range(3)}
+    cache.put_many("t", "layer4", vectors)
+    assert cache.get_many("t", "layer4", ["f" * 64]) == {}
+    assert cache.get_many("t", "layer3", list(vectors)) == {}
+    cache.close()
+    reopened = ActivationCache(tmp_path / "a.sqlite")
+    found = reopened.get_many("t", "layer4", list(vectors))
+    assert set(found) == set(vectors)
+    for key, vector in vectors.items():
+        np.testing.assert_array_equal(found[key], vector)
+
+
+@pytest.mark.parametrize(
+    ("errno_", "words"), [(28, "No space left on device"), (30, "Read-only file system")]
+)
+def test_a_full_or_read_only_disk_is_a_clear_507_and_the_run_can_go_on(
+    tmp_path, monkeypatch, errno_, words
+):
+    import httpx
+
+    from inference.app import create_app, start_server_thread
+    from testing.toy_service import toy_world_service
+
+    service = toy_world_service(tmp_path / "store")
+    store = service.store
+    running = start_server_thread(create_app(service))
+    body = {"prompts": ["a red circle", "a blue square"], "seeds": [1, 2]}
+    real_mkstemp = __import__("tempfile").mkstemp
+
+    def failing_disk(*_args, **_kwargs):
+        raise OSError(errno_, words)
+
+    try:
+        monkeypatch.setattr("tempfile.mkstemp", failing_disk)
+        answer = httpx.post(f"{running.url}/v1/images", json=body, timeout=30)
+        assert answer.status_code == 507
+        assert words in answer.json()["detail"]
+        assert "Free disk space or pass a writable folder with --store" in answer.json()["detail"]
+        assert not list(store.images.rglob("*.png")) and not list(store.images.rglob("*.part"))
+        monkeypatch.setattr("tempfile.mkstemp", real_mkstemp)  # space freed: the same request
+        answer = httpx.post(f"{running.url}/v1/images", json=body, timeout=30)
+        assert answer.status_code == 200
+        ids = [image["id"] for image in answer.json()["images"]]
+        assert all(store.load(image).size == (224, 224) for image in ids)  # whole, readable
+    finally:
+        running.stop()

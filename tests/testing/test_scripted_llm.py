@@ -1,0 +1,238 @@
+"""The scripted OpenAI-compatible server driven by the real ChatOpenAI and LLMClient: tool calls,
+parallel calls, streaming, faults (429, 500, hangs, malformed answers) and the response cache."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+from langchain_openai import ChatOpenAI
+
+from agent.providers import (
+    LLMCallError,
+    LLMClient,
+    RetryPolicy,
+    UnusableAnswer,
+    build_chat_model,
+    extract_tool_call,
+)
+from testing.scripted_llm import (
+    ProposerPolicy,
+    Reply,
+    ScriptedReplies,
+    start_scripted_llm,
+    transcript_from_openai,
+)
+from tools.agent_tools import GENERATE_IMAGES, MEASURE_ACTIVATION, PROPOSE_CONCEPT
+
+PROMPT = [
+    SystemMessage("You interpret a neuron."),
+    HumanMessage("Scoreboard:\nred: 0.4000\norange: 0.1000\n\nTried:\n- red\n- orange"),
+]
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05)
+
+
+@pytest.fixture
+def scripted():
+    """Start scripted servers; all are stopped after the test."""
+    servers = []
+
+    def start(policy, latency_ms: float = 0):
+        server = start_scripted_llm(policy, latency_ms=latency_ms)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def client_for(server, timeout_s: float = 10, **kwargs) -> LLMClient:
+    model = build_chat_model("openai-compatible:scripted", base_url=server.url, timeout_s=timeout_s)
+    return LLMClient(model, spec="openai-compatible:scripted", retry=FAST_RETRY, **kwargs)
+
+
+async def test_tool_call_comes_back_parsed(scripted):
+    server = scripted(ProposerPolicy())
+    reply = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert extract_tool_call(reply.message, ["propose_concept"]) == (
+        "propose_concept",
+        {"concept": "yellow"},
+    )
+    assert reply.attempts == 1 and not reply.cached
+    assert reply.input_tokens > 0 and reply.output_tokens > 0
+    assert server.stats.requests == 1 and server.stats.count("tool_calls") == 1
+    assert server.stats.log[0]["tools"] == ["propose_concept"]
+
+
+async def test_parallel_tool_calls(scripted):
+    server = scripted(ProposerPolicy(parallel_calls=3))
+    reply = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    concepts = [call["args"]["concept"] for call in reply.message.tool_calls]
+    assert concepts == ["yellow", "green", "blue"]
+    assert len({call["id"] for call in reply.message.tool_calls}) == 3
+
+
+async def test_streamed_tool_call_deltas_and_usage(scripted):
+    server = scripted(ProposerPolicy(parallel_calls=2))
+    model = build_chat_model("openai-compatible:scripted", base_url=server.url)
+    assert isinstance(model, ChatOpenAI)
+    chunks = [chunk async for chunk in model.bind_tools([PROPOSE_CONCEPT]).astream(PROMPT)]
+    assert len(chunks) > 3
+    message = chunks[0]
+    for chunk in chunks[1:]:
+        message += chunk
+    assert [call["args"] for call in message.tool_calls] == [
+        {"concept": "yellow"},
+        {"concept": "green"},
+    ]
+    assert message.usage_metadata["input_tokens"] > 0
+    assert server.stats.streamed == 1
+
+
+async def test_rate_limit_with_retry_after_is_retried(scripted):
+    server = scripted(ScriptedReplies([Reply.rate_limited(retry_after_s=0.3)]))
+    started = time.monotonic()
+    reply = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert time.monotonic() - started >= 0.3
+    assert (reply.attempts, reply.rate_limited) == (2, 1)
+    assert reply.message.tool_calls[0]["args"] == {"concept": "yellow"}
+    assert server.stats.requests == 2 and server.stats.count("rate_limit") == 1
+
+
+async def test_server_error_is_retried(scripted):
+    server = scripted(ScriptedReplies([Reply.server_error(), Reply.server_error(503)]))
+    client = client_for(server)
+    reply = await client.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert (reply.attempts, reply.server_errors) == (3, 2)
+    assert server.stats.count("server_error") == 2 and server.stats.answered() == 1
+    assert client.usage.requests == 3 and client.usage.replies == 1
+
+
+async def test_hang_times_out_is_retried_then_fails_clearly(scripted):
+    server = scripted(ScriptedReplies([Reply.hang(30), Reply.hang(30)]))
+    client = client_for(server, timeout_s=0.3)
+    client.retry = RetryPolicy(max_attempts=2, base_delay_s=0.01)
+    started = time.monotonic()
+    with pytest.raises(LLMCallError) as error:
+        await client.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert time.monotonic() - started < 5
+    assert "after 2 attempts (timeouts)" in str(error.value)
+    assert "raise the LLM timeout" in str(error.value)
+    assert error.value.faults["timeouts"] == 2
+    assert server.stats.count("hang") == 2
+
+
+async def test_hang_then_success(scripted):
+    server = scripted(ScriptedReplies([Reply.hang(30)]))
+    reply = await client_for(server, timeout_s=0.3).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert (reply.attempts, reply.timeouts) == (2, 1)
+
+
+async def test_cache_hit_costs_no_request(scripted, tmp_path):
+    server = scripted(ProposerPolicy())
+    client = client_for(server, cache_dir=tmp_path / "llm-cache")
+    first = await client.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    second = await client.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert server.stats.requests == 1
+    assert second.cached and (second.input_tokens, second.output_tokens) == (0, 0)
+    assert second.message.tool_calls == first.message.tool_calls
+    assert client.usage.cached == 1 and client.usage.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (Reply.empty(), "no tool call"),
+        (Reply.malformed_arguments(), "not valid JSON"),
+        (Reply.unknown_tool(), "no tool named 'launch_rockets'"),
+        (Reply.long_concept(), "too long"),
+        (Reply.text_reply("I would say red fruit."), "no tool call"),
+    ],
+)
+async def test_unusable_answers_arrive_and_are_flagged(scripted, reply, reason):
+    server = scripted(ScriptedReplies([reply]))
+    answer = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert answer.attempts == 1  # not a transport fault: the graph re-asks, not the client
+    with pytest.raises(UnusableAnswer, match=reason):
+        extract_tool_call(answer.message, ["propose_concept"])
+    assert server.stats.count(reply.kind) == 1
+
+
+async def test_long_concept_is_ten_thousand_characters(scripted):
+    server = scripted(ScriptedReplies([Reply.long_concept()]))
+    answer = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert len(answer.message.tool_calls[0]["args"]["concept"]) == 10_000
+
+
+async def test_agentic_conversation_through_chatopenai(scripted):
+    server = scripted(ProposerPolicy(images_per_concept=2))
+    client = client_for(server)
+    tools = [GENERATE_IMAGES, MEASURE_ACTIVATION]
+    messages = [SystemMessage("Explore."), HumanMessage("Find the concept.")]
+    seen = []
+    for score in (0.2, 0.9):
+        reply = await client.invoke(messages, tools=tools)
+        name, args = extract_tool_call(reply.message, ["generate_images", "measure_activation"])
+        assert name == "generate_images" and args["n"] == 2
+        call_id = reply.message.tool_calls[0]["id"]
+        messages += [
+            reply.message,
+            ToolMessage(f"generated 2 images of '{args['concept']}'", tool_call_id=call_id),
+        ]
+        reply = await client.invoke(messages, tools=tools)
+        name, measured = extract_tool_call(reply.message, ["measure_activation", "generate_images"])
+        assert (name, measured) == ("measure_activation", {"concept": args["concept"]})
+        call_id = reply.message.tool_calls[0]["id"]
+        text = f"{args['concept']}: {score:.4f}\nactivations: 0.1, 0.3"
+        messages += [reply.message, ToolMessage(text, tool_call_id=call_id)]
+        seen.append(args["concept"])
+    assert seen == ["red", "orange"]
+    assert server.stats.requests == 4
+
+
+async def test_plain_text_without_tools_and_models_endpoint(scripted):
+    server = scripted(ProposerPolicy())
+    reply = await client_for(server).invoke(PROMPT)
+    assert reply.message.content == "yellow"
+    async with httpx.AsyncClient() as http:
+        listing = (await http.get(f"{server.url}/models")).json()
+    assert listing["data"][0]["id"] == "scripted"
+
+
+def test_transcript_from_openai_reads_tool_calls():
+    transcript = transcript_from_openai(
+        [
+            {"role": "developer", "content": [{"type": "text", "text": "hi"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "propose_concept", "arguments": '{"concept": "x"}'},
+                    },
+                    {"id": "c2", "function": {"name": "propose_concept", "arguments": "{bad"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "x: 0.5000"},
+        ]
+    )
+    assert transcript[0].role == "system" and transcript[0].text == "hi"
+    assert transcript[1].tool_calls[0].args == {"concept": "x"}
+    assert transcript[1].tool_calls[1].args == {}
+    assert transcript[2].tool_call_id == "c1"
+
+
+async def test_unreachable_server_fails_with_advice():
+    from inference.app import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    model = build_chat_model("openai-compatible:scripted", base_url=url, timeout_s=2)
+    client = LLMClient(model, retry=RetryPolicy(max_attempts=2, base_delay_s=0.01))
+    with pytest.raises(LLMCallError, match="check the base URL") as error:
+        await client.invoke(PROMPT)
+    assert error.value.faults["connection_errors"] == 2

@@ -1,6 +1,0 @@
-"""The offline toy world: a procedural text-to-image generator and a planted target model.
-
-``procedural:shapes`` renders scenes of coloured, textured shapes from free text;
-``planted:shapes`` reads pixels only and exposes units whose concepts are known
-(see :mod:`tools.toyworld.truth`), so LINE can run end to end offline and be scored.
-"""
