@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from agent.providers import UnusableAnswer, extract_concept_from_text, extract_tool_call
+from agent.answers import UnusableAnswer, extract_concept_from_text, extract_tool_call
 from agent.state import NeuronState, RunContext
 from tools.agent_tools import (
     AGENTIC_TOOLS,

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.providers import LLMConfigError, build_llm_client, check_llm_ready
-from agent.runner import RunFolder, RunSettings, run_neurons
+from agent.run_folder import RunFolder, RunSettings
+from agent.runner import run_neurons
 from analysis.groundtruth import attribute_match
 from analysis.polysemanticity import GROUP_COLUMNS, with_group_columns
 from analysis.similarity import EmbedderUnavailable

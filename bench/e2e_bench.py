@@ -18,8 +18,10 @@ import time
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from agent.providers import build_llm_client, extract_tool_call
-from agent.runner import RunFolder, RunSettings, run_neurons
+from agent.answers import extract_tool_call
+from agent.providers import build_llm_client
+from agent.run_folder import RunFolder, RunSettings
+from agent.runner import run_neurons
 from bench.server_bench import (
     DEVICE,
     MAX_BATCH,

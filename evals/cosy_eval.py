@@ -22,7 +22,8 @@ import typer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from agent.launch import RunSetupError, check_layer_units, check_remote_server, start_local_server
-from agent.runner import RunFolder, RunSettings, thread_id
+from agent.run_folder import RunFolder, RunSettings
+from agent.runner import thread_id
 from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt, cosy_scores, cosy_seeds
 from inference.store import default_cache_dir
 from prompts.variant import VariantError, load_variant

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from agent.runner import RunFolder
+from agent.run_folder import RunFolder
 
 
 @dataclass(frozen=True)

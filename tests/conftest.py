@@ -9,7 +9,8 @@ import os
 import pytest
 
 from agent.providers import build_llm_client
-from agent.runner import RunFolder, RunSettings, run_neurons
+from agent.run_folder import RunFolder, RunSettings
+from agent.runner import run_neurons
 from inference.app import create_app, start_server_thread
 from inference.registry import load_generator, load_target
 from inference.store import default_cache_dir

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.runner import FAULT_COUNTERS
+from agent.run_folder import FAULT_COUNTERS
 from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import load_variant
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from agent.providers import RetryPolicy
-from agent.runner import RunFolder
+from agent.run_folder import RunFolder
 from inference.app import create_app, free_port, start_server_thread
 from testing.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
 from testing.toy_service import toy_world_service

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
+from agent.answers import extract_concept_from_text, extract_tool_call
 from agent.offline import (
     NOT_AN_LLM,
     OfflineVocabProposer,
@@ -15,7 +16,6 @@ from agent.offline import (
     resolve_tool_choice,
     transcript_from_langchain,
 )
-from agent.providers import extract_concept_from_text, extract_tool_call
 from inference.toyworld.vocabulary import parse_attributes
 from tools.agent_tools import AGENTIC_TOOLS, PROPOSE_CONCEPT, SUBMIT_EXPLANATION
 from tools.scoreboard import format_score_lines, format_tried_lines

@@ -17,20 +17,22 @@ from langchain_core.tools import tool
 from pydantic import Field, PrivateAttr
 
 from agent import providers
+from agent.answers import (
+    UnusableAnswer,
+    extract_concept_from_text,
+    extract_tool_call,
+    required_args_of,
+)
 from agent.offline import OfflineVocabProposer
 from agent.providers import (
     LLMCallError,
     LLMClient,
     LLMConfigError,
     RetryPolicy,
-    UnusableAnswer,
     build_chat_model,
     check_llm_ready,
     classify_error,
-    extract_concept_from_text,
-    extract_tool_call,
     parse_llm_spec,
-    required_args_of,
     retry_after_s,
 )
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from agent.runner import RunFolder
+from agent.run_folder import RunFolder
 from cli.app import app
 from inference.app import free_port
 from testing.scripted_llm import ProposerPolicy, start_scripted_llm

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from analysis.similarity import EmbedderUnavailable, SentenceEmbedder, default_embedder
 from analysis import similarity as similarity_module
+from analysis.similarity import EmbedderUnavailable, SentenceEmbedder, default_embedder
 
 
 @pytest.fixture(scope="module")

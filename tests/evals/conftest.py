@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.runner import RunFolder
+from agent.run_folder import RunFolder
 from inference.toyworld.truth import planted_ground_truth
 
 

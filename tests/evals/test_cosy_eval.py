@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agent.runner import RunFolder
+from agent.run_folder import RunFolder
 from evals.cosy import cosy_seeds
 from evals.cosy_eval import (
     cosy_command,

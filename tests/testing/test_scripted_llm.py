@@ -10,14 +10,8 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
-from agent.providers import (
-    LLMCallError,
-    LLMClient,
-    RetryPolicy,
-    UnusableAnswer,
-    build_chat_model,
-    extract_tool_call,
-)
+from agent.answers import UnusableAnswer, extract_tool_call
+from agent.providers import LLMCallError, LLMClient, RetryPolicy, build_chat_model
 from testing.scripted_llm import (
     ProposerPolicy,
     Reply,

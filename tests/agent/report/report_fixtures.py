@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.providers import build_llm_client
-from agent.runner import RunFolder, RunSettings, run_neurons
+from agent.run_folder import RunFolder, RunSettings
+from agent.runner import run_neurons
 from prompts.variant import load_variant
 from tools.client import LineClient
 

@@ -1,0 +1,126 @@
+"""The run folder: one class owns its layout (config, checkpoints, histories, results).
+
+``RUN_DIR/config.json`` (:class:`RunSettings`), ``checkpoints.sqlite`` (LangGraph threads),
+``neurons/<layer>__<unit>.json`` (one history per neuron), ``results.csv`` (+ ``.parquet``).
+The runner writes it; the report and the evaluations read it through :class:`RunFolder`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+RESULT_COLUMNS = [
+    "target",
+    "layer",
+    "unit",
+    "label",
+    "score",
+    "status",
+    "reason",
+    "summary",
+    "llm_calls",
+    "tokens",
+    "images",
+    "reasks",
+    "faults",
+    "rate_limited",
+    "server_errors",
+    "timeouts",
+    "connection_errors",
+    "tool_errors",
+    "lost_rounds",
+    "restarts",
+]
+# what ``faults`` adds up: failed LLM requests (retried), unusable answers (re-asked) and
+# tool calls the agent got wrong (answered with an error)
+FAULT_COUNTERS = (
+    "rate_limited",
+    "server_errors",
+    "timeouts",
+    "connection_errors",
+    "reasks",
+    "tool_errors",
+)
+
+
+class RunSettings(BaseModel):
+    """``config.json``: everything needed to rerun or resume a run."""
+
+    target: str
+    layer: str
+    units: list[int]
+    generator: str | None = None
+    llm: str
+    llm_base_url: str | None = None
+    prompts: str = "paper"
+    variant_overrides: dict[str, Any] = Field(default_factory=dict)
+    variant_fingerprint: str = ""
+    seed: int = 0
+    concurrency: int = 64
+    server: str | list[str] | None = None  # one URL, or several (a pool; see tools.pool)
+    control: str | None = None
+    llm_cache: str | None = None
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def server_urls(self) -> list[str]:
+        """The inference servers of the run (empty: a local one is started)."""
+        if not self.server:
+            return []
+        return [self.server] if isinstance(self.server, str) else list(self.server)
+
+
+class RunFolder:
+    """Paths and files of one run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.checkpoints = self.path / "checkpoints.sqlite"
+        self.neurons = self.path / "neurons"
+        self.results_csv = self.path / "results.csv"
+
+    def create(self, settings: RunSettings) -> None:
+        """Make the folder and write the config."""
+        self.neurons.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(settings.model_dump_json(indent=2))
+
+    def read_settings(self) -> RunSettings:
+        """The settings of an existing run (for ``--resume``)."""
+        if not self.config.is_file():
+            raise FileNotFoundError(
+                f"{self.path} is not a LINE run folder (no config.json); start a run with "
+                "`line run ... --out DIR`"
+            )
+        return RunSettings.model_validate_json(self.config.read_text())
+
+    def history_path(self, layer: str, unit: int) -> Path:
+        """Where a neuron's history lives."""
+        return self.neurons / f"{layer.replace('/', '_')}__{unit}.json"
+
+    def write_history(self, layer: str, unit: int, history: dict) -> None:
+        """Write one neuron's history atomically."""
+        path = self.history_path(layer, unit)
+        partial = path.with_suffix(".json.part")
+        partial.write_text(json.dumps(history, indent=1, default=str))
+        partial.replace(path)
+
+    def write_results(self, rows: list[dict], extra_columns: list[str] = ()) -> None:
+        """``results.csv`` (and Parquet when pyarrow is present)."""
+        columns = RESULT_COLUMNS + [c for c in extra_columns if c not in RESULT_COLUMNS]
+        with self.results_csv.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        try:
+            import pandas as pd
+
+            pd.DataFrame(rows, columns=columns).to_parquet(self.path / "results.parquet")
+        except ImportError:
+            pass
