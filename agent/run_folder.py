@@ -85,6 +85,17 @@ class RunFolder:
         self.checkpoints = self.path / "checkpoints.sqlite"
         self.neurons = self.path / "neurons"
         self.results_csv = self.path / "results.csv"
+        self.results_parquet = self.path / "results.parquet"
+        self.report = self.path / "report"
+
+    def cosy_csv(self, labels_name: str | None = None) -> Path:
+        """CoSy scores of the run's labels (``cosy.csv``), or of a foreign labels file named
+        ``labels_name`` (``cosy-<labels_name>.csv``)."""
+        return self.path / (f"cosy-{labels_name}.csv" if labels_name else "cosy.csv")
+
+    def history_paths(self) -> list[Path]:
+        """Every neuron history written so far, sorted by file name."""
+        return sorted(self.neurons.glob("*.json"))
 
     def create(self, settings: RunSettings) -> None:
         """Make the folder and write the config."""
@@ -121,6 +132,6 @@ class RunFolder:
         try:
             import pandas as pd
 
-            pd.DataFrame(rows, columns=columns).to_parquet(self.path / "results.parquet")
+            pd.DataFrame(rows, columns=columns).to_parquet(self.results_parquet)
         except ImportError:
             pass
