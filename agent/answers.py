@@ -14,16 +14,8 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from tools.agent_tools import ALL_TOOLS
 from tools.scoreboard import MAX_CONCEPT_CHARS, MAX_CONCEPT_WORDS, check_concept, normalise_concept
-
-CONTRACT_REQUIRED_ARGS: dict[str, tuple[str, ...]] = {
-    "propose_concept": ("concept",),
-    "submit_explanation": ("concept", "summary"),
-    "generate_images": ("concept",),
-    "measure_activation": ("concept",),
-    "read_scoreboard": (),
-}
-"""Arguments each agent tool must receive (the contract with the graph's tools)."""
 
 
 class UnusableAnswer(ValueError):
@@ -47,6 +39,10 @@ def required_args_of(tools: Iterable[Any]) -> dict[str, tuple[str, ...]]:
         parameters = function.get("parameters") or {}
         out[function["name"]] = tuple(parameters.get("required") or ())
     return out
+
+
+CONTRACT_REQUIRED_ARGS = required_args_of(ALL_TOOLS)
+"""Arguments each agent tool must receive, read from the tools' own schemas."""
 
 
 def extract_tool_call(

@@ -2,10 +2,12 @@
 
 paper:    [seed: control-set classes] -> propose -> evaluate -> ... (iterations)
           -> summarize -> score_summary -> finish
-agentic:  agent <-> tools (until the budget is spent or the agent stops) -> summarize -> ... finish
+agentic:  agent -> tools, one call after the other (-> malformed) -> agent ... (until the
+          budget is spent or the agent stops) -> summarize -> ... finish
 
 Every node returns a partial state update, checkpointed after it runs, so an interrupted run
-resumes at the node it stopped in and no finished step is repeated.
+resumes at the node it stopped in and no finished step is repeated. The LLM's tool calls run
+in LangGraph's ``ToolNode``; the tools themselves are in :mod:`tools.agent_tools`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,38 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    InvalidToolCall,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+)
+from langchain_core.tools import BaseTool, ToolException
+from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
+from langgraph.prebuilt import ToolNode
 from langgraph.runtime import Runtime
+from langgraph.types import Send
 
-from agent.answers import UnusableAnswer, extract_concept_from_text, extract_tool_call
+from agent.answers import (
+    UnusableAnswer,
+    extract_concept_from_text,
+    extract_tool_call,
+    required_args_of,
+)
+from agent.providers import LLMReply
 from agent.state import NeuronState, RunContext
+from analysis.selectivity import label_verdict
 from tools.agent_tools import (
     AGENTIC_TOOLS,
+    GENERATE_IMAGES,
+    MEASURE_ACTIVATION,
     PROPOSE_CONCEPT,
     SUBMIT_EXPLANATION,
-    AgentToolbox,
+    agentic_tool_node,
     evaluate_concept,
 )
 from tools.scoreboard import (
@@ -37,18 +60,21 @@ MAX_NUDGES = 2  # reminders when the agent stops calling tools too early
 MIN_CONCEPTS = 3  # ...that is, before measuring this many concepts
 
 
-def _message_record(message) -> dict[str, Any]:
+def _message_record(message: BaseMessage) -> dict[str, Any]:
+    """A message as the history's LLM log keeps it: role, content, tool calls or call id."""
     record: dict[str, Any] = {"role": message.type, "content": message.content}
-    if getattr(message, "tool_calls", None):
+    if isinstance(message, AIMessage) and message.tool_calls:
         record["tool_calls"] = [
             {"name": call["name"], "args": call["args"]} for call in message.tool_calls
         ]
-    if getattr(message, "tool_call_id", None):
+    if isinstance(message, ToolMessage) and message.tool_call_id:
         record["tool_call_id"] = message.tool_call_id
     return record
 
 
-def _reply_accounting(step: str, attempt: int, messages: list, reply) -> tuple[dict, dict]:
+def _reply_accounting(
+    step: str, attempt: int, messages: list, reply: LLMReply
+) -> tuple[dict, dict]:
     """A log row and counter increments for one LLM exchange."""
     log = {
         "step": step,
@@ -60,16 +86,7 @@ def _reply_accounting(step: str, attempt: int, messages: list, reply) -> tuple[d
         "cached": reply.cached,
         "attempts": reply.attempts,
     }
-    counters = {
-        "llm_calls": 0 if reply.cached else 1,
-        "llm_cached": 1 if reply.cached else 0,
-        "input_tokens": reply.input_tokens,
-        "output_tokens": reply.output_tokens,
-        "rate_limited": reply.rate_limited,
-        "server_errors": reply.server_errors,
-        "timeouts": reply.timeouts,
-    }
-    return log, counters
+    return log, reply.counters()
 
 
 def _reask_messages(reply_message: AIMessage, reason: str) -> list:
@@ -81,17 +98,25 @@ def _reask_messages(reply_message: AIMessage, reason: str) -> list:
     return [reply_message, HumanMessage(text)]
 
 
+async def _checked_answer(tool: BaseTool, args: dict[str, Any], call_id: str) -> dict[str, Any]:
+    """Run an answer tool on the LLM's arguments in LangGraph's ToolNode (inside the node that
+    asked, on its state and context): the checked answer, or ``ValueError`` /
+    ``ToolException`` saying why it cannot be used."""
+    call = ToolCall(name=tool.name, args=args, id=call_id, type="tool_call")
+    output = await ToolNode([tool], handle_tool_errors=False).ainvoke([call], get_config())
+    return dict(output["messages"][0].artifact)
+
+
 async def _ask_for_concept(
     ctx: RunContext,
     step: str,
     messages: list,
-    tool,
-    board: Scoreboard,
-    allow_tried: bool,
+    tool: BaseTool,
 ) -> tuple[dict | None, list[dict], dict[str, int]]:
     """Ask until a usable concept comes back (at most ``max_reasks`` re-asks).
 
-    Returns the tool arguments (``None`` if every answer was unusable), log rows and counters.
+    The answer tool checks each answer (``propose_concept`` refuses a concept already tried).
+    Returns its checked answer (``None`` if every answer was unusable), log rows and counters.
     """
     logs: list[dict] = []
     counters: dict[str, int] = {}
@@ -104,25 +129,25 @@ async def _ask_for_concept(
         try:
             try:
                 _name, args = extract_tool_call(reply.message, [tool.name])
+                call_id = reply.message.tool_calls[0]["id"] or "answer"
             except UnusableAnswer:
                 if getattr(reply.message, "tool_calls", None):
                     raise
                 text = extract_concept_from_text(str(reply.message.content or ""))
                 if text is None:
                     raise
-                args = {"concept": text}
-            args = dict(args)
-            args["concept"] = check_concept(args.get("concept"))
-            if not allow_tried and board.has(args["concept"]):
-                raise UnusableAnswer(f"{args['concept']!r} was already tried; propose a new one")
-        except (UnusableAnswer, ValueError) as error:
+                # a plain-text answer gives the concept only; other arguments stay empty
+                required = required_args_of([tool])[tool.name]
+                args, call_id = {**dict.fromkeys(required, ""), "concept": text}, "text-answer"
+            answer = await _checked_answer(tool, args, call_id)
+        except (UnusableAnswer, ValueError, ToolException) as error:
             log["unusable"] = str(error)
             logs.append(log)
             counters["reasks"] = counters.get("reasks", 0) + 1
             conversation += _reask_messages(reply.message, str(error))
             continue
         logs.append(log)
-        return args, logs, counters
+        return answer, logs, counters
     counters["lost_rounds"] = counters.get("lost_rounds", 0) + 1
     return None, logs, counters
 
@@ -162,9 +187,7 @@ async def propose(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
         tried=format_tried_lines(board.tried()) or "(none yet)",
     )
     messages = [SystemMessage(ctx.variant.render("system")), HumanMessage(prompt)]
-    args, logs, counters = await _ask_for_concept(
-        ctx, "propose", messages, PROPOSE_CONCEPT, board, allow_tried=False
-    )
+    args, logs, counters = await _ask_for_concept(ctx, "propose", messages, PROPOSE_CONCEPT)
     update: dict[str, Any] = {"llm_log": logs, "counters": counters}
     if args is None:  # the round is lost, the run goes on
         update["iteration"] = iteration + 1
@@ -177,7 +200,7 @@ async def propose(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
 async def evaluate(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
     """Render and measure the pending concept and put it on the scoreboard."""
     ctx = runtime.context
-    pending = state["pending"]
+    pending = state.get("pending") or {}
     iteration = state.get("iteration", 0) + 1
     entry = await evaluate_concept(ctx, pending["concept"], iteration, pending["source"])
     return {
@@ -246,60 +269,71 @@ async def agent(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
     return update
 
 
-async def run_tools(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
-    """Execute the last message's tool calls in order; errors go back to the LLM as text."""
-    toolbox = AgentToolbox(runtime.context, state)
-    last = state["messages"][-1]
-    replies, entries, counters = [], [], {}
-    generated: dict[str, dict] = {}
-    iteration = state.get("iteration", 0)
-    for call in last.tool_calls:
-        text, update = await toolbox.call(call["name"], dict(call.get("args") or {}))
-        replies.append(ToolMessage(text, tool_call_id=call["id"], name=call["name"]))
-        entries += update.get("entries", [])
-        generated.update(update.get("generated", {}))
-        iteration = update.get("iteration", iteration)
-        for key, value in update.get("counters", {}).items():
-            counters[key] = counters.get(key, 0) + value
-    for call in getattr(last, "invalid_tool_calls", None) or []:
-        counters["tool_errors"] = counters.get("tool_errors", 0) + 1
-        replies.append(
-            ToolMessage(
-                f"error: malformed arguments for {call.get('name')!r}: {call.get('error')}",
-                tool_call_id=call.get("id") or "invalid",
-            )
+def _unanswered_calls(state: NeuronState) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+    """The last agent message's tool calls and malformed calls that have no answer yet.
+
+    Calls are answered in order, valid ones first, so the answers after the message count
+    them off.
+    """
+    answered = 0
+    for message in reversed(state["messages"]):
+        if isinstance(message, AIMessage):
+            break
+        answered += isinstance(message, ToolMessage)
+    else:
+        return [], []
+    calls, invalid = list(message.tool_calls), list(message.invalid_tool_calls)
+    return calls[answered:], invalid[max(0, answered - len(calls)) :]
+
+
+def next_tool_step(state: NeuronState) -> Send | str:
+    """The next tool call goes to the ``tools`` node alone, the malformed calls after them.
+
+    ``ToolNode`` runs the calls it is given concurrently on one snapshot of the state; sending
+    it one call at a time keeps the calls of one message in order, each seeing what the calls
+    before it did (a ``measure_activation`` the images its message's ``generate_images`` just
+    rendered), and checkpoints each call on its own.
+    """
+    calls, invalid = _unanswered_calls(state)
+    if calls:
+        return Send("tools", [calls[0]])
+    if invalid:
+        return "malformed"
+    return "summarize" if _budget_left(state) else "agent"
+
+
+async def malformed(state: NeuronState) -> dict:
+    """Answer the calls whose arguments were not valid JSON; each counts as a tool error."""
+    _calls, invalid = _unanswered_calls(state)
+    replies = [
+        ToolMessage(
+            f"error: malformed arguments for {call.get('name')!r}: {call.get('error')}",
+            tool_call_id=call.get("id") or "invalid",
+            status="error",
         )
-    return {
-        "messages": replies,
-        "entries": entries,
-        "generated": generated,
-        "iteration": iteration,
-        "counters": counters,
-    }
+        for call in invalid
+    ]
+    return {"messages": replies, "counters": {"tool_errors": len(replies)}}
 
 
 async def nudge(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
     """The agent answered without tools: remind it once or twice, then summarise."""
     text = (
-        "Keep experimenting with generate_images and measure_activation while the budget lasts; "
-        "stop calling tools only when you are confident."
+        f"Keep experimenting with {GENERATE_IMAGES.name} and {MEASURE_ACTIVATION.name} while the "
+        "budget lasts; stop calling tools only when you are confident."
     )
     return {"messages": [HumanMessage(text)], "counters": {"nudges": 1}}
 
 
-def after_agent(state: NeuronState) -> str:
+def after_agent(state: NeuronState) -> Send | str:
     """Tools when the agent called some; a nudge when it stopped too early; else the summary."""
     last = state["messages"][-1]
     if getattr(last, "tool_calls", None) or getattr(last, "invalid_tool_calls", None):
-        return "tools"
+        return next_tool_step(state)
     if _budget_left(state) is None and len(state.get("entries", [])) < MIN_CONCEPTS:
         if state.get("counters", {}).get("nudges", 0) < MAX_NUDGES:
             return "nudge"
     return "summarize"
-
-
-def after_tools(state: NeuronState) -> str:
-    return "summarize" if _budget_left(state) else "agent"
 
 
 # ----- shared ending --------------------------------------------------------------------------
@@ -316,9 +350,7 @@ async def summarize(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
         max_images=ctx.variant.settings.max_images,
     )
     messages = [SystemMessage(system), HumanMessage(prompt)]
-    args, logs, counters = await _ask_for_concept(
-        ctx, "summarize", messages, SUBMIT_EXPLANATION, board, allow_tried=True
-    )
+    args, logs, counters = await _ask_for_concept(ctx, "summarize", messages, SUBMIT_EXPLANATION)
     if args is None:
         best = board.best()
         summary = {
@@ -327,7 +359,7 @@ async def summarize(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
             "fallback": True,
         }
     else:
-        summary = {"concept": args["concept"], "text": str(args.get("summary", "")).strip()}
+        summary = {"concept": args["concept"], "text": args["summary"]}
     return {"summary": summary, "llm_log": logs, "counters": counters}
 
 
@@ -347,7 +379,8 @@ async def score_summary(state: NeuronState, runtime: Runtime[RunContext]) -> dic
 
 
 async def finish(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
-    """The final label: the best-scoring concept of the whole history."""
+    """The final label: the best-scoring concept of the whole history, with the verdict on
+    whether it stands out (:func:`analysis.selectivity.label_verdict`)."""
     board = Scoreboard.from_dicts(state.get("entries", []))
     best = board.best()
     summary = state.get("summary") or {}
@@ -356,6 +389,9 @@ async def finish(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
             "no concept could be measured for this neuron (every LLM answer was unusable); "
             "check the LLM and run again with --resume"
         )
+    verdict = label_verdict(
+        state.get("entries", []), best.concept, runtime.context.control_activations
+    )
     return {
         "result": {
             "label": best.concept,
@@ -363,11 +399,14 @@ async def finish(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
             "label_source": best.source,
             "summary_concept": summary.get("concept"),
             "summary_text": summary.get("text", ""),
+            "selective": verdict.selective,
+            "selectivity": verdict.selectivity,
+            "selectivity_reference": verdict.reference,
         }
     }
 
 
-def build_graph(strategy: str) -> StateGraph:
+def build_graph(strategy: str) -> StateGraph[NeuronState, RunContext, NeuronState, NeuronState]:
     """The uncompiled graph of a strategy (compile it with a checkpointer)."""
     graph = StateGraph(NeuronState, context_schema=RunContext)
     graph.add_node("summarize", summarize)
@@ -390,11 +429,16 @@ def build_graph(strategy: str) -> StateGraph:
         graph.add_conditional_edges("evaluate", after_evaluate, ["propose", "summarize"])
     elif strategy == "agentic":
         graph.add_node("agent", agent)
-        graph.add_node("tools", run_tools)
+        graph.add_node("tools", agentic_tool_node())
+        graph.add_node("malformed", malformed)
         graph.add_node("nudge", nudge)
         graph.add_edge(START, "agent")
-        graph.add_conditional_edges("agent", after_agent, ["tools", "nudge", "summarize"])
-        graph.add_conditional_edges("tools", after_tools, ["agent", "summarize"])
+        graph.add_conditional_edges(
+            "agent", after_agent, ["tools", "malformed", "nudge", "summarize"]
+        )
+        after_tool_step = ["tools", "malformed", "agent", "summarize"]
+        graph.add_conditional_edges("tools", next_tool_step, after_tool_step)
+        graph.add_conditional_edges("malformed", next_tool_step, after_tool_step)
         graph.add_edge("nudge", "agent")
     else:
         raise ValueError(f"unknown strategy {strategy!r}; use 'paper' or 'agentic'")

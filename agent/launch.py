@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
-from agent.providers import LLMConfigError, build_llm_client, check_llm_ready
+from agent.providers import LLMClient, LLMConfigError, build_llm_client, check_llm_ready
 from agent.run_folder import RunFolder, RunSettings
-from agent.runner import run_neurons
+from agent.runner import RunProgress, run_neurons
 from analysis.groundtruth import attribute_match
 from analysis.polysemanticity import GROUP_COLUMNS, with_group_columns
 from analysis.similarity import EmbedderUnavailable
-from inference.app import RunningServer, create_app, start_server_thread
-from inference.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
-from inference.service import InferenceService, open_service
-from inference.store import default_cache_dir
 from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import VariantError, load_variant
-from tools.client import LineClient, LineServerError, LineServerUnavailable
 from tools.controlset import ControlSet, ControlSetError
-from tools.pool import connect
+from tools.server_session import RunSetupError, server_session
 
 SERVER_PATIENCE_S = 300.0  # a run waits this long for a server that went down to come back
-
-
-class RunSetupError(ValueError):
-    """A run that cannot start; the message says what to change."""
 
 
 def parse_units(text: str) -> list[int]:
@@ -46,109 +40,27 @@ def parse_units(text: str) -> list[int]:
     return sorted(units)
 
 
-def check_layer_units(layers: dict[str, int], target: str, layer: str, units: list[int]) -> None:
-    """The layer exists and every unit is in range."""
-    if layer not in layers:
-        raise RunSetupError(
-            f"target {target!r} has no layer {layer!r}; valid layers: " + ", ".join(layers)
-        )
-    count = layers[layer]
-    bad = [unit for unit in units if unit >= count]
-    if bad:
-        raise RunSetupError(
-            f"unit {bad[0]} is out of range: layer {layer!r} of {target!r} has {count} units, "
-            f"indices 0 to {count - 1}"
-        )
-
-
-@dataclass
-class LocalServer:
-    """A server started for one run, stopped at its end."""
-
-    running: RunningServer
-    service: InferenceService
-
-    @property
-    def url(self) -> str:
-        return self.running.url
-
-    def stop(self) -> None:
-        self.running.stop()
-
-
-def start_local_server(
-    target: str,
-    layer: str,
-    units: list[int],
-    generator: str,
-    device: str = "auto",
-    store: Path | None = None,
-    extra_targets: list[str] = (),
-) -> LocalServer:
-    """Load the target first (to check layer and units), then the generator, then serve."""
-    try:
-        model = load_target(target, device)
-    except BackendSpecError as error:
-        raise RunSetupError(str(error)) from error
-    check_layer_units({info.name: info.units for info in model.layers()}, target, layer, units)
-    try:
-        backend = load_generator(generator, device, GeneratorOptions())
-        others = [load_target(spec, device) for spec in extra_targets]
-    except BackendSpecError as error:
-        raise RunSetupError(str(error)) from error
-    service = open_service([backend], [model, *others], store or default_cache_dir() / "store")
-    return LocalServer(start_server_thread(create_app(service)), service)
-
-
-async def check_remote_server(
-    url: str, target: str, layer: str, units: list[int], generator: str | None
-) -> None:
-    """The server answers, serves the target and generator, and the units exist."""
-    async with LineClient(url, retries=1, backoff_s=0.2) as client:
-        try:
-            models = await client.models()
-        except (LineServerUnavailable, LineServerError) as error:
-            raise RunSetupError(str(error)) from error
-    targets = {entry["name"]: entry for entry in models["targets"]}
-    if target not in targets:
-        raise RunSetupError(
-            f"the server at {url} does not serve target {target!r}; it serves: "
-            + (", ".join(targets) or "no targets")
-        )
-    generators = [entry["name"] for entry in models["generators"]]
-    if generator is not None and generator not in generators:
-        raise RunSetupError(
-            f"the server at {url} has no generator {generator!r}; it has: "
-            + (", ".join(generators) or "none")
-        )
-    if not generators:
-        raise RunSetupError(f"the server at {url} has no generator; start it with --generator")
-    layers = {entry["name"]: entry["units"] for entry in targets[target]["layers"]}
-    check_layer_units(layers, target, layer, units)
-
-
 def settings_from_options(
     *,
-    target: str | None,
-    layer: str | None,
-    units: str | None,
-    generator: str | None,
-    llm: str | None,
-    llm_base_url: str | None,
+    target: str | None = None,
+    layer: str | None = None,
+    units: str | None = None,
+    generator: str | None = None,
+    llm: str | None = None,
+    llm_base_url: str | None = None,
     prompts: str,
-    out: Path | None,
-    server: str | list[str] | None,
+    out: Path | None = None,
+    server: str | list[str] | None = None,
     concurrency: int,
     seed: int,
-    temperature: float | None,
-    iterations: int | None,
-    resume: Path | None,
+    temperature: float | None = None,
+    iterations: int | None = None,
+    resume: Path | None = None,
     control: str | None = None,
     score: str | None = None,
     llm_cache: Path | None = None,
-):
+) -> tuple[RunSettings, RunFolder]:
     """Resolve and check the options of ``line run`` (nothing heavy is loaded here)."""
-
     if isinstance(server, list | tuple):
         server = list(dict.fromkeys(server)) or None
         if server and len(server) == 1:
@@ -162,13 +74,13 @@ def settings_from_options(
         if server:
             settings.server = server
     else:
-        missing = [
-            name
-            for name, value in (("--target", target), ("--layer", layer), ("--units", units),
-                                ("--llm", llm), ("--out", out))
-            if value is None
-        ]  # fmt: skip
-        if missing:
+        if target is None or layer is None or units is None or llm is None or out is None:
+            missing = [
+                name
+                for name, value in (("--target", target), ("--layer", layer), ("--units", units),
+                                    ("--llm", llm), ("--out", out))
+                if value is None
+            ]  # fmt: skip
             raise RunSetupError(f"missing {', '.join(missing)} (or pass --resume RUN_DIR)")
         if server is None and generator is None:
             raise RunSetupError(
@@ -218,9 +130,8 @@ def settings_from_options(
     return settings, folder
 
 
-def make_llm_client(settings, folder):
+def make_llm_client(settings: RunSettings) -> LLMClient:
     """The run's LLM client: the provider's chat model behind limits, retries and a cache."""
-
     variant = load_variant(settings.prompts, **settings.variant_overrides)
     return build_llm_client(
         settings.llm,
@@ -230,74 +141,70 @@ def make_llm_client(settings, folder):
     )
 
 
-def add_group_columns(rows: list[dict], folder, extra_columns: list[str] = ()) -> list[dict]:
+def add_group_columns(
+    rows: list[dict], folder: RunFolder, extra_columns: list[str] | None = None
+) -> list[dict]:
     """Polysemanticity: the high-scoring concept groups of each neuron, as results columns.
 
     Skipped (with a warning) when the offline sentence-embedding model is not installed.
     """
-    import logging
-
     try:
         rows = with_group_columns(rows, folder)
     except EmbedderUnavailable as error:
         logging.getLogger("line.run").warning("no concept groups: %s", error)
         return rows
-    folder.write_results(rows, extra_columns=[*extra_columns, *GROUP_COLUMNS])
+    folder.write_results(rows, extra_columns=[*(extra_columns or []), *GROUP_COLUMNS])
     return rows
 
 
 def execute_run(
-    settings,
-    folder,
+    settings: RunSettings,
+    folder: RunFolder,
     device: str = "auto",
     store: Path | None = None,
-    on_progress=None,
+    on_progress: Callable[[RunProgress], None] | None = None,
     groups: bool = False,
-):
-    """Start or reach the server, then explain every unit; returns the results rows.
+) -> list[dict]:
+    """Reach the run's servers (or start a local one for the run), then explain every unit;
+    returns the results rows.
 
     ``groups`` adds the polysemanticity columns to ``results.csv`` (loads the embedding model).
     """
-    import asyncio
-
-    local = None
-    if settings.server_urls:
-        for url in settings.server_urls:
-            asyncio.run(
-                check_remote_server(
-                    url, settings.target, settings.layer, settings.units, settings.generator
-                )
-            )
-        urls = settings.server_urls
-    else:
-        local = start_local_server(
-            settings.target, settings.layer, settings.units, settings.generator, device, store
-        )
-        urls = [local.url]
-    folder.create(settings)
-    variant = load_variant(settings.prompts, **settings.variant_overrides)
-
-    async def go():
-
-        llm = make_llm_client(settings, folder)
+    with server_session(
+        settings.server_urls,
+        settings.target,
+        settings.layer,
+        settings.units,
+        settings.generator,
+        device=device,
+        store=store,
+    ) as session:
+        folder.create(settings)
+        variant = load_variant(settings.prompts, **settings.variant_overrides)
         control = ControlSet.resolve(settings.control) if settings.control else None
-        async with connect(urls, patience_s=SERVER_PATIENCE_S) as client:
-            return await run_neurons(
-                settings, folder, client, llm, variant, on_progress, control=control
-            )
 
-    try:
-        rows = asyncio.run(go())
-    finally:
-        if local is not None:
-            local.stop()
+        async def explain() -> list[dict]:
+            llm = make_llm_client(settings)
+            async with session.connect(patience_s=SERVER_PATIENCE_S) as client:
+                return await run_neurons(
+                    settings, folder, client, llm, variant, on_progress, control=control
+                )
+
+        rows = asyncio.run(explain())
     return add_group_columns(rows, folder) if groups else rows
 
 
-def run_demo(out: Path | None, llm: str, llm_base_url: str | None, concurrency: int, on_progress):
-    """The offline toy world end to end: every planted unit, label vs ground truth."""
-    from datetime import datetime
+DEMO_OFFLINE_ITERATIONS = 28  # the offline proposer's 23 single attributes, then combinations
 
+
+def run_demo(
+    out: Path | None,
+    llm: str,
+    llm_base_url: str | None,
+    concurrency: int,
+    on_progress: Callable[[RunProgress], None] | None,
+) -> tuple[list[dict], RunFolder]:
+    """The offline toy world end to end: every planted unit, label vs ground truth."""
     truth = {unit.unit: unit for unit in planted_ground_truth()}
     layer = next(iter(truth.values())).layer
     out = out or Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
@@ -305,8 +212,8 @@ def run_demo(out: Path | None, llm: str, llm_base_url: str | None, concurrency: 
     settings, folder = settings_from_options(
         target="planted:shapes", layer=layer, units=",".join(map(str, sorted(truth))),
         generator="procedural:shapes", llm=llm, llm_base_url=llm_base_url, prompts="paper",
-        out=out, server=None, concurrency=concurrency, seed=0, temperature=None,
-        iterations=DEMO_OFFLINE_ITERATIONS if offline else None, resume=None,
+        out=out, concurrency=concurrency, seed=0,
+        iterations=DEMO_OFFLINE_ITERATIONS if offline else None,
     )  # fmt: skip
     rows = execute_run(settings, folder, device="cpu", on_progress=on_progress)
     rows = add_group_columns(rows, folder)
@@ -315,8 +222,8 @@ def run_demo(out: Path | None, llm: str, llm_base_url: str | None, concurrency: 
         row["truth"] = unit.concept
         match = attribute_match(row["label"], unit) if row["status"] == "done" else False
         row["match"] = "-" if match is None else match
-    folder.write_results(rows, extra_columns=["truth", "match", "groups", "group_concepts"])
+        row["verdict_right"] = row["status"] == "done" and row["selective"] == (unit.kind != "none")
+    folder.write_results(
+        rows, extra_columns=["truth", "match", "verdict_right", "groups", "group_concepts"]
+    )
     return rows, folder
-
-
-DEMO_OFFLINE_ITERATIONS = 28  # the offline proposer's 23 single attributes, then combinations

@@ -31,6 +31,13 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr
 
 from inference.toyworld.vocabulary import parse_scene_text, tokenize
+from tools.agent_tools import (
+    GENERATE_IMAGES,
+    MEASURE_ACTIVATION,
+    PROPOSE_CONCEPT,
+    READ_SCOREBOARD,
+    SUBMIT_EXPLANATION,
+)
 from tools.scoreboard import (
     MAX_CONCEPT_CHARS,
     MAX_CONCEPT_WORDS,
@@ -42,11 +49,11 @@ from tools.scoreboard import (
 DEFAULT_VOCABULARY_PATH = Path(__file__).parent / "vocab" / "toyworld.txt"
 NOT_AN_LLM = "offline:vocab (not an LLM)"
 
-PROPOSE_TOOL = "propose_concept"
-SUBMIT_TOOL = "submit_explanation"
-GENERATE_TOOL = "generate_images"
-MEASURE_TOOL = "measure_activation"
-READ_SCOREBOARD_TOOL = "read_scoreboard"
+PROPOSE_TOOL = PROPOSE_CONCEPT.name
+SUBMIT_TOOL = SUBMIT_EXPLANATION.name
+GENERATE_TOOL = GENERATE_IMAGES.name
+MEASURE_TOOL = MEASURE_ACTIVATION.name
+READ_SCOREBOARD_TOOL = READ_SCOREBOARD.name
 CONCEPT_TOOLS = frozenset({PROPOSE_TOOL, SUBMIT_TOOL, GENERATE_TOOL, MEASURE_TOOL})
 
 CATEGORIES = ("colour", "shape", "texture", "size", "other")
@@ -297,10 +304,10 @@ def read_evidence(transcript: Sequence[TranscriptMessage]) -> Evidence:
         elif message.role == "assistant":
             for call in message.tool_calls:
                 call_names[call.id] = call.name
-                concept = call.args.get("concept") if isinstance(call.args, Mapping) else None
-                if call.name not in CONCEPT_TOOLS or not isinstance(concept, str):
+                argument = call.args.get("concept") if isinstance(call.args, Mapping) else None
+                if call.name not in CONCEPT_TOOLS or not isinstance(argument, str):
                     continue
-                concept = normalise_concept(concept)
+                concept = normalise_concept(argument)
                 evidence.add_tried(concept)
                 if call.name == GENERATE_TOOL and concept not in evidence.generated:
                     evidence.generated.append(concept)
@@ -517,15 +524,13 @@ class VocabProposer:
         k = max(1, max_calls)
         mode = forced_tool
         if mode is None:
-            for tool in (PROPOSE_TOOL, GENERATE_TOOL, MEASURE_TOOL, SUBMIT_TOOL):
-                if tool in names:
-                    mode = tool
-                    break
+            bound = (PROPOSE_TOOL, GENERATE_TOOL, MEASURE_TOOL, SUBMIT_TOOL)
+            mode = next((name for name in bound if name in names), None)
         if mode == SUBMIT_TOOL:
             return [self._submit(evidence)]
         if mode == READ_SCOREBOARD_TOOL:
-            args = {"top_k": self.scoreboard_top_k}
-            return [Decision(READ_SCOREBOARD_TOOL, args, "reads the scoreboard")]
+            top_k = {"top_k": self.scoreboard_top_k}
+            return [Decision(READ_SCOREBOARD_TOOL, top_k, "reads the scoreboard")]
         if mode in (GENERATE_TOOL, MEASURE_TOOL):
             pending = evidence.pending()
             if pending and MEASURE_TOOL in names and forced_tool != GENERATE_TOOL:
@@ -533,6 +538,7 @@ class VocabProposer:
                     Decision(MEASURE_TOOL, {"concept": c}, f"measures '{c}': its images are ready")
                     for c in pending[:k]
                 ]
+            tool: str | None
             if forced_tool in (GENERATE_TOOL, MEASURE_TOOL):
                 tool = forced_tool
             else:
@@ -544,9 +550,9 @@ class VocabProposer:
                     args["n"] = self.images_per_concept
                 out.append(Decision(tool, args, f"tries '{concept}': {reason}"))
             return out
-        tool = PROPOSE_TOOL if mode == PROPOSE_TOOL else None
+        proposal = PROPOSE_TOOL if mode == PROPOSE_TOOL else None
         return [
-            Decision(tool, {"concept": concept}, f"proposes '{concept}': {reason}")
+            Decision(proposal, {"concept": concept}, f"proposes '{concept}': {reason}")
             for concept, reason in self.next_concepts(evidence, k)
         ]
 

@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tools.retry import FaultKind
+
+# what ``faults`` adds up: failed LLM requests (retried), unusable answers (re-asked) and
+# tool calls the agent got wrong (answered with an error)
+FAULT_COUNTERS = (*(kind.value for kind in FaultKind), "reasks", "tool_errors")
 RESULT_COLUMNS = [
     "target",
     "layer",
     "unit",
     "label",
     "score",
+    "selective",
+    "selectivity",
     "status",
     "reason",
     "summary",
@@ -29,24 +37,11 @@ RESULT_COLUMNS = [
     "images",
     "reasks",
     "faults",
-    "rate_limited",
-    "server_errors",
-    "timeouts",
-    "connection_errors",
+    *(kind.value for kind in FaultKind),
     "tool_errors",
     "lost_rounds",
     "restarts",
 ]
-# what ``faults`` adds up: failed LLM requests (retried), unusable answers (re-asked) and
-# tool calls the agent got wrong (answered with an error)
-FAULT_COUNTERS = (
-    "rate_limited",
-    "server_errors",
-    "timeouts",
-    "connection_errors",
-    "reasks",
-    "tool_errors",
-)
 
 
 class RunSettings(BaseModel):
@@ -115,6 +110,18 @@ class RunFolder:
         """Where a neuron's history lives."""
         return self.neurons / f"{layer.replace('/', '_')}__{unit}.json"
 
+    def read_history(self, layer: str, unit: int) -> dict | None:
+        """A neuron's history, ``None`` while it has none."""
+        path = self.history_path(layer, unit)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def read_results(self) -> list[dict[str, str]]:
+        """The rows of ``results.csv`` as written (strings); empty before the run has one."""
+        if not self.results_csv.is_file():
+            return []
+        with self.results_csv.open(newline="") as stream:
+            return list(csv.DictReader(stream))
+
     def write_history(self, layer: str, unit: int, history: dict) -> None:
         """Write one neuron's history atomically."""
         path = self.history_path(layer, unit)
@@ -122,7 +129,7 @@ class RunFolder:
         partial.write_text(json.dumps(history, indent=1, default=str))
         partial.replace(path)
 
-    def write_results(self, rows: list[dict], extra_columns: list[str] = ()) -> None:
+    def write_results(self, rows: list[dict], extra_columns: Sequence[str] = ()) -> None:
         """``results.csv`` (and Parquet when pyarrow is present)."""
         columns = RESULT_COLUMNS + [c for c in extra_columns if c not in RESULT_COLUMNS]
         with self.results_csv.open("w", newline="") as stream:

@@ -8,22 +8,26 @@ thread per neuron), ``neurons/<layer>__<unit>.json`` (each neuron's full history
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StateSnapshot
 
 from agent.graph import build_graph
-from agent.providers import LLMClient
+from agent.providers import LLMCallError, LLMClient
 from agent.run_folder import FAULT_COUNTERS, RunFolder, RunSettings
-from agent.state import RunContext, add_counters
+from agent.state import NeuronState, RunContext
 from prompts.variant import PromptVariant
-from tools.client import LineClient
+from tools.agent_tools import add_counters
+from tools.client import InferenceClient
 from tools.controlset import ControlSet, measure_control
 
 log = logging.getLogger("line.run")
@@ -47,16 +51,26 @@ def thread_id(layer: str, unit: int, attempt: int = 1) -> str:
     return f"{layer}#{unit}" if attempt == 1 else f"{layer}#{unit}@{attempt}"
 
 
-def attempt_config(layer: str, unit: int, attempt: int, variant: PromptVariant) -> dict:
+STEPS_PER_TURN = 16
+"""Tool calls per agent turn the recursion limit allows for on average."""
+
+
+def attempt_config(layer: str, unit: int, attempt: int, variant: PromptVariant) -> RunnableConfig:
     """The LangGraph config of one attempt at a neuron."""
     settings = variant.settings
     return {
         "configurable": {"thread_id": thread_id(layer, unit, attempt)},
-        "recursion_limit": 10 * (settings.max_llm_turns + settings.iterations) + 50,
+        # an agent turn is one step plus one per tool call (each call runs as its own step)
+        "recursion_limit": (2 + STEPS_PER_TURN) * settings.max_llm_turns
+        + 10 * settings.iterations
+        + 50,
     }
 
 
-async def latest_attempt(graph, layer: str, unit: int):
+NeuronGraph = CompiledStateGraph[NeuronState, RunContext, NeuronState, NeuronState]
+
+
+async def latest_attempt(graph: NeuronGraph, layer: str, unit: int) -> tuple[int, StateSnapshot]:
     """The neuron's latest attempt number and its checkpointed state (empty when new)."""
     attempt = 1
     snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id(layer, unit)}})
@@ -70,7 +84,7 @@ async def latest_attempt(graph, layer: str, unit: int):
     return attempt, snapshot
 
 
-def cannot_continue(snapshot) -> bool:
+def cannot_continue(snapshot: StateSnapshot) -> bool:
     """An attempt that stopped where running again gives the same failure: it reached the
     final step without a single measured concept (every LLM answer was unusable)."""
     return tuple(snapshot.next) == ("finish",) and not snapshot.values.get("entries")
@@ -79,7 +93,7 @@ def cannot_continue(snapshot) -> bool:
 BUDGET_COUNTERS = ("agent_turns", "images")  # spent per attempt; a new attempt gets them afresh
 
 
-def carry_costs(start: dict, failed: dict, attempt: int) -> dict:
+def carry_costs(start: NeuronState, failed: Mapping[str, Any], attempt: int) -> NeuronState:
     """A new attempt's first state, carrying the failed attempt's costs, faults and LLM log."""
     counters = {k: v for k, v in failed.get("counters", {}).items() if k not in BUDGET_COUNTERS}
     counters["restarts"] = attempt - 1
@@ -103,8 +117,8 @@ def seed_concepts(
 
 
 def initial_state(
-    target: str, layer: str, unit: int, variant: PromptVariant, seeds: list[str] = ()
-) -> dict:
+    target: str, layer: str, unit: int, variant: PromptVariant, seeds: Sequence[str] = ()
+) -> NeuronState:
     """A neuron's first state; budgets are part of it so routing reads state alone."""
     settings = variant.settings
     return {
@@ -129,8 +143,8 @@ def previous_failed_calls(folder: RunFolder, layer: str, unit: int) -> dict[str,
     """Faults of LLM calls that failed for good in earlier sessions of this neuron (a resumed
     run keeps counting them: they are in no checkpoint)."""
     try:
-        history = json.loads(folder.history_path(layer, unit).read_text())
-    except (OSError, ValueError):
+        history = folder.read_history(layer, unit) or {}
+    except (OSError, ValueError):  # unreadable: nothing to carry over
         return {}
     return dict(history.get("failed_calls") or {})
 
@@ -164,6 +178,8 @@ def result_row(settings: RunSettings, unit: int, state: dict, status: str, reaso
         "unit": unit,
         "label": result.get("label", ""),
         "score": result.get("score", ""),
+        "selective": result.get("selective", ""),
+        "selectivity": result.get("selectivity", ""),
         "status": status,
         "reason": reason,
         "summary": result.get("summary_text", ""),
@@ -181,7 +197,7 @@ def result_row(settings: RunSettings, unit: int, state: dict, status: str, reaso
 async def run_neurons(
     settings: RunSettings,
     folder: RunFolder,
-    client: LineClient,
+    client: InferenceClient,
     llm: LLMClient,
     variant: PromptVariant,
     on_progress: Callable[[RunProgress], None] | None = None,
@@ -252,9 +268,9 @@ async def run_neurons(
                     status, reason = "failed", f"{type(error).__name__}: {error}"
                     log.warning("neuron %s/%s failed: %s", settings.layer, unit, reason)
                     state = (await graph.aget_state(config)).values
-                    faults = getattr(error, "faults", None)  # an LLM call that failed for good:
-                    if isinstance(faults, dict):  # its faults are in no checkpointed state
-                        failed_calls = add_counters(failed_calls, {**faults, "llm_calls_failed": 1})
+                    if isinstance(error, LLMCallError):  # failed for good: its faults are in
+                        spent = {**error.faults, "llm_calls_failed": 1}  # no checkpointed state
+                        failed_calls = add_counters(failed_calls, spent)
                 state = {**state, "counters": add_counters(state.get("counters"), failed_calls)}
                 history = history_of(state, status, reason)
                 history["failed_calls"] = failed_calls

@@ -26,12 +26,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from analysis.similarity import default_embedder
-from inference.toyworld.truth import PlantedUnit
+from analysis.similarity import SentenceEmbedder, default_embedder
 from inference.toyworld.vocabulary import parse_attributes
 
 KINDS = ("single", "and", "or", "count", "none")
@@ -44,6 +43,26 @@ MAD_TO_SIGMA = 0.6745
 """Modified z-score constant: the MAD of a normal distribution is 0.6745 sigma."""
 
 
+class KnownConcept(Protocol):
+    """A unit whose concept is known: a toy-world ``PlantedUnit``, a ``DissectedUnit`` or a
+    :class:`GroundTruth`."""
+
+    @property
+    def concept(self) -> str:
+        """The concept's text."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """One of :data:`KINDS`."""
+        ...
+
+    @property
+    def attributes(self) -> Sequence[str]:
+        """Its canonical toy-world attributes (none outside the toy world)."""
+        ...
+
+
 @dataclass(frozen=True)
 class GroundTruth:
     """A neuron's known concept: its text, its kind and (toy world) its canonical attributes."""
@@ -53,9 +72,9 @@ class GroundTruth:
     attributes: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, truth: GroundTruth | PlantedUnit | Mapping[str, Any]) -> GroundTruth:
-        """From a :class:`PlantedUnit`, a mapping with ``concept``/``kind``/``attributes``, or
-        a GroundTruth (returned as is)."""
+    def of(cls, truth: KnownConcept | Mapping[str, Any]) -> GroundTruth:
+        """From a unit with a known concept (``PlantedUnit``, ``DissectedUnit``; a GroundTruth
+        is returned as is) or a mapping with ``concept``/``kind``/``attributes``."""
         if isinstance(truth, GroundTruth):
             return truth
         if isinstance(truth, Mapping):
@@ -103,7 +122,7 @@ class LabelScore:
         return {**asdict(self), "recovered": self.recovered}
 
 
-def attribute_match(label: str, truth: PlantedUnit | GroundTruth) -> bool | None:
+def attribute_match(label: str, truth: KnownConcept) -> bool | None:
     """Whether a label names exactly the truth's attributes; ``None`` for no-concept units."""
     if truth.kind == "none":
         return None
@@ -127,8 +146,8 @@ def normalised_score(score: float, history_scores: Sequence[float]) -> float | N
 
 def score_label(
     label: str | None,
-    truth: GroundTruth | PlantedUnit | Mapping[str, Any],
-    embedder: Any = None,
+    truth: KnownConcept | Mapping[str, Any],
+    embedder: SentenceEmbedder | None = None,
     *,
     score: float | None = None,
     history_scores: Sequence[float] | None = None,

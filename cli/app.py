@@ -8,16 +8,35 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import uvicorn
 
-from agent.launch import RunSetupError, execute_run, run_demo, settings_from_options
+from agent.launch import execute_run, run_demo, settings_from_options
 from agent.report import ReportError, build_report, serve_viewer
+from agent.run_folder import RunFolder
+from analysis.selectivity import shown_label
 from cli.evals import eval_app
+from cli.options import (
+    Concurrency,
+    JSONOutput,
+    LLMBaseURL,
+    LocalServerDevice,
+    LocalServerStore,
+    NoProgressBar,
+    OpenAICompatibleURL,
+    OptionalLLMSpec,
+    PromptVariantName,
+    RunStore,
+    exit_with_error,
+    warn,
+)
+from cli.progress import run_progress
 from cli.toyworld import toyworld_app
 from inference.app import create_app
 from inference.config import ServeConfig, ServeConfigError, build_service
 from inference.ray_serve import serve_with_ray
 from inference.registry import BackendSpecError, GeneratorOptions, load_target
 from inference.service import BatchingConfig, ServiceLimits
+from tools.server_session import RunSetupError
 
 app = typer.Typer(
     help="LINE: LLM-based iterative neuron explanations for vision models.",
@@ -26,11 +45,6 @@ app = typer.Typer(
 )
 app.add_typer(toyworld_app, name="toyworld")
 app.add_typer(eval_app, name="eval")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -99,8 +113,6 @@ def serve(
     ] = None,
 ) -> None:
     """Run the batched inference server (image generation and activation measurement)."""
-    import uvicorn
-
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     config = ServeConfig(
         generators=generator or [],
@@ -118,16 +130,16 @@ def serve(
         config.store = store
     if ray:
         if replicas < 1:
-            _fail("--replicas must be at least 1")
+            exit_with_error("--replicas must be at least 1")
         try:
             serve_with_ray(config, replicas, gpus_per_replica, cpus_per_replica, ray_address)
         except (ServeConfigError, BackendSpecError, OSError) as error:
-            _fail(str(error))
+            exit_with_error(str(error))
         return
     try:
         service = build_service(config)
     except (ServeConfigError, BackendSpecError, OSError) as error:
-        _fail(str(error))
+        exit_with_error(str(error))
     typer.echo(
         f"LINE server on http://{host}:{port} (store {config.store}); "
         f"generators: {', '.join(service.generators) or '-'}; "
@@ -145,52 +157,29 @@ def layers(
     trust_checkpoints: Annotated[bool, typer.Option(help="See `line serve`.")] = False,
 ) -> None:
     """List a target model's layers and unit counts."""
-
     try:
         model = load_target(target, device, trust_checkpoints)
     except BackendSpecError as error:
-        _fail(str(error))
-    rows = [{"layer": layer.name, "units": layer.units} for layer in model.layers()]
+        exit_with_error(str(error))
+    layer_units = [(layer.name, layer.units) for layer in model.layers()]
     if as_json:
+        rows = [{"layer": name, "units": units} for name, units in layer_units]
         typer.echo(json.dumps(rows, indent=2))
         return
-    width = max(len(row["layer"]) for row in rows)
-    for row in rows:
-        typer.echo(f"{row['layer']:<{width}}  {row['units']}")
+    width = max(len(name) for name, _ in layer_units)
+    for name, units in layer_units:
+        typer.echo(f"{name:<{width}}  {units}")
 
 
-def _progress_printer(quiet: bool):
-    """A tqdm bar over neurons with images, LLM calls and tokens (``None`` when quiet)."""
-    if quiet:
-        return None, lambda: None
-    from tqdm import tqdm
-
-    bar = None
-
-    def update(progress) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=progress.total, unit="neuron", dynamic_ncols=True)
-        bar.n = progress.done + progress.failed
-        bar.set_postfix(
-            images=progress.images,
-            llm_calls=progress.llm_calls,
-            tokens=progress.tokens,
-            failed=progress.failed,
-        )
-
-    def close() -> None:
-        if bar is not None:
-            bar.close()
-
-    return update, close
-
-
-def _print_results(rows: list[dict], extra: list[str] = (), limit: int = 40) -> None:
+def _print_results(
+    rows: list[dict], folder: RunFolder, extra: tuple[str, ...] = (), limit: int = 40
+) -> None:
+    """The results table (first ``limit`` neurons), totals and the failed neurons' reasons."""
     columns = ["unit", "label", "score", "status", *extra]
+    shown = [{**row, "label": shown_label(row["label"], row.get("selective"))} for row in rows]
     table = [columns] + [
         [f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
-        for row in rows[:limit]
+        for row in shown[:limit]
     ]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for index, line in enumerate(table):
@@ -198,13 +187,14 @@ def _print_results(rows: list[dict], extra: list[str] = (), limit: int = 40) -> 
         if index == 0:
             typer.echo("  ".join("-" * width for width in widths))
     if len(rows) > limit:
-        typer.echo(f"... {len(rows) - limit} more in results.csv")
+        typer.echo(f"... {len(rows) - limit} more in {folder.results_csv.name}")
     done = sum(row["status"] == "done" for row in rows)
     failed = [row for row in rows if row["status"] != "done"]
+    selective = sum(row.get("selective") is True for row in rows)
     typer.echo(
-        f"{done} of {len(rows)} neurons explained; {sum(row['llm_calls'] for row in rows)} LLM "
-        f"calls, {sum(row['tokens'] for row in rows)} tokens, "
-        f"{sum(row['images'] for row in rows)} images"
+        f"{done} of {len(rows)} neurons explained ({selective} with a selective concept); "
+        f"{sum(row['llm_calls'] for row in rows)} LLM calls, "
+        f"{sum(row['tokens'] for row in rows)} tokens, {sum(row['images'] for row in rows)} images"
     )
     for row in failed[:10]:
         typer.secho(f"unit {row['unit']} failed: {row['reason']}", fg=typer.colors.YELLOW)
@@ -222,14 +212,9 @@ def run(
     generator: Annotated[
         str | None, typer.Option(help="Generator spec (a local server needs one).")
     ] = None,
-    llm: Annotated[
-        str | None,
-        typer.Option(help="provider:model, openai-compatible:<model>, or offline:vocab."),
-    ] = None,
-    llm_base_url: Annotated[
-        str | None, typer.Option(help="Base URL for openai-compatible servers.")
-    ] = None,
-    prompts: Annotated[str, typer.Option(help="Prompt variant name or folder.")] = "paper",
+    llm: OptionalLLMSpec = None,
+    llm_base_url: LLMBaseURL = None,
+    prompts: PromptVariantName = "paper",
     out: Annotated[Path | None, typer.Option(help="Run folder to create.")] = None,
     server: Annotated[
         list[str] | None,
@@ -238,12 +223,12 @@ def run(
             "(least outstanding requests). Without it one is started."
         ),
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="Neurons explained at once.")] = 64,
+    concurrency: Concurrency = 64,
     seed: Annotated[int, typer.Option(help="Run seed (image seeds derive from it).")] = 0,
     temperature: Annotated[float | None, typer.Option(help="Override the variant's.")] = None,
     iterations: Annotated[int | None, typer.Option(help="Override the variant's.")] = None,
-    device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
-    store: Annotated[Path | None, typer.Option(help="Store folder of a local server.")] = None,
+    device: LocalServerDevice = "auto",
+    store: LocalServerStore = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
     control: Annotated[
         str | None,
@@ -266,12 +251,9 @@ def run(
         bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")
     ] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
-    ] = False,
+    as_json: JSONOutput = False,
 ) -> None:
     """Explain neurons: propose, render, measure, refine, for many neurons at once."""
-
     try:
         settings, folder = settings_from_options(
             target=target, layer=layer, units=units, generator=generator, llm=llm,
@@ -279,21 +261,18 @@ def run(
             concurrency=concurrency, seed=seed, temperature=temperature, iterations=iterations,
             resume=resume, control=control, score=score, llm_cache=llm_cache,
         )  # fmt: skip
-        update, close = _progress_printer(quiet or as_json)
-        try:
+        with run_progress(quiet or as_json) as update:
             rows = execute_run(
                 settings, folder, device=device, store=store, on_progress=update, groups=groups
             )
-        finally:
-            close()
     except RunSetupError as error:
-        _fail(str(error))
-    index = _write_report(folder.path, store, echo=not as_json) if report_html else None
+        exit_with_error(str(error))
+    index = _write_report(folder, store, echo=not as_json) if report_html else None
     if as_json:
-        _print_json(folder.path, index, rows)
+        _print_json(folder, index, rows)
         return
     if not quiet:
-        _print_results(rows)
+        _print_results(rows, folder)
     typer.echo(f"run folder: {folder.path}")
     if index is not None:
         typer.echo(f"report: {index}")
@@ -307,31 +286,27 @@ def demo(
     llm: Annotated[
         str, typer.Option(help="LLM spec; the default is not an LLM.")
     ] = "offline:vocab",
-    llm_base_url: Annotated[str | None, typer.Option(help="For openai-compatible.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Neurons explained at once.")] = 32,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
-    ] = False,
+    llm_base_url: OpenAICompatibleURL = None,
+    concurrency: Concurrency = 32,
+    quiet: NoProgressBar = False,
+    as_json: JSONOutput = False,
 ) -> None:
     """Explain every planted unit of the offline toy world and compare with the ground truth."""
-
-    update, close = _progress_printer(quiet or as_json)
     try:
-        rows, folder = run_demo(out, llm, llm_base_url, concurrency, on_progress=update)
+        with run_progress(quiet or as_json) as update:
+            rows, folder = run_demo(out, llm, llm_base_url, concurrency, on_progress=update)
     except RunSetupError as error:
-        _fail(str(error))
-    finally:
-        close()
-    index = _write_report(folder.path, echo=not as_json)
+        exit_with_error(str(error))
+    index = _write_report(folder, echo=not as_json)
     if as_json:
-        _print_json(folder.path, index, rows)
+        _print_json(folder, index, rows)
         return
-    _print_results(rows, extra=["truth", "match", "groups"])
+    _print_results(rows, folder, extra=("truth", "match", "groups"))
     matched = [row for row in rows if row["match"] in (True, False)]
     typer.echo(
         f"ground truth recovered for {sum(row['match'] is True for row in matched)} of "
-        f"{len(matched)} planted units with a concept"
+        f"{len(matched)} planted units with a concept; the verdict (selective or not) is right "
+        f"for {sum(row['verdict_right'] is True for row in rows)} of {len(rows)}"
     )
     typer.echo(f"run folder: {folder.path}")
     if index is not None:
@@ -341,20 +316,16 @@ def demo(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (from `line run` or `line demo`).")],
-    store: Annotated[
-        Path | None,
-        typer.Option(help="Image store the run used (default: ~/.cache/line/store)."),
-    ] = None,
+    store: RunStore = None,
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default: RUN_DIR/report).")
     ] = None,
 ) -> None:
     """Write a run's static HTML report: opens from file://, no server or network needed."""
-
     try:
         index = build_report(run_dir, store=store, out=out)
     except ReportError as error:
-        _fail(str(error))
+        exit_with_error(str(error))
     typer.echo(f"report: {index}")
 
 
@@ -362,13 +333,9 @@ def report(
 def view(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, finished or still running.")],
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8500,
-    store: Annotated[
-        Path | None,
-        typer.Option(help="Image store the run used (default: ~/.cache/line/store)."),
-    ] = None,
+    store: RunStore = None,
 ) -> None:
     """Serve a run's report on 127.0.0.1; pages refresh while the run is still going."""
-
     try:
         serve_viewer(
             run_dir,
@@ -377,31 +344,24 @@ def view(
             on_ready=lambda url: typer.echo(f"viewing {run_dir} at {url} (Ctrl-C to stop)"),
         )
     except ReportError as error:
-        _fail(str(error))
+        exit_with_error(str(error))
 
 
-def _write_report(run_dir: Path, store: Path | None = None, echo: bool = True) -> Path | None:
+def _write_report(folder: RunFolder, store: Path | None = None, echo: bool = True) -> Path | None:
     """Write the run's HTML report; a failure only warns (the results are safe)."""
-
     try:
-        return build_report(run_dir, store=store)
+        return build_report(folder.path, store=store)
     except Exception as error:  # the run's results are safe; the report can be rebuilt
         if echo:
-            typer.secho(
-                f"could not write the report ({error}); try `line report {run_dir}`",
-                fg=typer.colors.YELLOW,
-                err=True,
-            )
+            warn(f"could not write the report ({error}); try `line report {folder.path}`")
         return None
 
 
-def _print_json(run_dir: Path, index: Path | None, rows: list[dict]) -> None:
-    typer.echo(
-        json.dumps(
-            {"run_folder": str(run_dir), "report": str(index) if index else None, "neurons": rows},
-            default=str,
-        )
-    )
+def _print_json(folder: RunFolder, index: Path | None, rows: list[dict]) -> None:
+    """The run folder, report and results rows as one JSON object on stdout."""
+    report = str(index) if index else None
+    output = {"run_folder": str(folder.path), "report": report, "neurons": rows}
+    typer.echo(json.dumps(output, default=str))
 
 
 if __name__ == "__main__":

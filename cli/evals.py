@@ -3,72 +3,280 @@
 from __future__ import annotations
 
 import asyncio
-import csv
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
-from agent.launch import (
-    RunSetupError,
-    check_remote_server,
-    execute_run,
-    parse_units,
-    settings_from_options,
-    start_local_server,
+from agent.launch import execute_run, parse_units, settings_from_options
+from agent.run_folder import RunFolder, RunSettings
+from analysis.similarity import EmbedderUnavailable
+from cli.options import (
+    Concurrency,
+    LayerName,
+    LLMBaseURL,
+    LLMSpec,
+    LocalServerDevice,
+    LocalServerStore,
+    NoProgressBar,
+    OpenAICompatibleURL,
+    PromptVariantName,
+    ServerURL,
+    TargetSpec,
+    UnitsSpec,
+    exit_with_error,
+    warn,
 )
-from analysis.groundtruth import attribute_match
-from evals.baseline import concept_discovery, read_vocabulary, vocabulary_baseline
-from evals.cosy_eval import cosy_command, evaluate_cosy, write_cosy_csv
-from evals.groundtruth import groundtruth_command
+from cli.progress import count_progress, repeats_progress
+from evals.baseline import (
+    BaselineResult,
+    concept_discovery,
+    read_vocabulary,
+    vocabulary_baseline,
+)
+from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt
+from evals.cosy_eval import (
+    control_spec_of,
+    cosy_template_of,
+    evaluate_cosy,
+    read_label_csv,
+    summarize_cosy,
+    write_cosy_csv,
+)
+from evals.groundtruth import run_groundtruth_benchmark, summary_table
 from evals.variants import (
+    COMPARISON_FILES,
     Arm,
-    markdown_report,
-    pairwise_tests,
-    plot_convergence,
+    add_cosy_figures,
+    add_groundtruth_matches,
     run_arms,
-    summarize,
-    write_csv,
+    write_comparison,
 )
-from inference.toyworld.truth import planted_ground_truth
-from prompts.variant import VariantError, load_variant
-from tools.client import LineClient
+from inference.store import default_cache_dir
+from prompts.variant import PromptVariant, VariantError, load_variant
+from tools.client import LineServerError, LineServerUnavailable
 from tools.controlset import ControlSet, ControlSetError, control_activations
+from tools.server_session import RunSetupError, ServerSession, server_session
 
 eval_app = typer.Typer(
     help="Evaluate explanations: CoSy, ground truth, variants, vocabulary baseline.",
     no_args_is_help=True,
 )
-eval_app.command("cosy")(cosy_command)
-eval_app.command("groundtruth")(groundtruth_command)
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+@eval_app.command("cosy")
+def cosy_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `line run`.")],
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="Control set: a folder of natural images (flat or in class folders), toy or "
+            "toy:N [default: the run's control set; toy for the toy world]."
+        ),
+    ] = None,
+    n_images: Annotated[
+        int, typer.Option("--n-images", min=1, help="Images rendered per label.")
+    ] = 50,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score these labels instead of the run's: a CSV with columns unit,label[,layer] "
+            "(e.g. CLIP-Dissect, INVERT or MILAN output)."
+        ),
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="Image prompt with {label} [default: the variant's cosy_template, else "
+            f"'{DEFAULT_COSY_TEMPLATE}']."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV to write [default: RUN_DIR/cosy.csv, or cosy-<labels>.csv with --labels]."
+        ),
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Inference server URL; without it one is started.")
+    ] = None,
+    device: LocalServerDevice = "auto",
+    store: LocalServerStore = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where control matrices are cached [default: STORE/control for a local server, "
+            "$LINE_CACHE/control with --server]."
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Neurons rendered at once.")] = 16,
+) -> None:
+    """CoSy: score labels by how well the neuron separates their images from natural images."""
+    folder = RunFolder(run_dir)
+    try:
+        settings = folder.read_settings()
+        label_map = None
+        if labels is not None:
+            label_map, label_notes = read_label_csv(labels)
+            for text in label_notes:
+                warn(text)
+        control_set = ControlSet.resolve(control_spec_of(control, settings))
+        chosen_template = template or cosy_template_of(settings)
+        cosy_prompt(chosen_template, "x")
+        if not server and settings.generator is None:
+            raise RunSetupError(
+                "this run used a remote server (its config names no generator); pass --server URL"
+            )
+        with server_session(
+            server, settings.target, settings.layer, settings.units, settings.generator,
+            device=device, store=store,
+        ) as session:  # fmt: skip
+            if session.local_store is not None:
+                server_id = f"store:{session.local_store}"
+                cache = cache_dir or session.local_store / "control"
+            else:
+                server_id = session.urls[0]
+                cache = cache_dir or default_cache_dir() / "control"
+
+            async def score_labels(on_progress: Callable[[int, int], None]) -> list[dict]:
+                async with session.connect() as client:
+                    return await evaluate_cosy(
+                        folder, client, control_set, n_images, chosen_template, label_map,
+                        cache_dir=cache, server_id=server_id, concurrency=concurrency,
+                        notes=warn, on_progress=on_progress,
+                    )  # fmt: skip
+
+            with count_progress("CoSy") as progress:
+                rows = asyncio.run(score_labels(progress))
+    except (
+        FileNotFoundError, ValueError, ControlSetError, LineServerError, LineServerUnavailable
+    ) as error:  # fmt: skip
+        exit_with_error(str(error))
+    if not rows:
+        exit_with_error("no neuron to score (see the notes above)")
+    path = out or folder.cosy_csv(labels.stem if labels is not None else None)
+    write_cosy_csv(path, rows)
+    typer.echo(
+        f"CoSy: {n_images} images per label ({chosen_template!r}), control {control_set.name} "
+        f"({rows[0]['n_control']} images)"
+    )
+    for layer, stats in summarize_cosy(rows).items():
+        typer.echo(
+            f"{layer}: AUC {stats['auc_mean']:.3f} ± {stats['auc_std']:.3f}, "
+            f"MAD {stats['mad_mean']:.3f} ± {stats['mad_std']:.3f} ({stats['neurons']} neurons)"
+        )
+    typer.echo(f"wrote {path}")
+
+
+@eval_app.command("groundtruth")
+def groundtruth_command(
+    target: Annotated[
+        str, typer.Option(help="A toy-world target: planted:shapes or learned:shapes.")
+    ] = "planted:shapes",
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            help="Layer [default: planted:shapes's planted units]; other layers are scored "
+            "against their dissection reference."
+        ),
+    ] = None,
+    llm: LLMSpec = "offline:vocab",
+    llm_base_url: LLMBaseURL = None,
+    prompts: PromptVariantName = "paper",
+    repeats: Annotated[int, typer.Option(help="Runs of every unit (seeds 0..R-1).")] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder [default: runs/groundtruth-<time>]; resumes repeats."),
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Override the variant's (offline:vocab: 28).")
+    ] = None,
+    units: Annotated[
+        str | None, typer.Option(help="Units, e.g. 0-3,7 [default: all of the layer].")
+    ] = None,
+    baseline: Annotated[
+        bool, typer.Option(help="Also label the units with the vocabulary baseline.")
+    ] = True,
+    concurrency: Concurrency = 32,
+    quiet: NoProgressBar = False,
+) -> None:
+    """Ground-truth benchmark: explain toy-world units, score labels vs their known concepts."""
+    out = out or Path("runs") / f"groundtruth-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        unit_list = parse_units(units) if units else None
+        with repeats_progress(quiet, repeats) as update:
+            result = run_groundtruth_benchmark(
+                out,
+                target=target,
+                layer=layer,
+                llm=llm,
+                prompts=prompts,
+                repeats=repeats,
+                llm_base_url=llm_base_url,
+                iterations=iterations,
+                concurrency=concurrency,
+                units=unit_list,
+                on_progress=update,
+                baseline=baseline,
+            )
+    except (RunSetupError, EmbedderUnavailable) as error:
+        exit_with_error(str(error))
+    typer.echo(summary_table(result["summary"]))
+    typer.echo(
+        "recovered: the label names exactly the truth's attributes; similarity: "
+        "all-MiniLM-L6-v2 cosine with the truth; vocab baseline: the same for the best concept "
+        "of the offline vocabulary; groups: distinct high-scoring meanings; verdict right: the "
+        "run's selective/not-selective verdict agrees with the truth; false claims: no-concept "
+        "units whose label the verdict calls selective"
+    )
+    typer.echo(f"rows: {result['rows_csv']}")
+    typer.echo(f"summary: {result['summary_csv']}")
+
+
+async def _vocabulary_scores(
+    session: ServerSession,
+    target: str,
+    layer: str,
+    units: list[int],
+    concepts: list[str],
+    variant: PromptVariant,
+    generator: str | None,
+    seed: int,
+    control_set: ControlSet | None,
+) -> BaselineResult:
+    """Every concept's score on every unit, measured on the session's server."""
+    async with session.connect() as client:
+        matrix: np.ndarray | None = None
+        if control_set is not None:
+            matrix = await control_activations(client, control_set, target, layer, units, generator)
+        return await vocabulary_baseline(
+            client, target, layer, units, concepts, variant, generator, seed, matrix
+        )
 
 
 @eval_app.command("vocab")
 def vocab_command(
     vocabulary: Annotated[Path, typer.Option(help="Concepts, one per line.")],
-    target: Annotated[str, typer.Option(help="Target spec.")],
-    layer: Annotated[str, typer.Option(help="Layer name.")],
-    units: Annotated[str, typer.Option(help="Units: 0-99, 3,7,9.")],
+    target: TargetSpec,
+    layer: LayerName,
+    units: UnitsSpec,
     out: Annotated[Path, typer.Option(help="Folder for vocab-labels.csv and vocab-scores.csv.")],
     generator: Annotated[
         str | None, typer.Option(help="Generator (a local server needs one).")
     ] = None,
-    server: Annotated[str | None, typer.Option(help="Inference server URL.")] = None,
+    server: ServerURL = None,
     prompts: Annotated[
         str, typer.Option(help="Variant whose template and scoring to use.")
     ] = "paper",
     control: Annotated[str | None, typer.Option(help="Control set for --score mad/auc.")] = None,
     score: Annotated[str | None, typer.Option(help="mean, mad or auc.")] = None,
     seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
-    device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
+    device: LocalServerDevice = "auto",
 ) -> None:
     """The vocabulary baseline: score every concept of a vocabulary, label each unit by the best."""
-
     try:
         concepts = read_vocabulary(vocabulary)
         unit_list = parse_units(units)
@@ -76,44 +284,20 @@ def vocab_command(
         control_set = ControlSet.resolve(control) if control else None
         if variant.settings.score != "mean" and control_set is None:
             raise RunSetupError(f"score {variant.settings.score!r} needs --control PATH|toy")
-        local = None
-        if server:
-            asyncio.run(check_remote_server(server, target, layer, unit_list, generator))
-            url = server
-        elif generator is None:
-            raise RunSetupError("without --server, pass --generator SPEC to start a local server")
-        else:
-            local = start_local_server(target, layer, unit_list, generator, device)
-            url = local.url
-    except (OSError, ValueError, VariantError, ControlSetError) as error:
-        _fail(str(error))
-
-    async def go():
-        async with LineClient(url) as client:
-            matrix = None
-            if control_set is not None:
-                matrix = await control_activations(
-                    client, control_set, target, layer, unit_list, generator
-                )
-            return await vocabulary_baseline(
-                client, target, layer, unit_list, concepts, variant, generator, seed, matrix
+        with server_session(server, target, layer, unit_list, generator, device=device) as session:
+            scoring = _vocabulary_scores(
+                session, target, layer, unit_list, concepts, variant, generator, seed, control_set
             )
-
-    try:
-        result = asyncio.run(go())
-    finally:
-        if local is not None:
-            local.stop()
+            result = asyncio.run(scoring)
+    except (OSError, ValueError, VariantError, ControlSetError) as error:
+        exit_with_error(str(error))
+    labels_csv, scores_csv = out / "vocab-labels.csv", out / "vocab-scores.csv"
     out.mkdir(parents=True, exist_ok=True)
-    result.write_labels(out / "vocab-labels.csv")
-    with (out / "vocab-scores.csv").open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["concept", *[f"unit_{u}" for u in result.units]])
-        for concept, row in zip(result.concepts, result.scores, strict=True):
-            writer.writerow([concept, *[f"{v:.6g}" for v in row]])
+    result.write_labels(labels_csv)
+    result.write_scores(scores_csv)
     for unit, label, value in result.labels():
         typer.echo(f"{unit:>6}  {label:<30}  {value:.4f}")
-    typer.echo(f"wrote {out / 'vocab-labels.csv'} and {out / 'vocab-scores.csv'}")
+    typer.echo(f"wrote {labels_csv} and {scores_csv}")
 
 
 @eval_app.command("discovery")
@@ -122,16 +306,17 @@ def discovery_command(
     vocabulary: Annotated[Path, typer.Option(help="E.g. the ImageNet class names.")],
 ) -> None:
     """Concept discovery: the share of final labels not in a vocabulary."""
-
-    results = run_dir / "results.csv"
-    if not results.is_file():
-        _fail(f"{run_dir} has no results.csv; finish the run first (line run --resume {run_dir})")
+    folder = RunFolder(run_dir)
+    if not folder.results_csv.is_file():
+        exit_with_error(
+            f"{run_dir} has no {folder.results_csv.name}; finish the run first "
+            f"(line run --resume {run_dir})"
+        )
     try:
         concepts = read_vocabulary(vocabulary)
     except (OSError, ValueError) as error:
-        _fail(str(error))
-    with results.open() as stream:
-        labels = [row["label"] for row in csv.DictReader(stream) if row["status"] == "done"]
+        exit_with_error(str(error))
+    labels = [row["label"] for row in folder.read_results() if row["status"] == "done"]
     share = concept_discovery(labels, concepts)
     typer.echo(
         f"{share:.1%} of {len(labels)} labels are not in {vocabulary.name} "
@@ -139,38 +324,38 @@ def discovery_command(
     )
 
 
-async def _cosy_of_run(folder, server: str, control: str, n_images: int) -> list[dict]:
+async def _cosy_of_run(
+    folder: RunFolder, session: ServerSession, control: str, n_images: int
+) -> list[dict]:
     """CoSy rows of a finished run (written to its cosy.csv as well)."""
-
-    async with LineClient(server) as client:
+    async with session.connect() as client:
         rows = await evaluate_cosy(folder, client, ControlSet.resolve(control), n_images)
-    write_cosy_csv(folder.path / "cosy.csv", rows)
+    write_cosy_csv(folder.cosy_csv(), rows)
     return rows
 
 
 @eval_app.command("variants")
 def variants_command(
     variants: Annotated[str, typer.Option(help="Comma-separated variants, e.g. paper,agentic.")],
-    target: Annotated[str, typer.Option(help="Target spec.")],
-    layer: Annotated[str, typer.Option(help="Layer name.")],
-    units: Annotated[str, typer.Option(help="Units: 0-99, 3,7,9.")],
+    target: TargetSpec,
+    layer: LayerName,
+    units: UnitsSpec,
     out: Annotated[Path, typer.Option(help="Folder for the runs and the comparison.")],
     llm: Annotated[
         list[str] | None, typer.Option(help="LLM spec (repeatable: every LLM is an arm).")
     ] = None,
-    llm_base_url: Annotated[str | None, typer.Option(help="For openai-compatible.")] = None,
+    llm_base_url: OpenAICompatibleURL = None,
     generator: Annotated[str | None, typer.Option(help="Generator of a local server.")] = None,
-    server: Annotated[str | None, typer.Option(help="Inference server URL.")] = None,
+    server: ServerURL = None,
     repeats: Annotated[int, typer.Option(help="Runs per arm (repeat k uses seed k).")] = 3,
     iterations: Annotated[int | None, typer.Option(help="Override every variant's.")] = None,
     control: Annotated[str | None, typer.Option(help="Control set: adds CoSy AUC and MAD.")] = None,
     n_images: Annotated[int, typer.Option(help="CoSy images per label (with --control).")] = 50,
     concurrency: Annotated[int, typer.Option(help="Neurons at once per run.")] = 64,
-    device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
+    device: LocalServerDevice = "auto",
     quiet: Annotated[bool, typer.Option(help="Print only the table.")] = False,
 ) -> None:
     """Compare prompt variants (and LLMs): scores with 95% CIs, paired Wilcoxon tests, a plot."""
-
     arms = [
         Arm(variant.strip(), spec)
         for spec in (llm or ["offline:vocab"])
@@ -178,70 +363,41 @@ def variants_command(
         if variant.strip()
     ]
     if repeats < 1:
-        _fail("--repeats must be at least 1")
+        exit_with_error("--repeats must be at least 1")
     if out.exists() and any(out.iterdir()):
-        _fail(f"{out} is not empty; choose a new --out folder")
-    options = dict(
-        target=target, layer=layer, units=units, generator=generator, llm_base_url=llm_base_url,
-        server=server, concurrency=concurrency, temperature=None, iterations=iterations,
-        resume=None, control=control,
-    )  # fmt: skip
-    local = None
-    try:
-        unit_list = parse_units(units)
-        for arm in arms:  # every arm's variant and LLM are checked before anything loads
-            settings_from_options(**{**options, "llm": arm.llm, "prompts": arm.variant,
-                                     "out": out / "check", "seed": 0})  # fmt: skip
-        if server is None:
-            if generator is None:
-                raise RunSetupError("without --server, pass --generator SPEC")
-            local = start_local_server(target, layer, unit_list, generator, device)
-            options["server"] = local.url
-    except RunSetupError as error:
-        _fail(str(error))
+        exit_with_error(f"{out} is not empty; choose a new --out folder")
 
-    truth = {}
-    if target == "planted:shapes":
-        truth = {u.unit: u for u in planted_ground_truth() if u.layer == layer}
-
-    def run_one(arm, repeat, folder):
-        settings, run_folder = settings_from_options(
-            **{**options, "llm": arm.llm, "prompts": arm.variant, "out": folder, "seed": repeat}
-        )
-        rows = execute_run(settings, run_folder)
-        if control:
-            cosy[folder] = asyncio.run(
-                _cosy_of_run(run_folder, options["server"], control, n_images)
-            )
-        if not quiet:
-            typer.echo(f"{arm.name} repeat {repeat}: {sum(r['status'] == 'done' for r in rows)}"
-                       f"/{len(rows)} neurons")  # fmt: skip
-        return rows
+    def settings_of(
+        arm: Arm, folder: Path, seed: int, servers: list[str] | None
+    ) -> tuple[RunSettings, RunFolder]:
+        """The settings of one run of an arm (checked; nothing loads)."""
+        return settings_from_options(
+            target=target, layer=layer, units=units, generator=generator, llm=arm.llm,
+            llm_base_url=llm_base_url, prompts=arm.variant, out=folder, server=servers,
+            concurrency=concurrency, seed=seed, iterations=iterations, control=control,
+        )  # fmt: skip
 
     cosy: dict[Path, list[dict]] = {}
     try:
-        runs = run_arms(arms, repeats, out, run_one)
-    finally:
-        if local is not None:
-            local.stop()
-    for arm_runs in runs.values():
-        for run in arm_runs:
-            for row in cosy.get(run.folder, []):
-                run.extra.setdefault(int(row["unit"]), {}).update(auc=row["auc"], mad=row["mad"])
-    if truth:
-        for arm_runs in runs.values():
-            for run in arm_runs:
-                for row in run.rows:
-                    unit = truth.get(int(row["unit"]))
-                    matched = attribute_match(row["label"], unit) if unit else None
-                    if matched is not None:
-                        run.extra.setdefault(int(row["unit"]), {})["match"] = float(matched)
-    table = summarize(runs)
-    pairs = pairwise_tests(runs, "score")
-    report = markdown_report(table, pairs)
-    write_csv(out / "comparison.csv", table)
-    write_csv(out / "pairwise.csv", pairs)
-    (out / "comparison.md").write_text(report)
-    plot_convergence(runs, out / "convergence.png")
-    typer.echo(report)
-    typer.echo(f"wrote {out}/comparison.md, comparison.csv, pairwise.csv, convergence.png")
+        unit_list = parse_units(units)
+        for arm in arms:  # every arm's variant and LLM are checked before anything loads
+            settings_of(arm, out / "check", 0, [server] if server else None)
+        with server_session(server, target, layer, unit_list, generator, device=device) as session:
+
+            def run_one(arm: Arm, repeat: int, folder: Path) -> list[dict]:
+                settings, run_folder = settings_of(arm, folder, repeat, session.urls)
+                rows = execute_run(settings, run_folder)
+                if control:
+                    cosy[folder] = asyncio.run(_cosy_of_run(run_folder, session, control, n_images))
+                if not quiet:
+                    done = sum(row["status"] == "done" for row in rows)
+                    typer.echo(f"{arm.name} repeat {repeat}: {done}/{len(rows)} neurons")
+                return rows
+
+            runs = run_arms(arms, repeats, out, run_one)
+    except RunSetupError as error:
+        exit_with_error(str(error))
+    add_cosy_figures(runs, cosy)
+    add_groundtruth_matches(runs, target, layer)
+    typer.echo(write_comparison(runs, out))
+    typer.echo(f"wrote {out}/{', '.join(COMPARISON_FILES)}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from prompts.variant import PromptVariant
-from tools.client import LineClient
+from tools.client import InferenceClient
 from tools.scoreboard import normalise_concept
 from tools.scoring import score_activations
 
@@ -67,9 +67,17 @@ class BaselineResult:
             writer.writerow(["unit", "label", "score"])
             writer.writerows(self.labels())
 
+    def write_scores(self, path: Path) -> None:
+        """Every concept's score on every unit: a ``concept`` column, then one per unit."""
+        with path.open("w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["concept", *[f"unit_{unit}" for unit in self.units]])
+            for concept, row in zip(self.concepts, self.scores, strict=True):
+                writer.writerow([concept, *[f"{value:.6g}" for value in row]])
+
 
 async def vocabulary_baseline(
-    client: LineClient,
+    client: InferenceClient,
     target: str,
     layer: str,
     units: Sequence[int],

@@ -8,9 +8,9 @@ activations separate them from natural control images. With ``control`` (n1 valu
   of (control, concept) pairs in which the control activation is the larger, ties counting one
   half. This is ``scipy.stats.mannwhitneyu(control, concept).statistic``. Small U means the
   concept images activate the neuron more.
-* ``auc``: the ROC AUC with concept images as the positive class, i.e. the probability that a
-  concept image's activation exceeds a control image's, ties counting one half. It is
-  ``1 - u / (n1 * n2)``.
+* ``auc``: the ROC AUC with concept images as the positive class
+  (``sklearn.metrics.roc_auc_score``), i.e. the probability that a concept image's activation
+  exceeds a control image's, ties counting one half. It equals ``1 - u / (n1 * n2)``.
 * ``p``: the two-sided p-value of that Mann-Whitney test (scipy's default method: exact for
   small samples without ties, otherwise the normal approximation with continuity correction);
   1 when every value is tied.
@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from scipy.stats import mannwhitneyu
+from sklearn.metrics import roc_auc_score
 
 DEFAULT_COSY_TEMPLATE = "realistic photo of a close up of {label}"
 """CoSy's prompt template; ``{label}`` is replaced by the neuron's label."""
@@ -54,7 +55,9 @@ def cosy_scores(control: Iterable[float], concept: Iterable[float]) -> dict[str,
         u, p = float(test.statistic), float(test.pvalue)
     spread = float(np.std(control, ddof=1)) if control.size > 1 else 0.0
     mad = (float(concept.mean()) - float(control.mean())) / spread if spread > 0 else 0.0
-    return {"auc": 1.0 - u / pairs, "mad": mad, "u": u, "p": p}
+    is_concept = np.r_[np.zeros(control.size), np.ones(concept.size)]
+    auc = float(roc_auc_score(is_concept, np.r_[control, concept]))
+    return {"auc": auc, "mad": mad, "u": u, "p": p}
 
 
 def cosy_seed(run_seed: int, target: str, layer: str, unit: int, label: str, index: int) -> int:

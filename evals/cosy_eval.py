@@ -1,4 +1,4 @@
-"""CoSy evaluation of a run's labels (or another method's labels) and ``line eval cosy``.
+"""CoSy evaluation of a run's labels (or another method's labels), as ``line eval cosy`` runs it.
 
 For each neuron: render ``n_images`` images of its label with CoSy's template and seeds that no
 search image used, read the neuron on them and on a control set, and score with
@@ -15,32 +15,28 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-import typer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from agent.launch import RunSetupError, check_layer_units, check_remote_server, start_local_server
 from agent.run_folder import RunFolder, RunSettings
 from agent.runner import thread_id
 from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt, cosy_scores, cosy_seeds
-from inference.store import default_cache_dir
 from prompts.variant import VariantError, load_variant
-from tools.client import LineClient, LineServerError, LineServerUnavailable
+from tools.client import InferenceClient
 from tools.controlset import (
     ControlActivations,
     ControlSet,
-    ControlSetError,
     cached_control_activations,
     measure_control,
 )
+from tools.server_session import check_layer_units
 
 log = logging.getLogger("line.eval.cosy")
 
 COSY_COLUMNS = ["neuron", "layer", "unit", "concept", "AUC", "U", "p", "MAD", "n_concept",
                 "n_control"]  # fmt: skip
-LabelMap = Mapping[int, str] | Mapping[tuple[str, int], str]
+LabelMap = Mapping[int | tuple[str, int], str]
 Notes = Callable[[str], None]
 
 
@@ -78,7 +74,7 @@ def _read_json(path: Path) -> dict | None:
 def search_seeds(folder: RunFolder) -> set[int]:
     """Every image seed recorded in the run's neuron histories (all neurons, all entries)."""
     seeds: set[int] = set()
-    for path in sorted(folder.neurons.glob("*.json")):
+    for path in folder.history_paths():
         history = _read_json(path) or {}
         for entry in history.get("entries", []):
             seeds.update(int(seed) for seed in entry.get("seeds", []))
@@ -86,10 +82,7 @@ def search_seeds(folder: RunFolder) -> set[int]:
 
 
 def _results_by_unit(folder: RunFolder) -> dict[int, dict]:
-    if not folder.results_csv.is_file():
-        return {}
-    with folder.results_csv.open(newline="") as stream:
-        return {int(row["unit"]): row for row in csv.DictReader(stream) if row.get("unit")}
+    return {int(row["unit"]): row for row in folder.read_results() if row.get("unit")}
 
 
 def cosy_neurons(
@@ -125,26 +118,27 @@ def cosy_neurons(
         if row is None and folder.history_path(settings.layer, unit).is_file():
             history = _read_json(folder.history_path(settings.layer, unit))
         if row is not None:
-            status, reason, label = row.get("status", ""), row.get("reason", ""), row.get("label")
+            status, reason = row.get("status", ""), row.get("reason", "")
+            final_label = row.get("label")
         elif history is not None:
             status, reason = history.get("status", ""), history.get("reason", "")
-            label = (history.get("result") or {}).get("label")
+            final_label = (history.get("result") or {}).get("label")
         else:
             notes.append(f"{name}: not explained yet, skipped (finish it with line run --resume)")
             continue
+        final_label = (final_label or "").strip()
         if status != "done":
             why = reason or "no reason given"
             notes.append(f"{name}: {status or 'unfinished'} ({why}), skipped")
-        elif not (label or "").strip():
+        elif not final_label:
             notes.append(f"{name}: no final label, skipped")
         else:
-            neurons.append(CosyNeuron(settings.layer, unit, label.strip()))
+            neurons.append(CosyNeuron(settings.layer, unit, final_label))
     return neurons, notes
 
 
 def cosy_template_of(settings: RunSettings) -> str:
     """The run's CoSy template: the variant's ``cosy_template`` setting if it has one."""
-
     try:
         variant = load_variant(settings.prompts, **settings.variant_overrides)
     except VariantError:
@@ -179,9 +173,10 @@ def read_label_csv(path: Path) -> tuple[dict[tuple[str, int] | int, str], list[s
                     row = LabelRow.model_validate(record)
                 except ValidationError as error:
                     detail = error.errors()[0]
+                    field = str(detail["loc"][0])
                     raise ValueError(
-                        f"{path} line {line}: {detail['loc'][0]} {detail['msg'].lower()} "
-                        f"(got {record[detail['loc'][0]]!r})"
+                        f"{path} line {line}: {field} {detail['msg'].lower()} "
+                        f"(got {record[field]!r})"
                     ) from None
                 if not row.label:
                     notes.append(f"{path.name} line {line}: unit {row.unit} has no label, skipped")
@@ -201,7 +196,7 @@ def read_label_csv(path: Path) -> tuple[dict[tuple[str, int] | int, str], list[s
 
 
 # ----- scoring ------------------------------------------------------------------------------
-async def _check_neurons(client: LineClient, target: str, neurons: list[CosyNeuron]) -> None:
+async def _check_neurons(client: InferenceClient, target: str, neurons: list[CosyNeuron]) -> None:
 
     models = await client.models()
     entry = next((t for t in models["targets"] if t["name"] == target), None)
@@ -216,7 +211,7 @@ async def _check_neurons(client: LineClient, target: str, neurons: list[CosyNeur
 
 
 async def _render_and_read(
-    client: LineClient,
+    client: InferenceClient,
     settings: RunSettings,
     neuron: CosyNeuron,
     prompt: str,
@@ -238,7 +233,7 @@ async def _render_and_read(
 
 async def evaluate_cosy(
     folder: RunFolder,
-    client: LineClient,
+    client: InferenceClient,
     control: ControlSet,
     n_images: int = 50,
     template: str = DEFAULT_COSY_TEMPLATE,
@@ -346,13 +341,9 @@ def summarize_cosy(rows: list[dict]) -> dict[str, dict[str, float]]:
     return summary
 
 
-# ----- the command --------------------------------------------------------------------------
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _control_spec(option: str | None, settings: RunSettings) -> str:
+def control_spec_of(option: str | None, settings: RunSettings) -> str:
+    """The control set to score a run with: ``option`` if given, else the run's own control set,
+    else ``toy`` for the toy world; a run on a real target without one needs ``--control``."""
     if option:
         return option
     if settings.control:
@@ -363,135 +354,3 @@ def _control_spec(option: str | None, settings: RunSettings) -> str:
         f"the run ({settings.target}) has no control set; pass --control PATH, a folder of natural "
         "images (flat or in class folders, e.g. ImageNet or Places365 validation images)"
     )
-
-
-def cosy_command(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `line run`.")],
-    control: Annotated[
-        str | None,
-        typer.Option(
-            help="Control set: a folder of natural images (flat or in class folders), toy or "
-            "toy:N [default: the run's control set; toy for the toy world]."
-        ),
-    ] = None,
-    n_images: Annotated[
-        int, typer.Option("--n-images", min=1, help="Images rendered per label.")
-    ] = 50,
-    labels: Annotated[
-        Path | None,
-        typer.Option(
-            help="Score these labels instead of the run's: a CSV with columns unit,label[,layer] "
-            "(e.g. CLIP-Dissect, INVERT or MILAN output)."
-        ),
-    ] = None,
-    template: Annotated[
-        str | None,
-        typer.Option(
-            help="Image prompt with {label} [default: the variant's cosy_template, else "
-            f"'{DEFAULT_COSY_TEMPLATE}']."
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="CSV to write [default: RUN_DIR/cosy.csv, or cosy-<labels>.csv with --labels]."
-        ),
-    ] = None,
-    server: Annotated[
-        str | None, typer.Option(help="Inference server URL; without it one is started.")
-    ] = None,
-    device: Annotated[str, typer.Option(help="Device of a local server.")] = "auto",
-    store: Annotated[Path | None, typer.Option(help="Store folder of a local server.")] = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where control matrices are cached [default: STORE/control for a local server, "
-            "$LINE_CACHE/control with --server]."
-        ),
-    ] = None,
-    concurrency: Annotated[int, typer.Option(help="Neurons rendered at once.")] = 16,
-) -> None:
-    """CoSy: score labels by how well the neuron separates their images from natural images."""
-
-    folder = RunFolder(run_dir)
-    local = None
-    try:
-        settings = folder.read_settings()
-        label_map = None
-        if labels is not None:
-            label_map, label_notes = read_label_csv(labels)
-            for text in label_notes:
-                typer.secho(text, fg=typer.colors.YELLOW, err=True)
-        control_set = ControlSet.resolve(_control_spec(control, settings))
-        chosen_template = template or cosy_template_of(settings)
-        cosy_prompt(chosen_template, "x")
-        if server:
-            asyncio.run(
-                check_remote_server(
-                    server, settings.target, settings.layer, settings.units, settings.generator
-                )
-            )
-            url, server_id = server, server
-            cache = cache_dir or default_cache_dir() / "control"
-        else:
-            if settings.generator is None:
-                raise RunSetupError(
-                    "this run used a remote server (its config names no generator); pass "
-                    "--server URL"
-                )
-            store_folder = (store or default_cache_dir() / "store").expanduser().resolve()
-            local = start_local_server(
-                settings.target, settings.layer, settings.units, settings.generator, device,
-                store_folder,
-            )  # fmt: skip
-            url, server_id = local.url, f"store:{store_folder}"
-            cache = cache_dir or store_folder / "control"
-    except (FileNotFoundError, ValueError, ControlSetError) as error:
-        if local is not None:
-            local.stop()
-        _fail(str(error))
-
-    def note(text: str) -> None:
-        typer.secho(text, fg=typer.colors.YELLOW, err=True)
-
-    from tqdm import tqdm
-
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="neuron", desc="CoSy", dynamic_ncols=True)
-        bar.update(done - bar.n)
-
-    async def go() -> list[dict]:
-        async with LineClient(url) as client:
-            return await evaluate_cosy(
-                folder, client, control_set, n_images, chosen_template, label_map,
-                cache_dir=cache, server_id=server_id, concurrency=concurrency, notes=note,
-                on_progress=progress,
-            )  # fmt: skip
-
-    try:
-        rows = asyncio.run(go())
-    except (ValueError, ControlSetError, LineServerError, LineServerUnavailable) as error:
-        _fail(str(error))
-    finally:
-        if bar is not None:
-            bar.close()
-        if local is not None:
-            local.stop()
-    if not rows:
-        _fail("no neuron to score (see the notes above)")
-    path = out or run_dir / (f"cosy-{labels.stem}.csv" if labels is not None else "cosy.csv")
-    write_cosy_csv(path, rows)
-    typer.echo(
-        f"CoSy: {n_images} images per label ({chosen_template!r}), control {control_set.name} "
-        f"({rows[0]['n_control']} images)"
-    )
-    for layer, stats in summarize_cosy(rows).items():
-        typer.echo(
-            f"{layer}: AUC {stats['auc_mean']:.3f} ± {stats['auc_std']:.3f}, "
-            f"MAD {stats['mad_mean']:.3f} ± {stats['mad_std']:.3f} ({stats['neurons']} neurons)"
-        )
-    typer.echo(f"wrote {path}")

@@ -1,40 +1,50 @@
-"""The ground-truth benchmark: explain the toy world's planted units, score each label.
+"""The ground-truth benchmark: explain toy-world units whose concepts are known, score each label.
 
-``line eval groundtruth`` runs the agent on every planted unit of ``planted:shapes`` (R times,
-with run seeds 0..R-1), scores each final label with :func:`analysis.groundtruth.score_label` and
-counts each neuron's high-scoring meanings (:mod:`analysis.polysemanticity`). The output folder
-holds one run folder per repeat (``repeat-1/``, ...; an existing one is resumed) and
+``line eval groundtruth`` runs the agent on units of a toy-world target (R times, with run seeds
+0..R-1) and scores each final label with :func:`analysis.groundtruth.score_label`. The truth is
+the planted concept for the planted units of ``planted:shapes``, and the dissection reference
+(:mod:`inference.toyworld.dissection`) for every other toy-world layer, ``learned:shapes``'s
+learned units included. A unit with no concept counts as a false claim when the run's verdict
+calls its label selective (``results.csv``'s ``selective``). The same units are labelled by the
+vocabulary baseline (the offline proposer's vocabulary, or the one ``offline:vocab:FILE`` names;
+every concept scored the same way) for comparison. The output folder holds one run folder per
+repeat (``repeat-1/``, ...; an existing one is resumed) and
 
 - ``groundtruth.csv``: one row per (repeat, unit): truth, label, score, attribute match,
-  similarity, normalised score, claimed, recovered, groups;
+  similarity, normalised score, claimed (the verdict), recovered, the verdict's agreement with
+  the truth on whether the unit is selective, the baseline's label and recovery, groups;
 - ``groundtruth-summary.csv``: one row per unit kind (single, and, or, count, none, then
-  ``all`` for the units with a concept): recovery rate (mean over repeats), mean similarity,
-  mean number of groups, and for ``none`` the false-claim rate.
+  ``all`` for the units with a concept): recovery rate (mean over repeats), the baseline's
+  recovery, mean similarity, mean number of groups, the verdict's agreement, and for ``none``
+  the false-claim rate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
-import json
 import math
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from agent.launch import (
-    DEMO_OFFLINE_ITERATIONS,
-    RunSetupError,
-    execute_run,
-    parse_units,
-    settings_from_options,
-)
+from agent.launch import DEMO_OFFLINE_ITERATIONS, RunSetupError, execute_run, settings_from_options
+from agent.offline import DEFAULT_VOCABULARY_PATH
+from agent.providers import parse_llm_spec
+from agent.run_folder import RunFolder
+from agent.runner import RunProgress
 from analysis.groundtruth import KINDS, GroundTruth, score_label
 from analysis.polysemanticity import history_polysemanticity
-from analysis.similarity import EmbedderUnavailable
-from inference.toyworld.truth import planted_ground_truth
+from analysis.similarity import SentenceEmbedder
+from evals.baseline import read_vocabulary, vocabulary_baseline
+from inference.toyworld.dissection import (
+    DissectionError,
+    cached_dissection,
+    load_toy_world_target,
+)
+from inference.toyworld.truth import PLANTED_LAYER, PlantedUnit, planted_ground_truth
+from prompts.variant import load_variant
+from tools.server_session import server_session
 
 TARGET = "planted:shapes"
 GENERATOR = "procedural:shapes"
@@ -51,6 +61,9 @@ ROW_COLUMNS = [
     "normalised_score",
     "claimed",
     "recovered",
+    "verdict_right",
+    "baseline_label",
+    "baseline_recovered",
     "groups",
     "group_concepts",
 ]
@@ -61,29 +74,81 @@ SUMMARY_COLUMNS = [
     "recovery",
     "recovery_min",
     "recovery_max",
+    "baseline_recovery",
     "similarity",
     "groups",
+    "verdict_agreement",
     "false_claims",
 ]
 
 
-def _planted_units(units: Sequence[int] | None):
-
-    truth = {unit.unit: unit for unit in planted_ground_truth()}
+def reference_truths(
+    target: str, layer: str | None, units: Sequence[int] | None
+) -> tuple[str, dict[int, GroundTruth]]:
+    """``(layer, truth by unit)``: the planted truth for ``planted:shapes``'s planted layer, the
+    dissection reference for any other toy-world layer (computed once, cached)."""
+    if target == TARGET and layer in (None, PLANTED_LAYER):
+        layer = PLANTED_LAYER
+        truth = {unit.unit: GroundTruth.of(unit) for unit in planted_ground_truth()}
+    else:
+        try:
+            model = load_toy_world_target(target)
+        except DissectionError as error:
+            raise RunSetupError(str(error)) from error
+        layers = [info.name for info in model.layers()]
+        if layer not in layers:
+            raise RunSetupError(
+                f"{target} has no layer {layer!r}; pass --layer with one of: {', '.join(layers)}"
+            )
+        truth = {
+            unit.unit: GroundTruth.of(unit)
+            for unit in cached_dissection(model)
+            if unit.layer == layer
+        }
     if units is None:
-        return list(truth.values())
+        return layer, truth
     unknown = sorted(set(units) - set(truth))
-    if unknown:
-        raise ValueError(
-            f"planted:shapes has no planted unit {unknown[0]}; planted units are 0 to "
-            f"{max(truth)} (see `line toyworld truth`)"
+    if unknown and layer == PLANTED_LAYER and target == TARGET:
+        raise RunSetupError(
+            f"{target} has no planted unit {unknown[0]}; planted units are 0 to {max(truth)} "
+            "(see `line toyworld truth`)"
         )
-    return [truth[unit] for unit in sorted(set(units))]
+    if unknown:
+        raise RunSetupError(
+            f"{target} has no unit {unknown[0]} in layer {layer!r}; its units are 0 to "
+            f"{max(truth)} (see `line toyworld truth --target {target}`)"
+        )
+    return layer, {unit: truth[unit] for unit in sorted(set(units))}
+
+
+def vocabulary_labels(
+    target: str,
+    layer: str,
+    units: list[int],
+    prompts: str,
+    vocabulary: Path = DEFAULT_VOCABULARY_PATH,
+    seed: int = 0,
+) -> dict[int, str]:
+    """The vocabulary baseline's label for each unit (every concept of ``vocabulary`` scored with
+    the variant's template, images and score), from a local toy-world server."""
+    concepts = read_vocabulary(vocabulary)
+    variant = load_variant(prompts)
+
+    async def labels() -> dict[int, str]:
+        with server_session(None, target, layer, units, GENERATOR, device="cpu") as session:
+            async with session.connect() as client:
+                result = await vocabulary_baseline(
+                    client, target, layer, units, concepts, variant, GENERATOR, seed
+                )
+        return {unit: label for unit, label, _score in result.labels()}
+
+    return asyncio.run(labels())
 
 
 def _repeat_run(
     path: Path,
     repeat: int,
+    target: str,
     units: list[int],
     layer: str,
     llm: str,
@@ -91,18 +156,14 @@ def _repeat_run(
     prompts: str,
     iterations: int | None,
     concurrency: int,
-    on_progress: Callable | None,
-):
+    on_progress: Callable[[RunProgress], None] | None,
+) -> tuple[list[dict], RunFolder]:
     """Run (or resume) one repeat; returns (rows, folder)."""
-
-    options: dict[str, Any] = dict(
-        target=None, layer=None, units=None, generator=None, llm=None, llm_base_url=None,
-        prompts=prompts, out=None, server=None, concurrency=concurrency, seed=repeat,
-        temperature=None, iterations=None, resume=None,
-    )  # fmt: skip
-    if (path / "config.json").is_file():
-        settings, folder = settings_from_options(**{**options, "resume": path})
-        wanted = (TARGET, layer, units, llm, prompts, repeat)
+    if RunFolder(path).config.is_file():
+        settings, folder = settings_from_options(
+            prompts=prompts, concurrency=concurrency, seed=repeat, resume=path
+        )
+        wanted = (target, layer, units, llm, prompts, repeat)
         found = (
             settings.target,
             settings.layer,
@@ -118,31 +179,36 @@ def _repeat_run(
             )
     else:
         settings, folder = settings_from_options(
-            **{
-                **options,
-                "target": TARGET,
-                "layer": layer,
-                "units": ",".join(map(str, units)),
-                "generator": GENERATOR,
-                "llm": llm,
-                "llm_base_url": llm_base_url,
-                "out": path,
-                "iterations": iterations,
-            }
+            target=target,
+            layer=layer,
+            units=",".join(map(str, units)),
+            generator=GENERATOR,
+            llm=llm,
+            llm_base_url=llm_base_url,
+            prompts=prompts,
+            out=path,
+            concurrency=concurrency,
+            seed=repeat,
+            iterations=iterations,
         )
     return execute_run(settings, folder, device="cpu", on_progress=on_progress), folder
 
 
 def score_run_rows(
-    rows: list[dict], folder, truths: dict[int, Any], repeat: int, embedder=None
+    rows: list[dict],
+    folder: RunFolder,
+    truths: Mapping[int, GroundTruth | PlantedUnit],
+    repeat: int,
+    embedder: SentenceEmbedder | None = None,
+    baseline: Mapping[int, str] | None = None,
 ) -> list[dict]:
-    """Score the results rows of one run folder against the truths (keyed by unit)."""
+    """Score the results rows of one run folder against the truths (keyed by unit); a unit's
+    label is claimed when the run's verdict calls it selective."""
     out = []
     for row in rows:
         unit = int(row["unit"])
         truth = GroundTruth.of(truths[unit])
-        path = folder.history_path(row["layer"], unit)
-        history = json.loads(path.read_text()) if path.is_file() else {}
+        history = folder.read_history(row["layer"], unit) or {}
         entries = history.get("entries") or []
         done = row["status"] == "done"
         label = row["label"] if done else ""
@@ -155,6 +221,14 @@ def score_run_rows(
             history_scores=[entry["score"] for entry in entries] if done else None,
         )
         groups = history_polysemanticity(history, embedder=embedder)
+        selective = row.get("selective")
+        claimed = None if selective in (None, "") else done and selective in (True, "True")
+        baseline_label = (baseline or {}).get(unit)
+        baseline_recovered = (
+            None
+            if baseline_label is None
+            else score_label(baseline_label, truth, embedder).recovered
+        )
         out.append(
             {
                 "repeat": repeat,
@@ -167,8 +241,11 @@ def score_run_rows(
                 "attribute_match": scored.attribute_match,
                 "similarity": scored.similarity,
                 "normalised_score": scored.normalised_score,
-                "claimed": scored.claimed,
+                "claimed": scored.claimed if claimed is None else claimed,
                 "recovered": scored.recovered,
+                "verdict_right": None if claimed is None else claimed == (truth.kind != "none"),
+                "baseline_label": baseline_label,
+                "baseline_recovered": baseline_recovered,
                 "groups": groups.count,
                 "group_concepts": groups.summary(),
             }
@@ -176,9 +253,10 @@ def score_run_rows(
     return out
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    values = [float(v) for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are not ``None`` (``None`` when there are none)."""
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 def summarize_groundtruth(rows: list[dict]) -> list[dict]:
@@ -193,16 +271,16 @@ def summarize_groundtruth(rows: list[dict]) -> list[dict]:
         ]
         if not chosen:
             continue
-        per_repeat = [
+        recovery_rates = (
             _mean([row["recovered"] for row in chosen if row["repeat"] == repeat])
             for repeat in repeats
-        ]
-        per_repeat = [rate for rate in per_repeat if rate is not None]
-        claims = [
+        )
+        per_repeat = [rate for rate in recovery_rates if rate is not None]
+        claim_rates = (
             _mean([row["claimed"] for row in chosen if row["repeat"] == repeat])
             for repeat in repeats
-        ]
-        claims = [rate for rate in claims if rate is not None]
+        )
+        claims = [rate for rate in claim_rates if rate is not None]
         out.append(
             {
                 "kind": kind,
@@ -211,8 +289,10 @@ def summarize_groundtruth(rows: list[dict]) -> list[dict]:
                 "recovery": _mean(per_repeat),
                 "recovery_min": min(per_repeat) if per_repeat else None,
                 "recovery_max": max(per_repeat) if per_repeat else None,
+                "baseline_recovery": _mean([row.get("baseline_recovered") for row in chosen]),
                 "similarity": _mean([row["similarity"] for row in chosen]),
                 "groups": _mean([row["groups"] for row in chosen]),
+                "verdict_agreement": _mean([row.get("verdict_right") for row in chosen]),
                 "false_claims": _mean(claims) if kind == "none" else None,
             }
         )
@@ -235,6 +315,8 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 def run_groundtruth_benchmark(
     out_dir: str | Path,
+    target: str = TARGET,
+    layer: str | None = None,
     llm: str = "offline:vocab",
     prompts: str = "paper",
     repeats: int = 1,
@@ -242,37 +324,36 @@ def run_groundtruth_benchmark(
     iterations: int | None = None,
     concurrency: int = 32,
     units: Sequence[int] | None = None,
-    on_progress: Callable | None = None,
-    embedder=None,
+    on_progress: Callable[[RunProgress], None] | None = None,
+    embedder: SentenceEmbedder | None = None,
+    baseline: bool = True,
 ) -> dict[str, Any]:
-    """Explain the planted units ``repeats`` times and score every label against the truth.
+    """Explain a toy-world layer's units ``repeats`` times and score every label against the
+    truth (module docstring).
 
-    ``iterations`` overrides the variant's budget; with the offline proposer it defaults to the
-    demo's (enough to try every single attribute, then combinations). ``units`` picks planted
-    units (default: all 28). Returns ``{"out", "runs", "rows", "summary", "recovery"
-    (kind -> rate, mean over repeats), "false_claim_rate"}`` and writes ``groundtruth.csv`` and
-    ``groundtruth-summary.csv`` into ``out_dir``. Raises ``agent.launch.RunSetupError`` (a
-    ``ValueError``) with what to change when the run cannot start.
+    ``target`` and ``layer`` default to ``planted:shapes``'s planted units; any other toy-world
+    layer is scored against its dissection reference. ``iterations`` overrides the variant's
+    budget; with the offline proposer it defaults to the demo's (enough to try every single
+    attribute, then combinations). ``units`` picks units (default: all of the layer).
+    ``baseline`` also labels the units with the vocabulary baseline. Writes ``groundtruth.csv``
+    and ``groundtruth-summary.csv`` into ``out_dir`` and returns ``{"out", "runs", "rows",
+    "summary", "rows_csv", "summary_csv" (the two files), "recovery" (kind -> rate, mean over
+    repeats), "baseline_recovery" (kind -> rate), "verdict_agreement", "false_claim_rate"}``.
+    Raises ``RunSetupError`` (a ``ValueError``) with what to change when the run cannot start.
     """
-
     if repeats < 1:
         raise RunSetupError(f"--repeats must be at least 1 (got {repeats})")
-    try:
-        planted = _planted_units(units)
-    except ValueError as error:
-        raise RunSetupError(str(error)) from error
+    layer, truths = reference_truths(target, layer, units)
     if iterations is None and llm.startswith("offline:"):
         iterations = DEMO_OFFLINE_ITERATIONS
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    truths = {unit.unit: unit for unit in planted}
-    layer = planted[0].layer
-    rows: list[dict] = []
-    runs: list[Path] = []
+    runs: list[tuple[list[dict], RunFolder]] = []
     for repeat in range(repeats):
         results, folder = _repeat_run(
             out / f"repeat-{repeat + 1}",
             repeat,
+            target,
             sorted(truths),
             layer,
             llm,
@@ -282,25 +363,50 @@ def run_groundtruth_benchmark(
             concurrency,
             on_progress,
         )
-        runs.append(folder.path)
-        rows += score_run_rows(results, folder, truths, repeat + 1, embedder)
+        runs.append((results, folder))
+    # after the runs: their settings checks (the LLM spec among them) come first
+    vocabulary = parse_llm_spec(llm).vocab_path or DEFAULT_VOCABULARY_PATH
+    baseline_labels = (
+        vocabulary_labels(target, layer, sorted(truths), prompts, vocabulary) if baseline else None
+    )
+    rows: list[dict] = []
+    for repeat, (results, folder) in enumerate(runs, start=1):
+        rows += score_run_rows(results, folder, truths, repeat, embedder, baseline_labels)
     summary = summarize_groundtruth(rows)
-    _write_csv(out / "groundtruth.csv", ROW_COLUMNS, rows)
-    _write_csv(out / "groundtruth-summary.csv", SUMMARY_COLUMNS, summary)
+    rows_csv, summary_csv = out / "groundtruth.csv", out / "groundtruth-summary.csv"
+    _write_csv(rows_csv, ROW_COLUMNS, rows)
+    _write_csv(summary_csv, SUMMARY_COLUMNS, summary)
     by_kind = {row["kind"]: row for row in summary}
     return {
         "out": out,
-        "runs": runs,
+        "runs": [folder.path for _results, folder in runs],
         "rows": rows,
         "summary": summary,
+        "rows_csv": rows_csv,
+        "summary_csv": summary_csv,
         "recovery": {kind: row["recovery"] for kind, row in by_kind.items() if kind != "none"},
+        "baseline_recovery": {
+            kind: row["baseline_recovery"] for kind, row in by_kind.items() if kind != "none"
+        },
+        "verdict_agreement": _mean([row.get("verdict_right") for row in rows]),
         "false_claim_rate": by_kind["none"]["false_claims"] if "none" in by_kind else None,
     }
 
 
 def summary_table(summary: list[dict]) -> str:
     """The per-kind table as aligned text."""
-    header = ["kind", "units", "runs", "recovered", "range", "similarity", "groups", "false claims"]
+    header = [
+        "kind",
+        "units",
+        "runs",
+        "recovered",
+        "range",
+        "vocab baseline",
+        "similarity",
+        "groups",
+        "verdict right",
+        "false claims",
+    ]
 
     def number(value: float | None, digits: int = 2) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
@@ -319,8 +425,10 @@ def summary_table(summary: list[dict]) -> str:
                 str(row["runs"]),
                 number(row["recovery"]),
                 spread,
+                number(row["baseline_recovery"]),
                 number(row["similarity"]),
                 number(row["groups"], 1),
+                number(row["verdict_agreement"]),
                 number(row["false_claims"]),
             ]
         )
@@ -329,91 +437,3 @@ def summary_table(summary: list[dict]) -> str:
              for line in table]  # fmt: skip
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
-
-
-def _progress(quiet: bool, repeats: int):
-    """A tqdm bar per repeat (None when quiet)."""
-    if quiet:
-        return None, lambda: None
-    from tqdm import tqdm
-
-    state: dict[str, Any] = {"bar": None, "repeat": 0}
-
-    def update(progress) -> None:
-        bar = state["bar"]
-        if bar is None or progress.total != bar.total or progress.done + progress.failed < bar.n:
-            if bar is not None:
-                bar.close()
-            state["repeat"] += 1
-            bar = state["bar"] = tqdm(
-                total=progress.total,
-                unit="neuron",
-                desc=f"repeat {state['repeat']}/{repeats}",
-                dynamic_ncols=True,
-            )
-        bar.n = progress.done + progress.failed
-        bar.set_postfix(images=progress.images, failed=progress.failed)
-        if bar.n >= bar.total:
-            bar.close()
-            state["bar"] = None
-
-    def close() -> None:
-        if state["bar"] is not None:
-            state["bar"].close()
-
-    return update, close
-
-
-def groundtruth_command(
-    llm: Annotated[
-        str,
-        typer.Option(help="provider:model, openai-compatible:<model>, or offline:vocab."),
-    ] = "offline:vocab",
-    llm_base_url: Annotated[
-        str | None, typer.Option(help="Base URL for openai-compatible servers.")
-    ] = None,
-    prompts: Annotated[str, typer.Option(help="Prompt variant name or folder.")] = "paper",
-    repeats: Annotated[int, typer.Option(help="Runs of every unit (seeds 0..R-1).")] = 1,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Output folder [default: runs/groundtruth-<time>]; resumes repeats."),
-    ] = None,
-    iterations: Annotated[
-        int | None, typer.Option(help="Override the variant's (offline:vocab: 28).")
-    ] = None,
-    units: Annotated[
-        str | None, typer.Option(help="Planted units, e.g. 0-3,7 [default: all 28].")
-    ] = None,
-    concurrency: Annotated[int, typer.Option(help="Neurons explained at once.")] = 32,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
-) -> None:
-    """Ground-truth benchmark: explain the toy world's planted units, score labels vs truth."""
-
-    out = out or Path("runs") / f"groundtruth-{datetime.now():%Y%m%d-%H%M%S}"
-    update, close = _progress(quiet, repeats)
-    try:
-        unit_list = parse_units(units) if units else None
-        result = run_groundtruth_benchmark(
-            out,
-            llm=llm,
-            prompts=prompts,
-            repeats=repeats,
-            llm_base_url=llm_base_url,
-            iterations=iterations,
-            concurrency=concurrency,
-            units=unit_list,
-            on_progress=update,
-        )
-    except (RunSetupError, EmbedderUnavailable) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    finally:
-        close()
-    typer.echo(summary_table(result["summary"]))
-    typer.echo(
-        "recovered: the label names exactly the truth's attributes; similarity: "
-        "all-MiniLM-L6-v2 cosine with the truth; groups: distinct high-scoring meanings; "
-        "false claims: no-concept units labelled with a standout score (modified z >= 3.5)"
-    )
-    typer.echo(f"rows: {result['out'] / 'groundtruth.csv'}")
-    typer.echo(f"summary: {result['out'] / 'groundtruth-summary.csv'}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 import re
 import time
@@ -20,6 +19,8 @@ import numpy as np
 from scipy import stats
 
 from agent.run_folder import RunFolder
+from analysis.groundtruth import attribute_match
+from inference.toyworld.truth import planted_ground_truth
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,8 @@ def summarize(runs_by_arm: dict[Arm, list[ArmRun]]) -> list[dict]:
         row["repeats"] = len(runs)
         row["done"] = f"{len(done)}/{len(all_rows)}"
         for key in ("score", "auc", "mad", "match"):
-            values = [row_value(run, r, key) for run, r in done]
-            values = [v for v in values if v is not None]
+            figures = (row_value(run, r, key) for run, r in done)
+            values = [v for v in figures if v is not None]
             if values:
                 mean, low, high = mean_ci(values)
                 row[key] = mean
@@ -154,10 +155,8 @@ def best_so_far_curves(runs: Sequence[ArmRun]) -> np.ndarray:
     for run in runs:
         folder = RunFolder(run.folder)
         for row in run.rows:
-            path = folder.history_path(row["layer"], int(row["unit"]))
-            if not path.is_file():
-                continue
-            entries = json.loads(path.read_text())["entries"]
+            history = folder.read_history(row["layer"], int(row["unit"]))
+            entries = history["entries"] if history else []
             if not entries:
                 continue
             first = min(entry["iteration"] for entry in entries)
@@ -266,3 +265,43 @@ def run_arms(
             rows = run_one(arm, repeat, folder)
             runs[arm].append(ArmRun(arm, repeat, folder, rows, time.monotonic() - started))
     return runs
+
+
+def add_cosy_figures(runs_by_arm: dict[Arm, list[ArmRun]], cosy: dict[Path, list[dict]]) -> None:
+    """Put each run's CoSy rows (``cosy[run folder]``) into its ``extra`` as ``auc`` and ``mad``."""
+    for runs in runs_by_arm.values():
+        for run in runs:
+            for row in cosy.get(run.folder, []):
+                run.extra.setdefault(int(row["unit"]), {}).update(auc=row["auc"], mad=row["mad"])
+
+
+def add_groundtruth_matches(runs_by_arm: dict[Arm, list[ArmRun]], target: str, layer: str) -> None:
+    """On the toy world (``planted:shapes``), put each label's attribute match with the planted
+    concept into its run's ``extra`` as ``match`` (1.0 or 0.0; units without a concept get none)."""
+    if target != "planted:shapes":
+        return
+    truth = {unit.unit: unit for unit in planted_ground_truth() if unit.layer == layer}
+    for runs in runs_by_arm.values():
+        for run in runs:
+            for row in run.rows:
+                unit = truth.get(int(row["unit"]))
+                matched = attribute_match(row["label"], unit) if unit else None
+                if matched is not None:
+                    run.extra.setdefault(int(row["unit"]), {})["match"] = float(matched)
+
+
+COMPARISON_FILES = ("comparison.md", "comparison.csv", "pairwise.csv", "convergence.png")
+
+
+def write_comparison(runs_by_arm: dict[Arm, list[ArmRun]], out: Path) -> str:
+    """Write the comparison into ``out`` (:data:`COMPARISON_FILES`: the Markdown report, the
+    per-arm table, the pairwise tests and the convergence plot); returns the Markdown."""
+    table = summarize(runs_by_arm)
+    pairs = pairwise_tests(runs_by_arm, "score")
+    report = markdown_report(table, pairs)
+    markdown, table_csv, pairs_csv, plot = (out / name for name in COMPARISON_FILES)
+    write_csv(table_csv, table)
+    write_csv(pairs_csv, pairs)
+    markdown.write_text(report)
+    plot_convergence(runs_by_arm, plot)
+    return report

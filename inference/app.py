@@ -10,15 +10,16 @@ import ipaddress
 import secrets
 import socket
 import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
 
+import uvicorn
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from inference.service import InferenceService, ServiceError
 from inference.store import (
@@ -26,114 +27,21 @@ from inference.store import (
     StoreWriteError,
     check_image_id,
 )
+from inference.wire import (
+    ActivationsRequest,
+    ActivationsResponse,
+    ErrorResponse,
+    ImagesRequest,
+    ImagesResponse,
+    UploadRequest,
+    UploadResponse,
+)
 
 API_VERSION = "v1"
-MIN_SIDE = 16
-"""The smallest image side the server accepts: every backend renders it (procedural:shapes
-refuses anything smaller)."""
 MAX_UPLOAD_ASPECT = 128
 """How many times longer than wide an uploaded image may be (the server renders up to 16x2048).
 Targets scale the short side to about 224 pixels, so a 1x100000 PNG of a few hundred bytes would
 become gigabytes of pixels."""
-
-
-def _plain_text(value: str) -> str:
-    """Refuse text that cannot be stored or hashed: NUL characters and lone surrogates."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters (\\u0000)")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(
-            "must be valid Unicode text; it contains a lone surrogate (an unpaired \\ud800-\\udfff "
-            "escape)"
-        ) from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_plain_text)]
-"""A request string: any Unicode text without NUL characters or lone surrogates."""
-
-
-class ErrorResponse(BaseModel):
-    """What every refused or failed request gets."""
-
-    detail: str = Field(description="What is wrong and what is valid.")
-
-
-class ImagesRequest(BaseModel):
-    """Render one image per (prompt, seed) pair."""
-
-    model_config = ConfigDict(extra="forbid")
-    prompts: list[Text] = Field(description="One prompt per image.")
-    seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
-    generator: Text | None = Field(
-        None, description="Generator name; the server's first if absent."
-    )
-    width: int | None = Field(
-        None,
-        ge=MIN_SIDE,
-        description=f"Image width in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
-        "limit (2048 unless configured); the generator's default if absent.",
-    )
-    height: int | None = Field(
-        None,
-        ge=MIN_SIDE,
-        description=f"Image height in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
-        "limit (2048 unless configured); the generator's default if absent.",
-    )
-    steps: int | None = Field(
-        None, description="Denoising steps, 1 to the server's limit (500 unless configured)."
-    )
-    guidance: float | None = Field(None, description="Guidance scale, 0 to 100.")
-
-
-class ImageEntry(BaseModel):
-    """A rendered (or already stored) image."""
-
-    id: str
-    prompt: str
-    seed: int
-    cached: bool
-
-
-class ImagesResponse(BaseModel):
-    """The images of a request, in request order."""
-
-    images: list[ImageEntry]
-
-
-class UploadRequest(BaseModel):
-    """Store image files (e.g. a control set's photos) so activations can be read on them."""
-
-    model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(description="Base64-encoded image files (PNG, JPEG, ...).")
-    names: list[Text] = Field(default_factory=list, description="Optional names, one per image.")
-
-
-class UploadResponse(BaseModel):
-    """The ids of the stored images, in request order."""
-
-    ids: list[str]
-
-
-class ActivationsRequest(BaseModel):
-    """Read a layer of a target on stored images."""
-
-    model_config = ConfigDict(extra="forbid")
-    target: Text
-    layer: Text
-    image_ids: list[str]
-    units: list[int] | None = Field(None, description="Unit indices; all units when absent.")
-
-
-class ActivationsResponse(BaseModel):
-    """A row of activations per image, a column per unit."""
-
-    target: str
-    layer: str
-    units: list[int]
-    activations: list[list[float]]
 
 
 def is_loopback(host: str) -> bool:
@@ -192,7 +100,7 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
     """The FastAPI application serving ``service``; every request needs ``token`` if one is set."""
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await service.aclose()
 
@@ -208,7 +116,9 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
     )
 
     @app.middleware("http")
-    async def require_token(request: Request, call_next):
+    async def require_token(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         if token is not None:
             if not _token_matches(request.headers.get("authorization", ""), token):
                 return _error(
@@ -261,7 +171,7 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
             steps=body.steps,
             guidance=body.guidance,
         )
-        return ImagesResponse(images=[ImageEntry(**vars(record)) for record in records])
+        return ImagesResponse(images=records)
 
     @app.post(f"/{API_VERSION}/images/upload", response_model=UploadResponse)
     async def upload(body: UploadRequest) -> UploadResponse:
@@ -296,13 +206,7 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
     @app.post(f"/{API_VERSION}/activations", response_model=ActivationsResponse)
     async def activations(body: ActivationsRequest) -> ActivationsResponse:
         """A layer's activations on stored images (all units, or the listed ones)."""
-        table = await service.activations(body.target, body.layer, body.image_ids, body.units)
-        return ActivationsResponse(
-            target=table.target,
-            layer=table.layer,
-            units=table.units,
-            activations=table.activations.tolist(),
-        )
+        return await service.activations(body.target, body.layer, body.image_ids, body.units)
 
     return app
 
@@ -312,7 +216,7 @@ class RunningServer:
     """A uvicorn server running on a background thread (for ``line run`` and tests)."""
 
     url: str
-    server: object
+    server: uvicorn.Server
     thread: threading.Thread
 
     def stop(self) -> None:
@@ -330,10 +234,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def start_server_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
     """Serve ``app`` with uvicorn on a background thread; returns once it accepts connections."""
-    import time
-
-    import uvicorn
-
     port = port or free_port(host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

@@ -4,6 +4,9 @@ The batching core is a plain function ``run_batch(list[request]) -> list[result]
 ``MicroBatcher`` only decides when a batch closes (``max_batch`` items or ``max_wait_ms`` after its
 first item) and runs the function on the device's worker thread, never on the event loop. The same
 function can sit behind Ray Serve's ``@serve.batch`` instead.
+
+The service hands single jobs to a :class:`Dispatcher`: :class:`LocalDispatcher` batches them on
+this process's devices, ``inference.ray_serve.RayDispatcher`` on Ray Serve replicas.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from functools import partial
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -141,6 +145,8 @@ class MicroBatcher(Generic[RequestT, ResultT]):
                 continue
             requests = [request for request, _ in batch]
             timing: dict[str, float] = {}
+            results: list[ResultT] = []
+            error: Exception | None = None
             try:
                 results = await loop.run_in_executor(
                     self._executor, self._timed_batch, requests, timing
@@ -150,9 +156,8 @@ class MicroBatcher(Generic[RequestT, ResultT]):
                         f"{self.backend}: batch returned {len(results)} results for "
                         f"{len(requests)} requests"
                     )
-                error = None
             except Exception as raised:
-                results, error = None, raised
+                error = raised
             seconds = timing.get("seconds", 0.0)
             if self._on_batch:
                 self._on_batch(BatchRecord(self.backend, len(batch), seconds, error is not None))
@@ -186,3 +191,89 @@ class MicroBatcher(Generic[RequestT, ResultT]):
             _, future = self._queue.get_nowait()
             if not future.done():
                 future.set_exception(BackendError(f"{self.backend}: server is shutting down"))
+
+
+class Dispatcher(Protocol):
+    """Where the service sends single model jobs to be batched with others. Errors are
+    ``BackendError`` with the backend's message."""
+
+    async def render(self, generator: ImageGenerator, job: RenderJob) -> RenderedImage:
+        """Render one job."""
+        ...
+
+    async def measure(self, target: TargetModel, job: ActivationJob) -> np.ndarray:
+        """One image's float32 layer vector."""
+        ...
+
+    def queue_depths(self) -> dict[str, int]:
+        """Jobs waiting or not yet answered, per backend name."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop; jobs still waiting fail. Called when the service closes."""
+        ...
+
+
+class LocalDispatcher:
+    """Batches jobs on this process's devices: one ``MicroBatcher`` per backend and
+    compatibility key (generator and settings, or target and layer), one worker thread per
+    device."""
+
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_ms: float,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+    ) -> None:
+        self._max_batch = max_batch
+        self._max_wait_ms = max_wait_ms
+        self._on_batch = on_batch
+        self._workers = DeviceWorkers()
+        self._batchers: dict[tuple[object, ...], MicroBatcher] = {}
+
+    def _batcher(
+        self, key: tuple[object, ...], backend: str, device: str, run_batch: Callable
+    ) -> MicroBatcher:
+        if key not in self._batchers:
+            self._batchers[key] = MicroBatcher(
+                backend,
+                run_batch,
+                self._workers.for_device(device),
+                self._max_batch,
+                self._max_wait_ms,
+                on_batch=self._on_batch,
+            )
+        return self._batchers[key]
+
+    async def render(self, generator: ImageGenerator, job: RenderJob) -> RenderedImage:
+        """Render one job in a batch of jobs with the same generator and settings."""
+        batcher = self._batcher(
+            ("generator", generator.name, job.settings),
+            generator.name,
+            generator.device,
+            partial(run_render_batch, generator),
+        )
+        return await batcher.submit(job)
+
+    async def measure(self, target: TargetModel, job: ActivationJob) -> np.ndarray:
+        """One image's layer vector, in a batch of images of the same target and layer."""
+        batcher = self._batcher(
+            ("target", target.name, job.layer),
+            target.name,
+            target.device,
+            partial(run_activation_batch, target),
+        )
+        return await batcher.submit(job)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Waiting jobs per backend (summed over compatibility keys)."""
+        depths: dict[str, int] = {}
+        for batcher in self._batchers.values():
+            depths[batcher.backend] = depths.get(batcher.backend, 0) + batcher.queue_depth
+        return depths
+
+    async def aclose(self) -> None:
+        """Stop every batcher, then the device threads after their current batch."""
+        for batcher in self._batchers.values():
+            await batcher.aclose()
+        await asyncio.to_thread(self._workers.shutdown)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.app import is_loopback
-from inference.protocols import ImageGenerator, TargetModel
-from inference.registry import GeneratorOptions, load_generator, load_target
+from inference.protocols import GeneratorOptions, ImageGenerator, TargetModel
+from inference.registry import load_generator, load_target
 from inference.service import BatchingConfig, InferenceService, ServiceLimits, open_service
 from inference.store import default_cache_dir
 

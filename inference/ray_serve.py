@@ -7,8 +7,8 @@ Two deployments make one application:
   ``run_render_batch`` / ``run_activation_batch`` cores as the plain server on one worker thread.
 * ``line-ingress`` — ``LineIngress``, one replica serving the same FastAPI app around the same
   ``InferenceService`` (validation, dedupe, image store, activation cache, metrics); its model
-  work goes to the replicas through a deployment handle (``RayDispatcher``) instead of local
-  micro-batchers. The agent side cannot tell the difference.
+  work goes to the replicas through a deployment handle (``RayDispatcher``) instead of the
+  service's ``LocalDispatcher``. The agent side cannot tell the difference.
 
 The image store is shared by path (one machine, or a shared filesystem on a cluster); images
 travel between ingress and replicas as PIL images through Ray's object store. Ray is an optional
@@ -23,11 +23,13 @@ import os
 import sys
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import Counter as PromCounter
@@ -52,6 +54,12 @@ from inference.protocols import (
 )
 from inference.service import open_service, target_identity
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from PIL import Image
+    from ray.serve import Application
+    from ray.serve.handle import DeploymentHandle
+
 log = logging.getLogger("line.server")
 
 RAY_INSTALL_HINT = "pip install 'line-agent[ray]'"
@@ -64,7 +72,7 @@ class RayServeError(ServeConfigError):
     """Ray is missing, or the cluster cannot host the requested replicas."""
 
 
-def import_ray():
+def import_ray() -> tuple[ModuleType, ModuleType]:
     """``(ray, ray.serve)``, or a ``RayServeError`` that says how to install them."""
     try:
         import ray
@@ -180,29 +188,29 @@ class ModelReplica:
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault((request.generator, request.job.settings), []).append(index)
-        replies: list[ReplicaReply | None] = [None] * len(requests)
+        replies: dict[int, ReplicaReply] = {}
         for (name, _settings), indices in groups.items():
             generator = self.generators.get(name)
             jobs = [requests[index].job for index in indices]
             run = partial(run_render_batch, generator, jobs) if generator else None
-            for index, reply in zip(indices, await self._run(name, run, len(jobs)), strict=True):
-                replies[index] = reply
-        return replies
+            replies.update(zip(indices, await self._run(name, run, len(jobs)), strict=True))
+        return [replies[index] for index in range(len(requests))]
 
     async def _measure_batch(self, requests: list[MeasureRequest]) -> list[ReplicaReply]:
         groups: dict[tuple[str, str], list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault((request.target, request.job.layer), []).append(index)
-        replies: list[ReplicaReply | None] = [None] * len(requests)
+        replies: dict[int, ReplicaReply] = {}
         for (name, _layer), indices in groups.items():
             target = self.targets.get(name)
             jobs = [requests[index].job for index in indices]
             run = partial(run_activation_batch, target, jobs) if target else None
-            for index, reply in zip(indices, await self._run(name, run, len(jobs)), strict=True):
-                replies[index] = reply
-        return replies
+            replies.update(zip(indices, await self._run(name, run, len(jobs)), strict=True))
+        return [replies[index] for index in range(len(requests))]
 
-    async def _run(self, backend: str, run, size: int) -> list[ReplicaReply]:
+    async def _run(
+        self, backend: str, run: Callable[[], Sequence[object]] | None, size: int
+    ) -> list[ReplicaReply]:
         """Run one model batch on the worker thread; a failure fails only its own replies."""
         self._sequence += 1
         sequence = self._sequence  # render and measure batches interleave at the await below
@@ -238,7 +246,7 @@ class RemoteGenerator:
     def default_settings(self) -> RenderSettings:
         return self.defaults
 
-    def render(self, jobs) -> list[RenderedImage]:
+    def render(self, jobs: Sequence[RenderJob]) -> list[RenderedImage]:
         raise BackendError(f"{self.name} renders on the Ray replicas, not in the ingress")
 
 
@@ -254,7 +262,7 @@ class RemoteTarget:
     def layers(self) -> list[LayerInfo]:
         return list(self.layer_infos)
 
-    def activations(self, images, layer: str) -> np.ndarray:
+    def activations(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
         raise BackendError(f"{self.name} measures on the Ray replicas, not in the ingress")
 
 
@@ -285,7 +293,12 @@ class RayDispatcher:
     backend, and feeds the plain server's batch metrics (``line_batch_size`` ...) once per batch.
     """
 
-    def __init__(self, models, metrics: ServerMetrics, remembered_batches: int = 10_000) -> None:
+    def __init__(
+        self,
+        models: DeploymentHandle[Any],
+        metrics: ServerMetrics,
+        remembered_batches: int = 10_000,
+    ) -> None:
         self._models = models
         self._metrics = metrics
         self._in_flight: Counter[str] = Counter()
@@ -306,18 +319,24 @@ class RayDispatcher:
         )
 
     async def render(self, generator: ImageGenerator, job: RenderJob) -> RenderedImage:
+        """Render one job on a replica (batched there with others)."""
         return await self._call(generator.name, "render", RenderRequest(generator.name, job))
 
     async def measure(self, target: TargetModel, job: ActivationJob) -> np.ndarray:
+        """One image's float32 layer vector from a replica (batched there with others)."""
         return await self._call(target.name, "measure", MeasureRequest(target.name, job))
 
     def queue_depths(self) -> dict[str, int]:
+        """Jobs sent to the replicas and not yet answered, per backend."""
         return dict(self._in_flight)
 
     async def aclose(self) -> None:
+        """Send nothing more; later jobs fail."""
         self._closed = True
 
-    async def _call(self, backend: str, method: str, request) -> Any:
+    async def _call(
+        self, backend: str, method: str, request: RenderRequest | MeasureRequest
+    ) -> Any:
         if self._closed:
             raise BackendError(f"{backend}: server is shutting down")
         self._in_flight[backend] += 1
@@ -351,7 +370,8 @@ class RayDispatcher:
 class LineIngress:
     """The HTTP face: the plain server's FastAPI app and service, model work on the replicas."""
 
-    async def __init__(self, models, config: ServeConfig) -> None:
+    # Ray Serve awaits an async constructor; Python's type checkers do not know that.
+    async def __init__(self, models: Any, config: ServeConfig) -> None:  # type: ignore[misc]
         description = await models.describe.remote()
         generators, targets = remote_backends(description)
         metrics = ServerMetrics()
@@ -366,8 +386,7 @@ class LineIngress:
             metrics=metrics,
         )
 
-    def __serve_build_asgi_app__(self):
-
+    def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.service, self.token)
 
 
@@ -377,7 +396,7 @@ def build_application(
     replicas: int = 1,
     gpus_per_replica: float = 1.0,
     cpus_per_replica: float = 1.0,
-):
+) -> Application:
     """The Ray Serve application (``ingress.bind(models.bind(...))``) for ``serve.run``."""
     _ray, serve = import_ray()
     replica_config = replica_serve_config(config, gpus_per_replica)
@@ -461,7 +480,7 @@ class RayApp:
     def __enter__(self) -> RayApp:
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.shutdown()
 
 
@@ -528,7 +547,7 @@ def start_ray_app(
     return RayApp(url, replicas, description, stop)
 
 
-def _deployment_messages(serve) -> str:
+def _deployment_messages(serve: ModuleType) -> str:
     """What Serve says about our deployments (a replica constructor's traceback, say)."""
     try:
         application = serve.status().applications.get(APP_NAME)
@@ -544,7 +563,7 @@ def _deployment_messages(serve) -> str:
     return "".join(lines)
 
 
-def _serve_is_running(serve) -> bool:
+def _serve_is_running(serve: ModuleType) -> bool:
     """Whether Serve already runs on the cluster (then only our application is removed)."""
     status = serve.status()
     return bool(status.proxies or status.applications)

@@ -2,12 +2,14 @@
 
 Generators: ``tiny-sd``, ``procedural:shapes``, or any diffusers text-to-image pipeline by hub id
 or local folder. Targets: ``torchvision:<arch>[:<weights>]``, ``places365:<checkpoint>``,
-``python:<file.py>:<factory>``, ``planted:shapes``.
+``python:<file.py>:<factory>``, ``planted:shapes``, ``learned:shapes``.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import Any
 
 from inference.protocols import BackendSpecError, GeneratorOptions, ImageGenerator, TargetModel
 
@@ -22,6 +24,7 @@ TARGET_FAMILIES: dict[str, str] = {
     "places365": "inference.targets.torch_target:create_places365_target",
     "python": "inference.targets.torch_target:create_python_target",
     "planted": "inference.toyworld.planted:create_planted_target",
+    "learned": "inference.toyworld.learned:create_learned_target",
 }
 GENERATOR_SPEC_HELP = (
     "'tiny-sd' (offline random weights, images are noise), 'procedural:shapes' (offline toy "
@@ -31,11 +34,12 @@ GENERATOR_SPEC_HELP = (
 TARGET_SPEC_HELP = (
     "'torchvision:<arch>[:<weights>|random]' (e.g. 'torchvision:resnet50', "
     "'torchvision:resnet18:random'), 'places365:<checkpoint.pth.tar>', "
-    "'python:<file.py>:<factory>', or 'planted:shapes'"
+    "'python:<file.py>:<factory>', 'planted:shapes' or 'learned:shapes'"
 )
 
 
-def _import_factory(path: str):
+def _import_factory(path: str) -> Callable[..., Any]:
+    """The function a ``"module:function"`` path names, imported on first use."""
     module_name, function_name = path.split(":")
     return getattr(importlib.import_module(module_name), function_name)
 

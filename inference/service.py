@@ -1,34 +1,33 @@
-"""The inference service behind the HTTP server: validation, store, caches and batchers.
+"""The inference service behind the HTTP server: validation, de-duplication, store, activation
+cache and metrics, with model work handed to a dispatcher (local micro-batchers or Ray Serve).
 
-It knows nothing of HTTP: errors are ``ServiceError`` with a status code and a message that says
-what is wrong and what is valid; ``inference.app`` turns them into responses.
+It knows nothing of HTTP: it answers in the wire types of ``inference.wire``, and its errors are
+``ServiceError`` with a status code and a message that says what is wrong and what is valid;
+``inference.app`` turns them into responses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, TypeVar
 
 import numpy as np
 
 from inference.batching import (
     ActivationJob,
     BackendError,
-    DeviceWorkers,
+    Dispatcher,
+    LocalDispatcher,
     MicroBatcher,
-    run_activation_batch,
-    run_render_batch,
 )
 from inference.metrics import ServerMetrics
 from inference.protocols import (
     ImageGenerator,
-    RenderedImage,
     RenderJob,
     RenderSettings,
     TargetModel,
@@ -43,10 +42,17 @@ from inference.store import (
     image_id,
     upload_id,
 )
+from inference.wire import ActivationsResponse, ImageEntry
 
 log = logging.getLogger("line.server")
 
 MAX_SEED = 2**63 - 1
+CACHE_WRITE_BATCH = 4096
+"""The most measured vectors one activation-cache write commits."""
+
+ResultT = TypeVar("ResultT")
+KeyT = TypeVar("KeyT")
+TaskT = TypeVar("TaskT")
 
 
 class ServiceError(Exception):
@@ -80,52 +86,22 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
-class ImageRecord:
-    """One image of a ``generate_images`` answer."""
+class CacheWrite:
+    """A measured layer vector on its way into the activation cache."""
 
-    id: str
-    prompt: str
-    seed: int
-    cached: bool
-
-
-@dataclass(frozen=True)
-class ActivationTable:
-    """Activations of some units of one layer, a row per image."""
-
-    target: str
+    target_identity: str
     layer: str
-    units: list[int]
-    activations: np.ndarray
-
-
-class Dispatcher(Protocol):
-    """Where the service sends single model jobs instead of its own micro-batchers (e.g. to
-    Ray Serve replicas). Its errors should be ``BackendError`` with the backend's message."""
-
-    async def render(self, generator: ImageGenerator, job: RenderJob) -> RenderedImage:
-        """Render one job (batched with others by the dispatcher)."""
-        ...
-
-    async def measure(self, target: TargetModel, job: ActivationJob) -> np.ndarray:
-        """One image's layer vector."""
-        ...
-
-    def queue_depths(self) -> dict[str, int]:
-        """Jobs sent and not yet answered, per backend name."""
-        ...
-
-    async def aclose(self) -> None:
-        """Stop sending; called when the service closes."""
-        ...
+    image_id: str
+    vector: np.ndarray
 
 
 class InferenceService:
     """Renders and measures for many concurrent callers, batching and caching all model work.
 
-    Model work goes to one ``MicroBatcher`` per backend and compatibility key on this process's
-    device threads, or, given a ``dispatcher``, to that dispatcher (validation, dedupe, store,
-    cache and metrics stay here either way).
+    Model work goes to ``dispatcher``: by default a ``LocalDispatcher`` on this process's devices
+    (Ray Serve brings its own). Validation, de-duplication, the store, the activation cache and
+    metrics stay here either way. Measured vectors reach the cache in one write per batch: writes
+    that arrive while the store thread is busy are committed together.
     """
 
     def __init__(
@@ -149,12 +125,15 @@ class InferenceService:
         self.batching = batching or BatchingConfig()
         self.limits = limits or ServiceLimits()
         self.metrics = metrics or ServerMetrics()
-        self.dispatcher = dispatcher
-        self._workers = DeviceWorkers()
+        self.dispatcher: Dispatcher = dispatcher or LocalDispatcher(
+            self.batching.max_batch, self.batching.max_wait_ms, self.metrics.record_batch
+        )
         # One thread for store and cache I/O: PNG coding on many threads at once would compete
         # with the model's own threads for the cores.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="line-store")
-        self._batchers: dict[tuple, MicroBatcher] = {}
+        self._cache_writer: MicroBatcher[CacheWrite, None] = MicroBatcher(
+            "activation-cache", self._write_vectors, self._io, CACHE_WRITE_BATCH, max_wait_ms=0
+        )
         self._rendering: dict[str, asyncio.Task] = {}
         self._measuring: dict[tuple[str, str, str], asyncio.Task] = {}
         self._layer_units = {
@@ -213,26 +192,11 @@ class InferenceService:
             )
         return layers[layer]
 
-    def _batcher(self, key: tuple, backend: str, device: str, run_batch) -> MicroBatcher:
-        if key not in self._batchers:
-            self._batchers[key] = MicroBatcher(
-                backend,
-                run_batch,
-                self._workers.for_device(device),
-                self.batching.max_batch,
-                self.batching.max_wait_ms,
-                on_batch=self.metrics.record_batch,
-            )
-        return self._batchers[key]
-
     def queue_depths(self) -> dict[str, int]:
         """Waiting requests per backend (summed over compatibility keys)."""
-        depths: dict[str, int] = dict(self.dispatcher.queue_depths()) if self.dispatcher else {}
-        for batcher in self._batchers.values():
-            depths[batcher.backend] = depths.get(batcher.backend, 0) + batcher.queue_depth
-        return depths
+        return self.dispatcher.queue_depths()
 
-    async def _in_io_thread(self, function, *args):
+    async def _in_io_thread(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
         return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
 
     # ----- images --------------------------------------------------------------------------
@@ -300,13 +264,13 @@ class InferenceService:
         height: int | None = None,
         steps: int | None = None,
         guidance: float | None = None,
-    ) -> list[ImageRecord]:
+    ) -> list[ImageEntry]:
         """Render one image per (prompt, seed) unless the store already has it."""
         backend = self._generator(generator)
         settings = self.resolve_settings(backend, width, height, steps, guidance)
         self._check_prompts(prompts, seeds)
         waits: list[asyncio.Task] = []
-        records: list[ImageRecord] = []
+        records: list[ImageEntry] = []
         for prompt, seed in zip(prompts, seeds, strict=True):
             job = RenderJob(prompt, seed, settings)
             key = image_id(backend.identity, prompt, seed, settings)
@@ -316,11 +280,10 @@ class InferenceService:
                 self.metrics.image_cache_hits.labels(backend.name).inc()
             else:
                 task = asyncio.create_task(self._render_and_store(backend, key, job))
-                self._rendering[key] = task
-                task.add_done_callback(lambda _t, key=key: self._rendering.pop(key, None))
+                _track_until_done(self._rendering, key, task)
             if task is not None:
                 waits.append(task)
-            records.append(ImageRecord(key, prompt, seed, cached))
+            records.append(ImageEntry(id=key, prompt=prompt, seed=seed, cached=cached))
         if waits:
             results = await asyncio.gather(
                 *(asyncio.shield(w) for w in waits), return_exceptions=True
@@ -331,16 +294,7 @@ class InferenceService:
         return records
 
     async def _render_and_store(self, generator: ImageGenerator, key: str, job: RenderJob) -> None:
-        if self.dispatcher is not None:
-            rendered = await self.dispatcher.render(generator, job)
-        else:
-            batcher = self._batcher(
-                ("generator", generator.name, job.settings),
-                generator.name,
-                generator.device,
-                partial(run_render_batch, generator),
-            )
-            rendered = await batcher.submit(job)
+        rendered = await self.dispatcher.render(generator, job)
         metadata = {
             "generator": generator.identity,
             "prompt": job.prompt,
@@ -414,7 +368,7 @@ class InferenceService:
         layer: str,
         image_ids: Sequence[str],
         units: Sequence[int] | None = None,
-    ) -> ActivationTable:
+    ) -> ActivationsResponse:
         """The layer's activations on stored images, for all units or the given ones."""
         unit_count = self._target_layer(target, layer)
         if units is None:
@@ -439,8 +393,7 @@ class InferenceService:
             task = self._measuring.get(key)
             if task is None:
                 task = asyncio.create_task(self._measure_and_cache(target, layer, value))
-                self._measuring[key] = task
-                task.add_done_callback(lambda _t, key=key: self._measuring.pop(key, None))
+                _track_until_done(self._measuring, key, task)
             waits[value] = task
         if waits:
             results = await asyncio.gather(
@@ -451,37 +404,29 @@ class InferenceService:
                     raise _as_service_error(result)
                 cached[value] = result
         matrix = np.stack([cached[value] for value in image_ids])[:, units]
-        return ActivationTable(target, layer, units, matrix)
+        return ActivationsResponse(target=target, layer=layer, units=units, activations=matrix)
 
     async def _measure_and_cache(self, target: str, layer: str, key: str) -> np.ndarray:
         model = self.targets[target]
         image = await self._in_io_thread(self.store.load, key)
-        job = ActivationJob(key, image, layer)
-        if self.dispatcher is not None:
-            vector = np.asarray(await self.dispatcher.measure(model, job), dtype=np.float32)
-            await self._in_io_thread(self._cache_vectors, model, layer, {key: vector})
-        else:
-            batcher = self._batcher(
-                ("target", target, layer), target, model.device, partial(self._measure_batch, model)
-            )
-            vector = await batcher.submit(job)
+        vector = await self.dispatcher.measure(model, ActivationJob(key, image, layer))
+        await self._cache_writer.submit(CacheWrite(target_identity(model), layer, key, vector))
         self.metrics.activations_computed.labels(target).inc()
         return vector
 
-    def _measure_batch(self, model: TargetModel, jobs: list[ActivationJob]) -> list[np.ndarray]:
-        """Run one activation batch and cache its layer vectors in one write."""
-        rows = run_activation_batch(model, jobs)
-        vectors = {job.image_id: row for job, row in zip(jobs, rows, strict=True)}
-        self._cache_vectors(model, jobs[0].layer, vectors)
-        return rows
-
-    def _cache_vectors(
-        self, model: TargetModel, layer: str, vectors: dict[str, np.ndarray]
-    ) -> None:
-        try:
-            self.cache.put_many(target_identity(model), layer, vectors)
-        except StoreWriteError as error:  # measuring still works; only caching is lost
-            log.warning("%s", error)
+    def _write_vectors(self, writes: list[CacheWrite]) -> list[None]:
+        """Commit a batch of cache writes, one write per (target, layer); on the store thread."""
+        groups: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        for write in writes:
+            groups.setdefault((write.target_identity, write.layer), {})[write.image_id] = (
+                write.vector
+            )
+        for (identity, layer), vectors in groups.items():
+            try:
+                self.cache.put_many(identity, layer, vectors)
+            except StoreWriteError as error:  # measuring still works; only caching is lost
+                log.warning("%s", error)
+        return [None] * len(writes)
 
     # ----- lifecycle -----------------------------------------------------------------------
     def render_metrics(self) -> bytes:
@@ -491,12 +436,9 @@ class InferenceService:
         return self.metrics.render()
 
     async def aclose(self) -> None:
-        """Stop the dispatcher, batchers and worker threads and close the cache."""
-        if self.dispatcher is not None:
-            await self.dispatcher.aclose()
-        for batcher in self._batchers.values():
-            await batcher.aclose()
-        await asyncio.to_thread(self._workers.shutdown)
+        """Stop the dispatcher, the cache writer and the store thread, and close the cache."""
+        await self.dispatcher.aclose()
+        await self._cache_writer.aclose()
         self._io.shutdown(wait=True)
         self.cache.close()
 
@@ -505,7 +447,7 @@ def open_service(
     generators: Sequence[ImageGenerator],
     targets: Sequence[TargetModel],
     folder: str | Path,
-    **options,
+    **options: Any,
 ) -> InferenceService:
     """A service whose image store and activation cache live in ``folder`` (PNGs under
     ``images/``, vectors in ``activations.sqlite``): the layout of every LINE server.
@@ -515,6 +457,14 @@ def open_service(
     return InferenceService(
         generators, targets, store, ActivationCache(folder / "activations.sqlite"), **options
     )
+
+
+def _track_until_done(
+    tasks: dict[KeyT, asyncio.Task[TaskT]], key: KeyT, task: asyncio.Task[TaskT]
+) -> None:
+    """Keep ``task`` under ``key`` while it runs, so concurrent requests share it."""
+    tasks[key] = task
+    task.add_done_callback(lambda _done: tasks.pop(key, None))
 
 
 def target_identity(target: TargetModel) -> str:

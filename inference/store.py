@@ -150,8 +150,8 @@ class ImageStore:
             return image.convert("RGB")
 
     def metadata(self, image_id_: str) -> dict[str, object]:
-        """The provenance saved with the image."""
-        with Image.open(self.path(image_id_)) as image:
+        """The provenance saved with the image (``{}`` for a PNG without it)."""
+        with PngImagePlugin.PngImageFile(self.path(image_id_)) as image:
             return json.loads(image.text.get("line", "{}"))
 
 

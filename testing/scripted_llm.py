@@ -7,8 +7,8 @@ and ``GET /v1/models``. What it answers is decided by a policy:
 - :class:`ProposerPolicy` acts like a sensible LLM by running the offline proposer's decision
   logic on the request's messages and tools, and answers with real OpenAI ``tool_calls``;
 - :class:`ScriptedReplies` plays a fixed queue of :class:`Reply` objects (text, tool calls or
-  faults: 429 with Retry-After, 500, a hang, an empty answer, malformed arguments, an unknown
-  tool, a 10,000-character concept), then hands over to another policy.
+  faults: 429 with Retry-After, 500, a dropped connection, a hang, an empty answer, malformed
+  arguments, an unknown tool, a 10,000-character concept), then hands over to another policy.
 
 The server counts requests by reply kind (:class:`ScriptedLLMStats`). Start one on a thread::
 
@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
 
 from agent.offline import (
     GENERATE_TOOL,
@@ -58,13 +59,14 @@ ReplyKind = Literal[
     "tool_calls",
     "rate_limit",
     "server_error",
+    "disconnect",
     "hang",
     "empty",
     "malformed_arguments",
     "unknown_tool",
     "long_concept",
 ]
-HTTP_FAULTS = frozenset({"rate_limit", "server_error"})
+HTTP_FAULTS = frozenset({"rate_limit", "server_error", "disconnect"})
 LONG_CONCEPT_CHARS = 10_000
 
 
@@ -120,6 +122,11 @@ class Reply:
     def server_error(cls, status: int = 500) -> Reply:
         """An HTTP 5xx error."""
         return cls("server_error", status=status)
+
+    @classmethod
+    def disconnect(cls) -> Reply:
+        """Start a response, then drop the connection before its body (no answer at all)."""
+        return cls("disconnect")
 
     @classmethod
     def hang(cls, seconds: float = 30.0) -> Reply:
@@ -288,7 +295,7 @@ class ScriptedLLMStats:
         return self.by_kind[kind]
 
     def answered(self) -> int:
-        """Requests that got a completion (not an HTTP error or a hang)."""
+        """Requests that got a completion (not an HTTP error, a dropped connection or a hang)."""
         return self.requests - sum(self.by_kind[k] for k in (*HTTP_FAULTS, "hang"))
 
 
@@ -365,9 +372,7 @@ def create_scripted_llm_app(
         }
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(
-        body: ChatCompletionRequest, request: Request
-    ) -> JSONResponse | StreamingResponse:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """Answer a chat-completions request with the policy's reply."""
         number = next(counter)
         payload = body.model_dump()
@@ -395,8 +400,10 @@ def create_scripted_llm_app(
             error = {"message": "rate limit reached (scripted)", "type": "rate_limit_exceeded"}
             return JSONResponse({"error": {**error, "code": "rate_limit_exceeded"}}, 429, headers)
         if reply.kind == "server_error":
-            error = {"message": "internal error (scripted)", "type": "server_error", "code": None}
-            return JSONResponse({"error": error}, reply.status)
+            failure = {"message": "internal error (scripted)", "type": "server_error", "code": None}
+            return JSONResponse({"error": failure}, reply.status)
+        if reply.kind == "disconnect":
+            return DroppedResponse()
         if reply.kind == "hang":
             deadline = time.monotonic() + reply.hang_s
             while time.monotonic() < deadline and not app.state.stopping.is_set():
@@ -443,6 +450,15 @@ def create_scripted_llm_app(
         )
 
     return app
+
+
+class DroppedResponse(Response):
+    """Sends the status line and headers of a JSON answer, then returns without the body: the
+    ASGI server closes the connection, and the client meets a connection dropped mid-response."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"1024")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
 
 
 def _pieces(text: str, size: int = 16) -> list[str]:

@@ -1,21 +1,33 @@
 """The agent's tools and the shared render-and-measure step behind them.
 
-The LLM sees tool schemas only; the neuron, the budget and the server client come from the run
-context. A tool never raises into the graph: bad arguments and failures come back as text.
+Each tool is a LangChain tool run by LangGraph's ``ToolNode``. The LLM sees its name, its
+description and its argument schema only; the neuron, the budget and the server client come
+from the run context (``ToolRuntime.context``, a :class:`NeuronContext`) and what was tried so
+far from the graph state (``ToolRuntime.state``). The agentic tools change the state by
+returning ``Command(update=...)``; :func:`agentic_tool_node` turns every failure into an error
+message for the LLM, so a tool never raises into the graph.
 """
 
 from __future__ import annotations
 
 import hashlib
+import operator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import numpy as np
+from langchain_core.messages import AnyMessage, ToolCall, ToolMessage
 from langchain_core.tools import StructuredTool
+from langgraph.errors import GraphBubbleUp
+from langgraph.graph.message import add_messages
+from langgraph.prebuilt import ToolNode, ToolRuntime
+from langgraph.prebuilt.tool_node import ToolCallRequest, ToolInvocationError
+from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from prompts.variant import PromptVariant
-from tools.client import LineClient
+from tools.client import InferenceClient
 from tools.scoreboard import (
     ConceptEntry,
     Scoreboard,
@@ -33,7 +45,7 @@ class NeuronContext:
     prompt variant) and the server client. LangGraph hands it to nodes and tools as the runtime
     context; it is not checkpointed."""
 
-    client: LineClient
+    client: InferenceClient
     variant: PromptVariant
     target: str
     layer: str
@@ -86,7 +98,35 @@ async def evaluate_concept(
     return await measure_concept(ctx, concept, rendered, iteration, source)
 
 
-# ----- tool schemas --------------------------------------------------------------------------
+# ----- the state the tools read and write -----------------------------------------------------
+def add_counters(left: dict[str, int] | None, right: dict[str, int] | None) -> dict[str, int]:
+    """Reducer: counters add up key by key."""
+    merged = dict(left or {})
+    for key, value in (right or {}).items():
+        merged[key] = merged.get(key, 0) + value
+    return merged
+
+
+def merge_dicts(left: dict | None, right: dict | None) -> dict:
+    """Reducer: later keys win."""
+    return {**(left or {}), **(right or {})}
+
+
+class ToolState(TypedDict, total=False):
+    """The part of a neuron's graph state the tools read and write, with its reducers."""
+
+    messages: Annotated[list[AnyMessage], add_messages]  # the agentic conversation
+    entries: Annotated[list[dict], operator.add]  # ConceptEntry rows, in the order tried
+    counters: Annotated[dict[str, int], add_counters]
+    generated: Annotated[dict[str, dict], merge_dicts]  # agentic: rendered, not yet measured
+    iteration: int
+
+
+NeuronToolRuntime = ToolRuntime[NeuronContext, ToolState]
+"""What LangGraph hands each tool besides the LLM's arguments (hidden from the LLM)."""
+
+
+# ----- argument schemas (what the LLM sees) ---------------------------------------------------
 class ProposeConceptArgs(BaseModel):
     concept: str = Field(description="One new visual concept of one to three words.")
 
@@ -109,116 +149,136 @@ class ReadScoreboardArgs(BaseModel):
     top_k: int = Field(10, description="How many of the best concepts to list.")
 
 
-def _schema_only(name: str, description: str, args: type[BaseModel]) -> StructuredTool:
-    """A LangChain tool whose schema the LLM sees; the graph executes it with the run context."""
+# ----- answer tools: the LLM answers a question by calling one --------------------------------
+# Their result is the checked answer (the artifact of the tool message); a ValueError says why
+# an answer cannot be used, and the graph sends that reason back with a re-ask.
+async def _propose_concept(concept: str, runtime: NeuronToolRuntime) -> tuple[str, dict[str, str]]:
+    """Propose the next concept to test on the unit."""
+    concept = check_concept(concept)
+    if Scoreboard.from_dicts(runtime.state.get("entries", [])).has(concept):
+        raise ValueError(f"{concept!r} was already tried; propose a new one")
+    return f"'{concept}' will be tested", {"concept": concept}
 
-    def refuse(**_kwargs: Any) -> str:
-        raise RuntimeError(f"{name} runs inside the LINE graph, not on its own")
 
-    return StructuredTool.from_function(
-        refuse, name=name, description=description, args_schema=args
-    )
+async def _submit_explanation(concept: str, summary: str) -> tuple[str, dict[str, str]]:
+    """Give the final concept that explains the unit, with a one-sentence summary."""
+    concept = check_concept(concept)
+    return f"'{concept}' is the explanation", {"concept": concept, "summary": summary.strip()}
 
 
-PROPOSE_CONCEPT = _schema_only(
-    "propose_concept", "Propose the next concept to test on the unit.", ProposeConceptArgs
+PROPOSE_CONCEPT = StructuredTool.from_function(
+    coroutine=_propose_concept,
+    name="propose_concept",
+    args_schema=ProposeConceptArgs,
+    response_format="content_and_artifact",
 )
-SUBMIT_EXPLANATION = _schema_only(
-    "submit_explanation",
-    "Give the final concept that explains the unit, with a one-sentence summary.",
-    SubmitExplanationArgs,
+SUBMIT_EXPLANATION = StructuredTool.from_function(
+    coroutine=_submit_explanation,
+    name="submit_explanation",
+    args_schema=SubmitExplanationArgs,
+    response_format="content_and_artifact",
 )
-GENERATE_IMAGES = _schema_only(
-    "generate_images", "Render n synthetic photographs of a concept.", GenerateImagesArgs
+
+
+# ----- agentic tools: experiments the LLM runs, recorded in the state -------------------------
+def _reply(runtime: NeuronToolRuntime, text: str, **update: Any) -> Command:
+    """The tool's answer to the LLM plus its state update (ToolNode names the message)."""
+    message = ToolMessage(text, tool_call_id=runtime.tool_call_id)
+    return Command(update={"messages": [message], **update})
+
+
+async def _generate_images(concept: str, runtime: NeuronToolRuntime, n: int = 5) -> Command:
+    """Render n synthetic photographs of a concept."""
+    ctx, state = runtime.context, runtime.state
+    concept = check_concept(concept)
+    if not 1 <= n <= MAX_IMAGES_PER_CALL:
+        raise ValueError(f"n must be a whole number from 1 to {MAX_IMAGES_PER_CALL}, got {n!r}")
+    left = ctx.variant.settings.max_images - state.get("counters", {}).get("images", 0)
+    if n > left:
+        raise ValueError(f"only {left} images are left in the budget; ask for fewer")
+    if Scoreboard.from_dicts(state.get("entries", [])).has(concept):
+        raise ValueError(f"{concept!r} was already measured; try a new concept")
+    rendered = await render_concept(ctx, concept, n)
+    ids = ", ".join(image_id[:12] for image_id in rendered["image_ids"])
+    text = f"generated {n} images of '{concept}' (ids {ids}); now call {MEASURE_ACTIVATION.name}"
+    return _reply(runtime, text, generated={concept: rendered}, counters={"images": n})
+
+
+async def _measure_activation(concept: str, runtime: NeuronToolRuntime) -> str | Command:
+    """Measure the unit on a concept's generated images; records and returns its score."""
+    ctx, state = runtime.context, runtime.state
+    concept = check_concept(concept)
+    board = Scoreboard.from_dicts(state.get("entries", []))
+    measured = next((entry for entry in board.entries if entry.concept == concept), None)
+    if measured is not None:
+        return f"{concept}: {measured.score:.4f}\n(already measured)"
+    rendered = state.get("generated", {}).get(concept)
+    if rendered is None:
+        raise ValueError(f"no images of {concept!r} yet; call {GENERATE_IMAGES.name} first")
+    if len(board.entries) >= ctx.variant.settings.max_concepts:
+        raise ValueError("the concept budget is spent; stop calling tools")
+    iteration = state.get("iteration", 0) + 1
+    entry = await measure_concept(ctx, concept, rendered, iteration, "agent")
+    values = ", ".join(f"{value:.4f}" for value in entry.activations)
+    text = f"{concept}: {entry.score:.4f}\nper-image activations: {values}"
+    return _reply(runtime, text, entries=[entry.to_dict()], iteration=iteration)
+
+
+async def _read_scoreboard(runtime: NeuronToolRuntime, top_k: int = 10) -> str:
+    """List the best concepts tried so far with their scores."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be a positive whole number, got {top_k!r}")
+    board = Scoreboard.from_dicts(runtime.state.get("entries", []))
+    return format_score_lines(board.top(top_k)) or "(no concept measured yet)"
+
+
+GENERATE_IMAGES = StructuredTool.from_function(
+    coroutine=_generate_images, name="generate_images", args_schema=GenerateImagesArgs
 )
-MEASURE_ACTIVATION = _schema_only(
-    "measure_activation",
-    "Measure the unit on a concept's generated images; records and returns its score.",
-    MeasureActivationArgs,
+MEASURE_ACTIVATION = StructuredTool.from_function(
+    coroutine=_measure_activation, name="measure_activation", args_schema=MeasureActivationArgs
 )
-READ_SCOREBOARD = _schema_only(
-    "read_scoreboard", "List the best concepts tried so far with their scores.", ReadScoreboardArgs
+READ_SCOREBOARD = StructuredTool.from_function(
+    coroutine=_read_scoreboard, name="read_scoreboard", args_schema=ReadScoreboardArgs
 )
 AGENTIC_TOOLS = [GENERATE_IMAGES, MEASURE_ACTIVATION, READ_SCOREBOARD]
+ALL_TOOLS = [PROPOSE_CONCEPT, SUBMIT_EXPLANATION, *AGENTIC_TOOLS]
 
 
-class AgentToolbox:
-    """Runs the agentic tools for one neuron against the current state.
+# ----- running them ----------------------------------------------------------------------------
+def _tool_error(call: ToolCall, text: str) -> Command:
+    """An error for the LLM, counted as a tool error."""
+    message = ToolMessage(
+        f"error: {text}", tool_call_id=call["id"], name=call["name"], status="error"
+    )
+    return Command(update={"messages": [message], "counters": {"tool_errors": 1}})
 
-    Each call returns ``(text for the LLM, state update)``; errors are text too.
-    """
 
-    def __init__(self, ctx: NeuronContext, state: dict) -> None:
-        self.ctx = ctx
-        self.board = Scoreboard.from_dicts(state.get("entries", []))
-        self.generated: dict[str, dict] = dict(state.get("generated", {}))
-        self.images_used = int(state.get("counters", {}).get("images", 0))
-        self.iteration = int(state.get("iteration", 0))
-
-    @property
-    def settings(self):
-        return self.ctx.variant.settings
-
-    async def call(self, name: str, args: dict) -> tuple[str, dict]:
-        """Execute one tool call; never raises."""
-        handlers = {
-            "generate_images": self.generate_images,
-            "measure_activation": self.measure_activation,
-            "read_scoreboard": self.read_scoreboard,
-        }
-        if name not in handlers:
-            return (
-                f"error: there is no tool {name!r}; use one of: {', '.join(handlers)}",
-                {"counters": {"tool_errors": 1}},
-            )
-        try:
-            return await handlers[name](**args)
-        except TypeError as error:
-            return f"error: bad arguments for {name}: {error}", {"counters": {"tool_errors": 1}}
-        except ValueError as error:
-            return f"error: {error}", {"counters": {"tool_errors": 1}}
-        except Exception as error:  # a failing server or backend must not kill the run
-            return (
-                f"error: {name} failed: {type(error).__name__}: {error}",
-                {"counters": {"tool_errors": 1}},
-            )
-
-    async def generate_images(self, concept: str, n: int = 5) -> tuple[str, dict]:
-        concept = check_concept(concept)
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES_PER_CALL:
-            raise ValueError(f"n must be a whole number from 1 to {MAX_IMAGES_PER_CALL}, got {n!r}")
-        left = self.settings.max_images - self.images_used
-        if n > left:
-            raise ValueError(f"only {left} images are left in the budget; ask for fewer")
-        if self.board.has(concept):
-            raise ValueError(f"{concept!r} was already measured; try a new concept")
-        rendered = await render_concept(self.ctx, concept, n)
-        self.images_used += n
-        self.generated[concept] = rendered
-        ids = ", ".join(image_id[:12] for image_id in rendered["image_ids"])
-        text = f"generated {n} images of '{concept}' (ids {ids}); now call measure_activation"
-        return text, {"generated": {concept: rendered}, "counters": {"images": n}}
-
-    async def measure_activation(self, concept: str) -> tuple[str, dict]:
-        concept = check_concept(concept)
-        if self.board.has(concept):
-            entry = next(e for e in self.board.entries if e.concept == concept)
-            return f"{concept}: {entry.score:.4f}\n(already measured)", {}
-        if concept not in self.generated:
-            raise ValueError(f"no images of {concept!r} yet; call generate_images first")
-        if len(self.board.entries) >= self.settings.max_concepts:
-            raise ValueError("the concept budget is spent; stop calling tools")
-        self.iteration += 1
-        entry = await measure_concept(
-            self.ctx, concept, self.generated[concept], self.iteration, "agent"
+async def _answer_failures(
+    request: ToolCallRequest, execute: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command]]
+) -> ToolMessage | Command:
+    """Run one tool call; an unknown tool, bad arguments or a failure become an error message."""
+    call = request.tool_call
+    name = call["name"]
+    if request.tool is None:
+        names = ", ".join(tool.name for tool in request.runtime.tools)
+        return _tool_error(call, f"there is no tool {name!r}; use one of: {names}")
+    try:
+        return await execute(request)
+    except GraphBubbleUp:  # LangGraph's own control flow (interrupts) is not a failure
+        raise
+    except ToolInvocationError as error:  # arguments the schema rejects
+        problems = "; ".join(
+            f"{'.'.join(map(str, problem['loc'])) or 'arguments'}: {problem['msg']}"
+            for problem in error.filtered_errors or []
         )
-        self.board.entries.append(entry)
-        values = ", ".join(f"{value:.4f}" for value in entry.activations)
-        text = f"{concept}: {entry.score:.4f}\nper-image activations: {values}"
-        return text, {"entries": [entry.to_dict()], "iteration": self.iteration}
+        return _tool_error(call, f"bad arguments for {name}: {problems}")
+    except ValueError as error:  # the LLM's mistake, explained by the tool
+        return _tool_error(call, str(error))
+    except Exception as error:  # a failing server or backend must not kill the run
+        return _tool_error(call, f"{name} failed: {type(error).__name__}: {error}")
 
-    async def read_scoreboard(self, top_k: int = 10) -> tuple[str, dict]:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be a positive whole number, got {top_k!r}")
-        lines = format_score_lines(self.board.top(top_k))
-        return lines or "(no concept measured yet)", {}
+
+def agentic_tool_node() -> ToolNode:
+    """LangGraph's tool executor for the agentic tools; every failure is answered as text."""
+    return ToolNode(AGENTIC_TOOLS, handle_tool_errors=False, awrap_tool_call=_answer_failures)

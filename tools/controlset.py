@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.toyworld.controls import random_toy_scene_prompts
-from tools.client import LineClient, LineServerError
+from tools.client import InferenceClient, LineServerError
 
 log = logging.getLogger("line.control")
 
@@ -39,6 +39,18 @@ class ControlImage:
     path: Path | None = None
     prompt: str | None = None
     seed: int | None = None
+
+    def file(self) -> Path:
+        """The image's file (natural images); a toy scene has none."""
+        if self.path is None:
+            raise ControlSetError(f"control image {self.prompt!r} is a toy scene, not a file")
+        return self.path
+
+    def scene(self) -> tuple[str, int]:
+        """The image's prompt and seed (toy scenes); a file has none."""
+        if self.prompt is None or self.seed is None:
+            raise ControlSetError(f"control image {str(self.path)!r} is a file, not a toy scene")
+        return self.prompt, self.seed
 
 
 @dataclass(frozen=True)
@@ -169,28 +181,30 @@ def _describe_units(units: list[int]) -> str:
 
 
 async def _store_batch(
-    client: LineClient, chunk: Sequence[tuple[int, ControlImage]], generator: str | None
+    client: InferenceClient, chunk: Sequence[tuple[int, ControlImage]], generator: str | None
 ) -> tuple[list[int], list[str], list[SkippedImage]]:
     """Put one batch on the server; (indices kept, their ids, skipped files)."""
     if chunk[0][1].path is None:
+        scenes = [image.scene() for _, image in chunk]
         rendered = await client.generate_images(
-            [image.prompt for _, image in chunk],
-            [image.seed for _, image in chunk],
+            [prompt for prompt, _ in scenes],
+            [seed for _, seed in scenes],
             generator=generator,
         )
         return [index for index, _ in chunk], [image.id for image in rendered], []
-    readable: list[tuple[int, ControlImage, bytes]] = []
+    readable: list[tuple[int, Path, bytes]] = []
     skipped: list[SkippedImage] = []
     for index, image in chunk:
+        path = image.file()
         try:
-            readable.append((index, image, image.path.read_bytes()))
+            readable.append((index, path, path.read_bytes()))
         except OSError as error:
-            skipped.append(SkippedImage(str(image.path), f"cannot read the file ({error})"))
+            skipped.append(SkippedImage(str(path), f"cannot read the file ({error})"))
     if not readable:
         return [], [], skipped
     try:
         ids = await client.upload_images(
-            [data for *_, data in readable], [image.path.name for _, image, _ in readable]
+            [data for *_, data in readable], [path.name for _, path, _ in readable]
         )
         return [index for index, *_ in readable], ids, skipped
     except LineServerError as error:
@@ -199,19 +213,19 @@ async def _store_batch(
     # The server refused the batch: one file in it is bad. Find which, one by one.
     kept: list[int] = []
     ids = []
-    for index, image, data in readable:
+    for index, path, data in readable:
         try:
-            ids += await client.upload_images([data], [image.path.name])
+            ids += await client.upload_images([data], [path.name])
             kept.append(index)
         except LineServerError as error:
             if error.status not in (400, 413):
                 raise
-            skipped.append(SkippedImage(str(image.path), error.message))
+            skipped.append(SkippedImage(str(path), error.message))
     return kept, ids, skipped
 
 
 async def store_control_images(
-    client: LineClient, control: ControlSet, generator: str | None = None, batch: int = 64
+    client: InferenceClient, control: ControlSet, generator: str | None = None, batch: int = 64
 ) -> list[str]:
     """Put every control image on the server (upload files, render toy scenes); their ids.
 
@@ -229,7 +243,7 @@ async def store_control_images(
 
 
 async def measure_control(
-    client: LineClient,
+    client: InferenceClient,
     control: ControlSet,
     target: str,
     layer: str,
@@ -272,7 +286,7 @@ async def measure_control(
 
 
 async def control_activations(
-    client: LineClient,
+    client: InferenceClient,
     control: ControlSet,
     target: str,
     layer: str,
@@ -343,7 +357,7 @@ def _save_cached(path: Path, measured: ControlActivations, description: dict) ->
 
 
 async def cached_control_activations(
-    client: LineClient,
+    client: InferenceClient,
     control: ControlSet,
     target: str,
     layer: str,

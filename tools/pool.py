@@ -1,7 +1,7 @@
 """Several inference servers used as one: ``line run --server URL --server URL ...``.
 
-For users with one ``line serve`` per GPU (or per machine). ``ServerPool`` has the methods of
-``LineClient``, so the agent side does not change:
+For users with one ``line serve`` per GPU (or per machine). ``ServerPool`` is an
+``InferenceClient`` like ``LineClient``, so the agent side does not change:
 
 - a render request goes to the server with the fewest outstanding requests (ties in turn);
 - images live in the store of the server that rendered them, so activations of an image go to
@@ -18,16 +18,23 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from tools.client import Activations, LineClient, LineServerError, LineServerUnavailable
+from inference.wire import ActivationsResponse, ImageEntry
+from tools.client import InferenceClient, LineClient, LineServerError, LineServerUnavailable
 
 log = logging.getLogger("line.pool")
 
 DOWN_FOR_S = 10.0  # how long a server that failed is passed over while others answer
+
+ResultT = TypeVar("ResultT")
+ClientCall = Callable[[LineClient], Awaitable[ResultT]]
+"""One request, sent with whichever member's client the pool picks."""
 
 
 @dataclass
@@ -43,7 +50,19 @@ class PoolMember:
     down_until: float = 0.0
 
     def is_up(self, now: float) -> bool:
+        """Whether the server is not being passed over at time ``now``."""
         return now >= self.down_until
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """The settings of a render request besides prompts and seeds (``None``: server default)."""
+
+    generator: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +71,7 @@ class RenderRecipe:
 
     prompt: str
     seed: int
-    options: tuple[tuple[str, object], ...]
+    options: RenderOptions
 
 
 @dataclass
@@ -73,7 +92,7 @@ class ServerPool:
         urls: Sequence[str],
         token: str | None = None,
         patience_s: float = 300.0,
-        **client_options,
+        **client_options: Any,
     ) -> None:
         urls = list(dict.fromkeys(url.rstrip("/") for url in urls))
         if not urls:
@@ -89,10 +108,15 @@ class ServerPool:
         self._turn = itertools.count()
         self._rerendered = 0
 
-    async def __aenter__(self) -> ServerPool:
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *_exc) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -111,11 +135,11 @@ class ServerPool:
         tied = [member for member in candidates if member.outstanding == fewest]
         return tied[next(self._turn) % len(tied)]
 
-    async def _on(self, member: PoolMember, method: str, *args, **kwargs):
+    async def _on(self, member: PoolMember, call: ClientCall[ResultT]) -> ResultT:
         member.outstanding += 1
         member.requests += 1
         try:
-            result = await getattr(member.client, method)(*args, **kwargs)
+            result = await call(member.client)
         except LineServerUnavailable:
             member.failures += 1
             member.down_until = time.monotonic() + DOWN_FOR_S
@@ -126,8 +150,8 @@ class ServerPool:
         member.down_until = 0.0
         return result
 
-    async def _with_failover(self, method: str, *args, **kwargs):
-        """Call ``method`` on the least busy server; on a server that is down, on the next one,
+    async def _with_failover(self, call: ClientCall[ResultT]) -> tuple[PoolMember, ResultT]:
+        """Send ``call`` to the least busy server; on a server that is down, to the next one,
         and when all are down, again until ``patience_s`` has passed."""
         started = time.monotonic()
         tried: list[PoolMember] = []
@@ -143,26 +167,35 @@ class ServerPool:
                 await asyncio.sleep(1.0)
                 continue
             try:
-                return member, await self._on(member, method, *args, **kwargs)
+                return member, await self._on(member, call)
             except LineServerUnavailable:
                 tried.append(member)
 
-    # ----- the LineClient interface --------------------------------------------------------
-    async def health(self) -> dict:
+    # ----- the InferenceClient interface ---------------------------------------------------
+    async def health(self) -> dict[str, Any]:
         """``/healthz`` of the first server that answers."""
-        return (await self._with_failover("health"))[1]
+        return (await self._with_failover(lambda client: client.health()))[1]
 
-    async def models(self) -> dict:
+    async def models(self) -> dict[str, Any]:
         """``/v1/models`` of the first server that answers (all should serve the same)."""
-        return (await self._with_failover("models"))[1]
+        return (await self._with_failover(lambda client: client.models()))[1]
 
-    async def generate_images(self, prompts: Sequence[str], seeds: Sequence[int], **options):
+    async def generate_images(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        generator: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> list[ImageEntry]:
         """Render on the least busy server; remembers where each image lives."""
-        member, images = await self._with_failover("generate_images", prompts, seeds, **options)
-        recipe_options = tuple(sorted(options.items()))
+        options = RenderOptions(generator, width, height, steps, guidance)
+        member, images = await self._with_failover(_render(prompts, seeds, options))
         for image in images:
             self._owner[image.id] = member
-            self._recipes[image.id] = RenderRecipe(image.prompt, image.seed, recipe_options)
+            self._recipes[image.id] = RenderRecipe(image.prompt, image.seed, options)
         member.images_rendered += sum(not image.cached for image in images)
         return images
 
@@ -172,7 +205,7 @@ class ServerPool:
         layer: str,
         image_ids: Sequence[str],
         units: Sequence[int] | None = None,
-    ) -> Activations:
+    ) -> ActivationsResponse:
         """Measure each image on the server that holds it; rows come back in request order."""
         groups: dict[int, list[str]] = {}
         members: dict[int, PoolMember | None] = {}
@@ -192,7 +225,9 @@ class ServerPool:
             measured_units = result.units
             rows.update(zip(ids, result.values, strict=True))
         values = np.stack([rows[image_id] for image_id in image_ids])
-        return Activations(target, layer, list(measured_units), values)
+        return ActivationsResponse(
+            target=target, layer=layer, units=measured_units, activations=values
+        )
 
     async def _measure_group(
         self,
@@ -201,29 +236,30 @@ class ServerPool:
         layer: str,
         ids: list[str],
         units: Sequence[int] | None,
-    ) -> Activations:
+    ) -> ActivationsResponse:
+        def measure(client: LineClient) -> Awaitable[ActivationsResponse]:
+            return client.activations(target, layer, ids, units)
+
         if owner is None:  # not rendered through this pool: any server (a shared store)
-            return (await self._with_failover("activations", target, layer, ids, units))[1]
+            return (await self._with_failover(measure))[1]
         try:
-            return await self._on(owner, "activations", target, layer, ids, units)
+            return await self._on(owner, measure)
         except LineServerUnavailable:
             if not all(image_id in self._recipes for image_id in ids):
                 raise
         except LineServerError as error:
             if error.status != 404 or not all(image_id in self._recipes for image_id in ids):
                 raise
-        return await self._rerender_and_measure(owner, target, layer, ids, units)
+        return await self._rerender_and_measure(owner, ids, measure)
 
     async def _rerender_and_measure(
         self,
         lost_on: PoolMember,
-        target: str,
-        layer: str,
         ids: list[str],
-        units: Sequence[int] | None,
-    ) -> Activations:
+        measure: ClientCall[ActivationsResponse],
+    ) -> ActivationsResponse:
         """The images' server is gone: render them again elsewhere (same ids) and measure."""
-        by_options: dict[tuple, list[str]] = {}
+        by_options: dict[RenderOptions, list[str]] = {}
         for image_id in ids:
             by_options.setdefault(self._recipes[image_id].options, []).append(image_id)
         started = time.monotonic()
@@ -234,10 +270,11 @@ class ServerPool:
                     recipes = [self._recipes[image_id] for image_id in group]
                     images = await self._on(
                         member,
-                        "generate_images",
-                        [recipe.prompt for recipe in recipes],
-                        [recipe.seed for recipe in recipes],
-                        **dict(options),
+                        _render(
+                            [recipe.prompt for recipe in recipes],
+                            [recipe.seed for recipe in recipes],
+                            options,
+                        ),
                     )
                     if [image.id for image in images] != group:
                         raise LineServerError(
@@ -252,7 +289,7 @@ class ServerPool:
                 log.warning(
                     "rendered %d images of %s again on %s", len(ids), lost_on.url, member.url
                 )
-                return await self._on(member, "activations", target, layer, ids, units)
+                return await self._on(member, measure)
             except LineServerUnavailable:
                 if time.monotonic() - started > self.patience_s:
                     raise
@@ -263,7 +300,10 @@ class ServerPool:
         now = time.monotonic()
         live = [member for member in self.members if member.is_up(now)] or self.members
         answers = await asyncio.gather(
-            *(self._on(member, "upload_images", files, names) for member in live),
+            *(
+                self._on(member, lambda client: client.upload_images(files, names))
+                for member in live
+            ),
             return_exceptions=True,
         )
         ids = None
@@ -285,8 +325,8 @@ class ServerPool:
         """The PNG of an image, from the server that holds it."""
         owner = self._owner.get(image_id)
         if owner is not None:
-            return await self._on(owner, "image_png", image_id)
-        return (await self._with_failover("image_png", image_id))[1]
+            return await self._on(owner, lambda client: client.image_png(image_id))
+        return (await self._with_failover(lambda client: client.image_png(image_id)))[1]
 
     async def metrics_text(self) -> str:
         """Every server's metrics page, each under a ``# server URL`` line."""
@@ -305,7 +345,26 @@ class ServerPool:
         )
 
 
-def connect(urls: str | Sequence[str], token: str | None = None, **options):
+def _render(
+    prompts: Sequence[str], seeds: Sequence[int], options: RenderOptions
+) -> ClientCall[list[ImageEntry]]:
+    """A render request for whichever server the pool picks."""
+
+    def render(client: LineClient) -> Awaitable[list[ImageEntry]]:
+        return client.generate_images(
+            prompts,
+            seeds,
+            generator=options.generator,
+            width=options.width,
+            height=options.height,
+            steps=options.steps,
+            guidance=options.guidance,
+        )
+
+    return render
+
+
+def connect(urls: str | Sequence[str], token: str | None = None, **options: Any) -> InferenceClient:
     """A ``LineClient`` for one server URL, a ``ServerPool`` for several."""
     if isinstance(urls, str):
         urls = [urls]

@@ -22,14 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from agent.report.data import NeuronView, RunView, load_run
-from agent.report.groups import group_from_json, group_to_json, load_grouper, neuron_groups
-from agent.report.pages import index_page, neuron_page
+from agent.report.groups import group_from_json, group_to_json, neuron_groups
+from agent.report.pages import index_page, neuron_page, page_path
+from agent.report.render import templates_fingerprint
 from agent.report.thumbs import ImageSource, ThumbnailWriter, default_store
+from agent.run_folder import RunFolder
 
 log = logging.getLogger("line.report")
 
-BUILD_VERSION = "3"
-"""Bump when pages change shape, so every page of an old report is rewritten."""
+BUILD_VERSION = "4"
+"""Bump when what a page is drawn from changes shape, so every page of an old report is
+rewritten (a change of the templates alone is noticed without it)."""
 STATIC = Path(__file__).parent / "static"
 CACHE_FILE = ".build.json"
 
@@ -71,9 +74,8 @@ class ReportBuilder:
         self, run_dir: str | Path, store: str | Path | None = None, out: str | Path | None = None
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.out = Path(out) if out is not None else self.run_dir / "report"
+        self.out = Path(out) if out is not None else RunFolder(run_dir).report
         self.store = Path(store) if store is not None else default_store()
-        self._grouper, self._grouper_note = load_grouper()
 
     def _read_cache(self) -> dict[str, Any]:
         try:
@@ -93,10 +95,7 @@ class ReportBuilder:
             neuron.groups = group_from_json(cached["groups"])
             neuron.groups_note = cached.get("note", "")
             return
-        if self._grouper is None:
-            neuron.groups, neuron.groups_note = None, self._grouper_note
-            return
-        neuron.groups, neuron.groups_note = neuron_groups(self._grouper, neuron.entries)
+        neuron.groups, neuron.groups_note = neuron_groups(neuron.entries)
         if neuron.groups is not None:
             cache["groups"][key] = {"groups": group_to_json(neuron.groups), "note": ""}
 
@@ -137,6 +136,7 @@ class ReportBuilder:
             )
 
         pages = [n for n in run.neurons if n.has_page]
+        templates = templates_fingerprint()
         written = 0
         page_keys: dict[str, str] = {}
         for position, neuron in enumerate(pages):
@@ -146,6 +146,7 @@ class ReportBuilder:
             key = _digest(
                 [
                     BUILD_VERSION,
+                    templates,
                     run.config,
                     run.score_kind,
                     neuron.history_signature,
@@ -161,7 +162,7 @@ class ReportBuilder:
                 ]
             )
             page_keys[neuron.slug] = key
-            path = self.out / "neurons" / f"{neuron.slug}.html"
+            path = self.out / page_path(neuron)
             if cache["pages"].get(neuron.slug) == key and path.is_file():
                 continue
             write_text_atomic(path, neuron_page(run, neuron, available, previous, following))

@@ -1,9 +1,9 @@
 """Reading a run folder into what the report shows: the config, and one view per neuron.
 
-Everything comes from files: ``config.json``, ``neurons/<layer>__<unit>.json``,
-``results.csv`` (the demo's ``truth`` and ``match`` columns) and, when an evaluation wrote it,
-``cosy.csv``. A unit of the config without a history has not finished (the run is going on, or
-was interrupted); it is listed as ``unfinished``.
+Everything comes from the files of the run folder (:class:`agent.run_folder.RunFolder`): the
+config, one history per neuron, the results table (the demo's ``truth`` and ``match`` columns)
+and, when an evaluation wrote it, the CoSy table. A unit of the config without a history has
+not finished (the run is going on, or was interrupted); it is listed as ``unfinished``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.run_folder import FAULT_COUNTERS
+from agent.run_folder import FAULT_COUNTERS, RunFolder
+from analysis.groundtruth import attribute_match
 from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import load_variant
 
@@ -82,6 +83,11 @@ class GroupView:
         """The group's best score."""
         return self.scores[0]
 
+    @property
+    def members(self) -> list[tuple[str, float]]:
+        """(concept, score) pairs, best first."""
+        return list(zip(self.concepts, self.scores, strict=True))
+
 
 @dataclass
 class NeuronView:
@@ -94,6 +100,11 @@ class NeuronView:
     reason: str = ""
     label: str = ""
     score: float | None = None
+    selective: bool | None = None
+    """The verdict on the label (None: a run from before verdicts, or a failed neuron)."""
+    selectivity: float | None = None
+    selectivity_reference: str = ""
+    """What the verdict compared the label with: ``control`` or ``history``."""
     label_source: str = ""
     summary_concept: str = ""
     summary_text: str = ""
@@ -148,8 +159,11 @@ class NeuronView:
 
     def top_images(self, count: int) -> list[ImageView]:
         """The images that activate the neuron most, highest first."""
-        scored = [image for image in self.images() if image.activation is not None]
-        return sorted(scored, key=lambda image: -float(image.activation))[:count]
+        scored = [(image.activation, image) for image in self.images()]
+        ranked = sorted(
+            ((value, image) for value, image in scored if value is not None), key=lambda p: -p[0]
+        )
+        return [image for _, image in ranked[:count]]
 
 
 @dataclass
@@ -174,26 +188,27 @@ def normalise(text: str | None) -> str:
     return " ".join(str(text or "").lower().split())
 
 
-def finite(value: Any) -> float | None:
-    """A finite float, or None for blanks, NaN and text."""
+def float_or_none(value: Any) -> float | None:
+    """A float (infinities kept), or None for blanks, NaN and text."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) else None
+    return None if math.isnan(number) else number
 
 
-def history_slug(layer: str, unit: int) -> str:
-    """The file stem of a neuron's history (and of its report page)."""
-    return f"{layer.replace('/', '_')}__{unit}"
+def finite(value: Any) -> float | None:
+    """A finite float, or None for blanks, NaN, infinities and text."""
+    number = float_or_none(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """``config.json`` as a dict; ``ReportError`` when the folder is not a run."""
-    path = run_dir / "config.json"
+def read_config(folder: RunFolder) -> dict[str, Any]:
+    """The run's config as a dict; ``ReportError`` when the folder is not a run."""
+    path = folder.config
     if not path.is_file():
         raise ReportError(
-            f"{run_dir} is not a LINE run folder (no config.json); pass the folder given to "
+            f"{folder.path} is not a LINE run folder (no {path.name}); pass the folder given to "
             "`line run --out DIR` or `line demo --out DIR`"
         )
     try:
@@ -218,11 +233,11 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
         return []
 
 
-def read_cosy(run_dir: Path) -> dict[tuple[str, int], list[CosyRow]]:
-    """``cosy.csv`` rows by (layer, unit); empty when no CoSy evaluation ran. Column names are
-    read case-insensitively (``AUC``/``auc``, ``MAD``/``mad``)."""
+def read_cosy(folder: RunFolder) -> dict[tuple[str, int], list[CosyRow]]:
+    """The CoSy table's rows by (layer, unit); empty when no CoSy evaluation ran. Column names
+    are read case-insensitively (``AUC``/``auc``, ``MAD``/``mad``)."""
     out: dict[tuple[str, int], list[CosyRow]] = {}
-    for raw in read_csv_rows(run_dir / "cosy.csv"):
+    for raw in read_csv_rows(folder.cosy_csv()):
         row = {str(k).strip().lower(): v for k, v in raw.items() if k is not None}
         try:
             key = (row.get("layer", ""), int(row.get("unit", "")))
@@ -241,10 +256,10 @@ def read_cosy(run_dir: Path) -> dict[tuple[str, int], list[CosyRow]]:
     return out
 
 
-def read_results(run_dir: Path) -> dict[tuple[str, int], dict[str, str]]:
-    """``results.csv`` rows by (layer, unit)."""
+def read_results(folder: RunFolder) -> dict[tuple[str, int], dict[str, str]]:
+    """The results table's rows by (layer, unit)."""
     out = {}
-    for row in read_csv_rows(run_dir / "results.csv"):
+    for row in read_csv_rows(folder.results_csv):
         try:
             out[(row.get("layer", ""), int(row.get("unit", "")))] = row
         except ValueError:
@@ -269,13 +284,8 @@ def truth_columns(
         return None, None
     match: str | None = None
     if status == "done":
-        try:
-            from analysis.groundtruth import attribute_match
-
-            matched = attribute_match(label, planted)
-            match = "-" if matched is None else str(bool(matched))
-        except ImportError:
-            match = None
+        matched = attribute_match(label, planted)
+        match = "-" if matched is None else str(bool(matched))
     return planted.concept, match
 
 
@@ -320,8 +330,9 @@ def entry_views(entries: Iterable[Mapping[str, Any]]) -> list[EntryView]:
     return views
 
 
-def neuron_from_history(layer: str, unit: int, history: Mapping[str, Any]) -> NeuronView:
-    """A finished (or failed) neuron from its JSON history."""
+def neuron_from_history(layer: str, unit: int, slug: str, history: Mapping[str, Any]) -> NeuronView:
+    """A finished (or failed) neuron from its JSON history (``slug``: the history's file stem,
+    which names its report page too)."""
     result = history.get("result") or {}
     status = str(history.get("status") or ("done" if result else "failed"))
     if status not in STATUS_ORDER:
@@ -331,11 +342,14 @@ def neuron_from_history(layer: str, unit: int, history: Mapping[str, Any]) -> Ne
     return NeuronView(
         layer=layer,
         unit=unit,
-        slug=history_slug(layer, unit),
+        slug=slug,
         status=status,
         reason=str(history.get("reason") or ""),
         label=str(result.get("label") or ""),
         score=finite(result.get("score")),
+        selective=result.get("selective") if isinstance(result.get("selective"), bool) else None,
+        selectivity=float_or_none(result.get("selectivity")),
+        selectivity_reference=str(result.get("selectivity_reference") or ""),
         label_source=str(result.get("label_source") or ""),
         summary_concept=str(result.get("summary_concept") or summary.get("concept") or ""),
         summary_text=str(result.get("summary_text") or summary.get("text") or ""),
@@ -352,17 +366,16 @@ def file_signature(path: Path) -> str:
     return f"{stat.st_mtime_ns}:{stat.st_size}"
 
 
-def run_units(config: Mapping[str, Any], neurons_dir: Path) -> list[tuple[str, int]]:
+def run_units(config: Mapping[str, Any], folder: RunFolder) -> list[tuple[str, int]]:
     """The run's (layer, unit) pairs: the config's units, plus any other history on disk."""
     layer = str(config["layer"])
     pairs = [(layer, int(unit)) for unit in config.get("units") or []]
-    known = {history_slug(*pair) for pair in pairs}
+    known = {folder.history_path(*pair).stem for pair in pairs}
     extra = []
-    if neurons_dir.is_dir():
-        for path in neurons_dir.glob("*__*.json"):
-            name, _, unit = path.stem.rpartition("__")
-            if unit.isdigit() and path.stem not in known:
-                extra.append((name, int(unit)))
+    for path in folder.history_paths():
+        name, separator, unit = path.stem.rpartition("__")
+        if separator and unit.isdigit() and path.stem not in known:
+            extra.append((name, int(unit)))
     return pairs + sorted(extra)
 
 
@@ -377,17 +390,17 @@ def score_kind(config: Mapping[str, Any]) -> str:
         return "mean"
 
 
-def load_run(run_dir: Path) -> RunView:
+def load_run(run_dir: str | Path) -> RunView:
     """Read a run folder (no server needed). Polysemanticity groups are added later."""
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    neurons_dir = run_dir / "neurons"
-    results = read_results(run_dir)
-    cosy = read_cosy(run_dir)
+    folder = RunFolder(run_dir)
+    config = read_config(folder)
+    results = read_results(folder)
+    cosy = read_cosy(folder)
     planted = toy_world_truth(config)
     views = []
-    for layer, unit in run_units(config, neurons_dir):
-        path = neurons_dir / f"{history_slug(layer, unit)}.json"
+    for layer, unit in run_units(config, folder):
+        path = folder.history_path(layer, unit)
+        slug = path.stem
         history = None
         signature = ""
         if path.is_file():
@@ -397,9 +410,8 @@ def load_run(run_dir: Path) -> RunView:
             except (OSError, json.JSONDecodeError):
                 history = None  # being replaced right now: the next build reads it
         if isinstance(history, dict):
-            view = neuron_from_history(layer, unit, history)
+            view = neuron_from_history(layer, unit, slug, history)
         else:
-            slug = history_slug(layer, unit)
             view = NeuronView(layer=layer, unit=unit, slug=slug, status="unfinished")
         view.history_signature = signature
         view.cosy = cosy.get((layer, unit), [])
@@ -409,7 +421,7 @@ def load_run(run_dir: Path) -> RunView:
         )
         views.append(view)
     return RunView(
-        path=run_dir,
+        path=folder.path,
         config=config,
         neurons=views,
         score_kind=score_kind(config),

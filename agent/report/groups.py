@@ -1,43 +1,30 @@
-"""Polysemanticity groups for the report, from :mod:`analysis.polysemanticity` when it is there.
+"""Polysemanticity groups for the report, from :func:`analysis.polysemanticity.concept_groups`.
 
-The grouping embeds concepts with a sentence model; when the module or its model is missing
-the report still builds, shows no groups and says why.
+The grouping embeds concepts with a sentence model; when the model is missing (or fails to
+load) the report still builds, shows no groups and says why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from agent.report.data import EntryView, GroupView
 from analysis.polysemanticity import concept_groups
 
-GroupFunction = Callable[[list[dict[str, Any]]], Sequence[Any]]
 
-
-def load_grouper() -> tuple[GroupFunction | None, str]:
-    """``(concept_groups, "")``, or ``(None, why)`` when polysemanticity analysis is missing."""
-    return concept_groups, ""
-
-
-def neuron_groups(
-    grouper: GroupFunction | None, entries: Sequence[EntryView]
-) -> tuple[list[GroupView] | None, str]:
+def neuron_groups(entries: Sequence[EntryView]) -> tuple[list[GroupView] | None, str]:
     """The high-scoring concept groups of a history, or ``(None, why)`` when none could be made."""
-    if grouper is None:
-        return None, "polysemanticity analysis is not available; no concepts were grouped"
     rows = [{"concept": e.concept, "score": e.score} for e in entries if e.score is not None]
     try:
-        groups = grouper(rows)
+        groups = concept_groups(rows)
     except Exception as error:  # the embedding model failed to load: say so on the page
         return None, f"concepts were not grouped: {type(error).__name__}: {error}"
     views = []
     for group in groups:
-        concepts = [str(c) for c in getattr(group, "concepts", [])]
-        scores = [float(s) for s in getattr(group, "scores", [])]
-        if concepts and len(scores) == len(concepts):
-            order = sorted(range(len(concepts)), key=lambda i: -scores[i])
-            views.append(GroupView([concepts[i] for i in order], [scores[i] for i in order]))
+        ranked = sorted(zip(group.concepts, group.scores, strict=True), key=lambda p: -p[1])
+        if ranked:
+            views.append(GroupView([c for c, _ in ranked], [float(s) for _, s in ranked]))
     views.sort(key=lambda group: -group.best_score)
     return views, ""
 

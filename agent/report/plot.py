@@ -1,12 +1,65 @@
-"""The score-against-iteration plot of a neuron page, as inline SVG (no JavaScript library)."""
+"""The score-against-iteration plot of a neuron page, as inline SVG (no JavaScript library).
+
+This module computes the plot's geometry; ``templates/score_plot.svg.jinja`` draws it.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from html import escape
+from dataclasses import dataclass
 
 from agent.report.data import EntryView
+from agent.report.render import render
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A tick of an axis: its position in pixels and its text."""
+
+    position: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Dot:
+    """One scored concept: where it is drawn, and what it was."""
+
+    x: float
+    y: float
+    iteration: int
+    concept: str
+    score: float
+    new_best: bool
+
+
+@dataclass(frozen=True)
+class FinalMark:
+    """The ring around the final label's point, and the label written beside it."""
+
+    x: float
+    y: float
+    text_x: float
+    text_y: float
+    anchor: str
+
+
+@dataclass(frozen=True)
+class PlotFrame:
+    """The plot's size and inner area, in pixels."""
+
+    width: int
+    height: int
+    left: int
+    right: int
+    top: int
+    inner_width: int
+    inner_height: int
+
+    @property
+    def bottom_y(self) -> int:
+        """The y of the x axis."""
+        return self.top + self.inner_height
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -23,15 +76,6 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
         ticks.append(round(value, 12))
         value += step
     return ticks
-
-
-def format_number(value: float | None, digits: int = 3) -> str:
-    """A score or activation for display: ``0.245``, ``1.2e+04``; an en dash for none."""
-    if value is None or not math.isfinite(value):
-        return "–"
-    if value != 0 and (abs(value) >= 10_000 or abs(value) < 10**-(digits)):
-        return f"{value:.2e}"
-    return f"{value:.{digits}f}"
 
 
 def _tick_label(value: float, step: float) -> str:
@@ -51,13 +95,13 @@ def score_plot(
 
     The final label's point is ringed. An empty history gives a short note instead of axes.
     """
-    points = [(e.iteration, e.score, e) for e in entries if e.score is not None]
+    points = [(e.iteration, float(e.score), e) for e in entries if e.score is not None]
     if not points:
-        return '<p class="muted">No concept was scored, so there is nothing to plot.</p>'
+        return render("score_plot.svg.jinja", frame=None)
     left, right, top, bottom = 56, 16, 14, 40
-    inner_w, inner_h = width - left - right, height - top - bottom
+    frame = PlotFrame(width, height, left, right, top, width - left - right, height - top - bottom)
     xs = [p[0] for p in points]
-    ys = [float(p[1]) for p in points]
+    ys = [p[1] for p in points]
     x_min, x_max = min(xs), max(xs)
     if x_max == x_min:
         x_min, x_max = x_min - 1, x_max + 1
@@ -69,74 +113,48 @@ def score_plot(
     y_min, y_max = y_min - pad, y_max + pad
 
     def sx(x: float) -> float:
-        return left + (x - x_min) / (x_max - x_min) * inner_w
+        return left + (x - x_min) / (x_max - x_min) * frame.inner_width
 
     def sy(y: float) -> float:
-        return top + (1 - (y - y_min) / (y_max - y_min)) * inner_h
+        return top + (1 - (y - y_min) / (y_max - y_min)) * frame.inner_height
 
-    parts = [
-        f'<svg class="score-plot" viewBox="0 0 {width} {height}" width="{width}" '
-        f'height="{height}" role="img" aria-label="score by iteration">'
+    y_values = nice_ticks(y_min, y_max, 5)
+    y_step = y_values[1] - y_values[0] if len(y_values) > 1 else 1.0
+    y_ticks = [Tick(sy(value), _tick_label(value, y_step)) for value in y_values]
+    x_step = max(1, math.ceil((x_max - x_min) / 10))
+    first_x = math.ceil(x_min)
+    x_ticks = [
+        Tick(sx(tick), str(tick))
+        for tick in range(first_x, math.floor(x_max) + 1)
+        if not (tick - first_x) % x_step
     ]
-    y_ticks = nice_ticks(y_min, y_max, 5)
-    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
-    for tick in y_ticks:
-        y = sy(tick)
-        parts.append(
-            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
-            f'<text class="tick" x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{_tick_label(tick, y_step)}</text>"
-        )
-    x_span = x_max - x_min
-    x_step = max(1, math.ceil(x_span / 10))
-    for tick in range(math.ceil(x_min), math.floor(x_max) + 1):
-        if (tick - math.ceil(x_min)) % x_step:
-            continue
-        x = sx(tick)
-        parts.append(
-            f'<line class="axis-tick" x1="{x:.1f}" x2="{x:.1f}" y1="{top + inner_h}" '
-            f'y2="{top + inner_h + 4}"/>'
-            f'<text class="tick" x="{x:.1f}" y="{top + inner_h + 17}" text-anchor="middle">'
-            f"{tick}</text>"
-        )
-    parts.append(
-        f'<line class="axis" x1="{left}" x2="{width - right}" y1="{top + inner_h}" '
-        f'y2="{top + inner_h}"/>'
-        f'<text class="axis-label" x="{left + inner_w / 2:.1f}" y="{height - 4}" '
-        'text-anchor="middle">iteration</text>'
-        f'<text class="axis-label" transform="rotate(-90)" x="{-(top + inner_h / 2):.1f}" '
-        'y="14" text-anchor="middle">score</text>'
-    )
     path: list[str] = []
     best = -math.inf
     for x, y, _ in sorted(points, key=lambda p: p[0]):
-        best = max(best, float(y))
-        if not path:
-            path.append(f"M{sx(x):.1f},{sy(best):.1f}")
-        else:
-            path.append(f"H{sx(x):.1f}V{sy(best):.1f}")
+        best = max(best, y)
+        path.append(f"M{sx(x):.1f},{sy(best):.1f}" if not path else f"H{sx(x):.1f}V{sy(best):.1f}")
     path.append(f"H{sx(max(xs)):.1f}")
-    parts.append(f'<path class="best" d="{"".join(path)}"/>')
+    dots = [Dot(sx(x), sy(y), x, e.concept, y, e.new_best) for x, y, e in points]
     final = None
-    for x, y, entry in points:
-        kind = "dot new-best" if entry.new_best else "dot"
-        if label and entry.concept == label and final is None and y == max(ys):
-            final = (x, y)
-        parts.append(
-            f'<circle class="{kind}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4">'
-            f"<title>iteration {x}: {escape(entry.concept)} = {format_number(y)}</title></circle>"
-        )
-    if final is None and label:
+    if label:
         matching = [(x, y) for x, y, e in points if e.concept == label]
-        final = max(matching, key=lambda p: p[1]) if matching else None
+        top_score = max(ys)
+        final = next(((x, y) for x, y in matching if y == top_score), None)
+        if final is None and matching:
+            final = max(matching, key=lambda p: p[1])
+    mark = None
     if final is not None:
         fx, fy = sx(final[0]), sy(final[1])
-        anchor = "end" if fx > left + inner_w * 0.6 else "start"
+        anchor = "end" if fx > left + frame.inner_width * 0.6 else "start"
         offset = -10 if anchor == "end" else 10
-        parts.append(
-            f'<circle class="final" cx="{fx:.1f}" cy="{fy:.1f}" r="8"/>'
-            f'<text class="final-label" x="{fx + offset:.1f}" y="{max(fy - 10, top + 10):.1f}" '
-            f'text-anchor="{anchor}">{escape(label)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+        mark = FinalMark(fx, fy, fx + offset, max(fy - 10, top + 10), anchor)
+    return render(
+        "score_plot.svg.jinja",
+        frame=frame,
+        y_ticks=y_ticks,
+        x_ticks=x_ticks,
+        best_path="".join(path),
+        dots=dots,
+        final=mark,
+        label=label,
+    )

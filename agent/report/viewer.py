@@ -1,61 +1,66 @@
 """The live viewer: a run's report served on 127.0.0.1, rebuilt while the run writes results.
 
-The viewer builds the same static report as ``line report`` (into ``<run>/report``) and serves
-that folder. A watcher thread looks at the run folder every second; when a history, the
+The viewer builds the same static report as ``line report`` (into the run's report folder) and
+serves that folder. A watcher thread looks at the run folder every second; when a history, the
 results table, the CoSy table or the config changes, it rebuilds (only changed pages) and
 bumps a version number. Pages served by the viewer carry the version they were built at and
 poll ``/_live``; when the version moves on they reload, so a user watches neurons finish.
+
+It runs on the project's HTTP stack, as the inference server does: a FastAPI app (``/_live``,
+and the report folder through Starlette's ``StaticFiles``, which keeps requests inside the
+folder) served by uvicorn on a background thread, from a socket the viewer binds itself so
+that a port in use is reported at once and ``port=0`` gets a free port without a race.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable
-from functools import partial
-from http import HTTPStatus
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from agent.report.build import BuildResult, ReportBuilder
 from agent.report.data import ReportError
+from agent.run_folder import RunFolder
 
 log = logging.getLogger("line.report")
 
 HOST = "127.0.0.1"
 """The viewer binds the loopback address only."""
+STATIC_MARK = 'data-live="0"'
+"""How a page of the static report (``templates/layout.html.jinja``) says it is not live."""
+NO_STORE = {"Cache-Control": "no-store"}
+STARTUP_TIMEOUT_S = 30.0
 
 
-def run_signature(run_dir: Path) -> tuple:
+def run_signature(run_dir: str | Path) -> tuple:
     """Changes whenever the run writes a file the report reads."""
+    folder = RunFolder(run_dir)
     parts: list[Any] = []
-    for name in ("config.json", "results.csv", "cosy.csv"):
-        path = run_dir / name
+    for path in (folder.config, folder.results_csv, folder.cosy_csv(), *folder.history_paths()):
         try:
             stat = path.stat()
-            parts.append((name, stat.st_mtime_ns, stat.st_size))
+            parts.append((path.name, stat.st_mtime_ns, stat.st_size))
         except OSError:
-            parts.append((name, None))
-    neurons = run_dir / "neurons"
-    try:
-        with os.scandir(neurons) as listing:
-            for entry in sorted(listing, key=lambda e: e.name):
-                if entry.name.endswith(".json"):
-                    stat = entry.stat()
-                    parts.append((entry.name, stat.st_mtime_ns, stat.st_size))
-    except OSError:
-        pass
+            parts.append((path.name, None))
     return tuple(parts)
 
 
-def writable_report_dir(run_dir: Path) -> Path:
-    """``<run>/report``, or a temporary folder when the run folder is read-only."""
-    target = run_dir / "report"
+def writable_report_dir(run_dir: str | Path) -> Path:
+    """The run's report folder, or a temporary folder when the run folder is read-only."""
+    target = RunFolder(run_dir).report
     try:
         target.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=target, suffix=".probe", delete=True)
@@ -67,50 +72,43 @@ def writable_report_dir(run_dir: Path) -> Path:
         return folder
 
 
-class ReportHandler(SimpleHTTPRequestHandler):
-    """Serves the report folder; marks HTML pages live and answers ``/_live``."""
+class LiveReportFiles(StaticFiles):
+    """The report folder; HTML pages are marked with the version they are served at."""
 
-    def __init__(self, *args: Any, viewer: ReportViewer, **kwargs: Any) -> None:
+    def __init__(self, viewer: ReportViewer) -> None:
+        super().__init__(directory=viewer.out, html=True)
         self.viewer = viewer
-        super().__init__(*args, directory=str(viewer.out), **kwargs)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("viewer: " + format, *args)
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        """An HTML page marked live (never cached); any other file as it is."""
+        if not os.fspath(full_path).endswith(".html"):
+            return super().file_response(full_path, stat_result, scope, status_code)
+        try:
+            text = Path(full_path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise HTTPException(404, "no such page (yet)") from error
+        version = self.viewer.status()["version"]
+        text = text.replace(STATIC_MARK, f'data-live="{version}"', 1)
+        return HTMLResponse(text, status_code=status_code, headers=NO_STORE)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
-    def do_GET(self) -> None:
-        """``/_live`` (JSON), HTML pages marked with the current version, other files as is."""
-        path = unquote(urlsplit(self.path).path)
-        if path == "/_live":
-            body = json.dumps(self.viewer.status()).encode()
-            self._send(HTTPStatus.OK, body, "application/json")
-            return
-        if path.endswith("/"):
-            path += "index.html"
-        if path.endswith(".html"):
-            file = Path(self.translate_path(path))
-            try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                self.send_error(HTTPStatus.NOT_FOUND, "no such page (yet)")
-                return
-            version = self.viewer.status()["version"]
-            text = text.replace('data-live="0"', f'data-live="{version}"', 1)
-            self._send(HTTPStatus.OK, text.encode("utf-8"), "text/html; charset=utf-8")
-            return
-        super().do_GET()
+def viewer_app(viewer: ReportViewer) -> FastAPI:
+    """The viewer's HTTP app: ``/_live`` (JSON) and the report folder."""
+    app = FastAPI(title="LINE report viewer", openapi_url=None, docs_url=None, redoc_url=None)
 
-    def do_HEAD(self) -> None:
-        """As GET, without the body."""
-        self.do_GET()
+    @app.get("/_live")
+    def live() -> JSONResponse:
+        """The version of the pages and how many neurons have finished."""
+        return JSONResponse(viewer.status(), headers=NO_STORE)
+
+    app.mount("/", LiveReportFiles(viewer), name="report")
+    return app
 
 
 class ReportViewer:
@@ -136,14 +134,13 @@ class ReportViewer:
         self._version = 0
         self._last: BuildResult | None = None
         self._stop = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
         """The index page's address."""
-        port = self._server.server_address[1] if self._server else self.port
-        return f"http://{HOST}:{port}/"
+        return f"http://{HOST}:{self.port}/"
 
     def status(self) -> dict[str, Any]:
         """The version of the pages and how many neurons have finished."""
@@ -178,21 +175,33 @@ class ReportViewer:
         """Build, then serve and watch on background threads; returns self."""
         signature = run_signature(self.run_dir)
         self.rebuild()
-        handler = partial(ReportHandler, viewer=self)
         try:
-            self._server = ThreadingHTTPServer((HOST, self.port), handler)
+            listener = socket.create_server((HOST, self.port))
         except OSError as error:
             raise ReportError(
                 f"cannot serve on {HOST}:{self.port} ({error}); pass another --port"
             ) from error
-        self._server.daemon_threads = True
-        serve = threading.Thread(target=self._server.serve_forever, name="line-view", daemon=True)
+        self.port = listener.getsockname()[1]
+        config = uvicorn.Config(
+            viewer_app(self), log_config=None, log_level="warning", access_log=False, lifespan="off"
+        )
+        self._server = server = uvicorn.Server(config)
+        serve = threading.Thread(
+            target=server.run, kwargs={"sockets": [listener]}, name="line-view", daemon=True
+        )
         watch = threading.Thread(target=self._watch, name="line-view-watch", daemon=True)
         self._threads = [serve, watch]
         if run_signature(self.run_dir) != signature:
             self.rebuild()
-        for thread in self._threads:
-            thread.start()
+        serve.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not server.started:
+            if not serve.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                listener.close()
+                raise ReportError(f"the viewer could not serve on {HOST}:{self.port}")
+            time.sleep(0.02)
+        watch.start()
         return self
 
     def stop(self) -> None:
@@ -200,10 +209,10 @@ class ReportViewer:
         self._stop.set()
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.should_exit = True
         for thread in self._threads:
-            thread.join(timeout=10)
+            if thread.is_alive():
+                thread.join(timeout=10)
 
     def wait(self) -> None:
         """Block until Ctrl-C (or ``stop()`` from another thread)."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 from PIL import Image
 
 from inference.protocols import (
@@ -19,9 +21,25 @@ from inference.protocols import (
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _torch_dtype(name: str):
-    import torch
+class TextToImagePipeline(Protocol):
+    """What LINE calls on a diffusers text-to-image pipeline (``StableDiffusionPipeline``, ...)."""
 
+    def __call__(
+        self,
+        *,
+        prompt: list[str],
+        generator: list[torch.Generator],
+        num_inference_steps: int,
+        guidance_scale: float,
+        width: int,
+        height: int,
+        output_type: str,
+    ) -> Any:
+        """Render one image per prompt; the output's ``images`` hold them."""
+        ...
+
+
+def _torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise BackendSpecError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     return getattr(torch, name)
@@ -37,7 +55,7 @@ class DiffusersGenerator:
     def __init__(
         self,
         name: str,
-        pipeline,
+        pipeline: TextToImagePipeline,
         device: str,
         dtype: str,
         defaults: RenderSettings,
@@ -55,8 +73,6 @@ class DiffusersGenerator:
 
     def render_arrays(self, jobs: Sequence[RenderJob]) -> np.ndarray:
         """Render jobs to float arrays ``[n, height, width, 3]`` in [0, 1]."""
-        import torch
-
         if not jobs:
             return np.zeros((0, 0, 0, 3), dtype=np.float32)
         settings = jobs[0].settings
@@ -83,7 +99,7 @@ class DiffusersGenerator:
         return [RenderedImage(image=Image.fromarray(array, mode="RGB")) for array in pixels]
 
 
-def load_diffusers_pipeline(source: str | Path, device: str, dtype: str):
+def load_diffusers_pipeline(source: str | Path, device: str, dtype: str) -> TextToImagePipeline:
     """Load a text-to-image pipeline by hub id or folder and move it to ``device``."""
     from diffusers import AutoPipelineForText2Image
 

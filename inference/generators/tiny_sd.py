@@ -110,7 +110,8 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipeline.save_pretrained(folder)
+    # mypy reads diffusers' top level as its placeholder classes, which lack save_pretrained
+    pipeline.save_pretrained(folder)  # type: ignore[attr-defined]
 
 
 def ensure_tiny_sd(cache_dir: Path | None = None) -> Path:
@@ -129,7 +130,9 @@ def ensure_tiny_sd(cache_dir: Path | None = None) -> Path:
     return folder
 
 
-def create_tiny_sd_generator(rest: str, device: str, options: GeneratorOptions):
+def create_tiny_sd_generator(
+    rest: str, device: str, options: GeneratorOptions
+) -> DiffusersGenerator:
     """The ``tiny-sd`` generator: 64x64, one step, no guidance unless the options say otherwise."""
     if rest:
         raise BackendSpecError(f"'tiny-sd' takes no arguments, got 'tiny-sd:{rest}'")

@@ -14,8 +14,11 @@ import importlib.util
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from inference.protocols import BackendSpecError, LayerInfo, UnknownLayerError
@@ -23,7 +26,8 @@ from inference.protocols import BackendSpecError, LayerInfo, UnknownLayerError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-Preprocess = Callable[[Image.Image], "object"]
+Preprocess = Callable[[Image.Image], torch.Tensor]
+"""Turns one RGB image into the model's ``[3, H, W]`` input tensor."""
 
 
 def imagenet_preprocess() -> Preprocess:
@@ -40,10 +44,8 @@ def imagenet_preprocess() -> Preprocess:
     )
 
 
-def reduce_to_units(output) -> object | None:
+def reduce_to_units(output: object) -> torch.Tensor | None:
     """Reduce a layer output to ``[batch, units]``; ``None`` when it has no unit axis we know."""
-    import torch
-
     if not isinstance(output, torch.Tensor) or not output.is_floating_point():
         return None
     if output.dim() == 4:
@@ -65,19 +67,16 @@ class TorchTarget:
     def __init__(
         self,
         name: str,
-        module,
+        module: torch.nn.Module,
         preprocess: Preprocess | None,
         device: str,
         identity: str | None = None,
     ) -> None:
-        import torch
-
         self.name = name
         self.identity = identity or name
         self.device = device
         self.module = module.eval().to(device)
         self.preprocess = preprocess or imagenet_preprocess()
-        self._torch = torch
         self._layers, self._calls = self._discover_layers()
 
     def _discover_layers(self) -> tuple[dict[str, LayerInfo], dict[str, int]]:
@@ -86,8 +85,8 @@ class TorchTarget:
         calls: dict[str, int] = {}
         handles = []
 
-        def make_hook(layer_name: str):
-            def hook(_module, _inputs, output):
+        def make_hook(layer_name: str) -> Callable[[torch.nn.Module, Any, object], None]:
+            def hook(_module: torch.nn.Module, _inputs: Any, output: object) -> None:
                 reduced = reduce_to_units(output)
                 calls[layer_name] = calls.get(layer_name, 0) + 1
                 if reduced is not None:
@@ -102,7 +101,7 @@ class TorchTarget:
                 handles.append(submodule.register_forward_hook(make_hook(layer_name)))
         try:
             probe = self.preprocess_batch([Image.new("RGB", (224, 224), (128, 128, 128))])
-            with self._torch.inference_mode():
+            with torch.inference_mode():
                 self.module(probe)
         finally:
             for handle in handles:
@@ -123,31 +122,34 @@ class TorchTarget:
             )
         return self._layers[layer]
 
-    def preprocess_batch(self, images: Sequence[Image.Image]):
+    def preprocess_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Preprocess PIL images into one batch tensor on the model's device."""
         tensors = [self.preprocess(image.convert("RGB")) for image in images]
-        return self._torch.stack(tensors).to(self.device)
+        return torch.stack(tensors).to(self.device)
 
-    def forward_layer(self, batch, layer: str):
+    def forward_layer(self, batch: torch.Tensor, layer: str) -> torch.Tensor:
         """Run the model on a preprocessed batch; the layer's ``[batch, units]`` tensor."""
         self.layer_info(layer)
-        captured = {}
+        captured: dict[str, torch.Tensor | None] = {}
         stop_early = self._calls.get(layer, 0) == 1
 
-        def hook(_module, _inputs, output):
+        def hook(_module: torch.nn.Module, _inputs: Any, output: object) -> None:
             captured["units"] = reduce_to_units(output)
             if stop_early:
                 raise _StopForward
 
         handle = self.module.get_submodule(layer).register_forward_hook(hook)
         try:
-            with self._torch.inference_mode():
+            with torch.inference_mode():
                 self.module(batch)
         except _StopForward:
             pass
         finally:
             handle.remove()
-        return captured["units"]
+        units = captured["units"]
+        if units is None:  # its output is no longer a float tensor with a unit axis
+            raise RuntimeError(f"layer {layer!r} of target {self.name!r} gave no unit values")
+        return units
 
     def activations(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
         """The layer's activations for RGB images as a float32 ``[batch, units]`` array."""
@@ -158,7 +160,9 @@ class TorchTarget:
         return units.float().cpu().numpy().astype(np.float32, copy=False)
 
 
-def create_torchvision_target(rest: str, device: str, trust_checkpoints: bool = False):
+def create_torchvision_target(
+    rest: str, device: str, trust_checkpoints: bool = False
+) -> TorchTarget:
     """``torchvision:<arch>[:<weights>]``; weights default to ``DEFAULT``, ``random`` for none."""
     import torchvision
     from torchvision import models
@@ -207,14 +211,15 @@ class torch_seed:
         self.seed = seed
 
     def __enter__(self) -> None:
-        import torch
-
         self._state = torch.random.get_rng_state()
         torch.manual_seed(self.seed)
 
-    def __exit__(self, *_exc) -> None:
-        import torch
-
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
         torch.random.set_rng_state(self._state)
 
 
@@ -227,10 +232,8 @@ def file_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_checkpoint(path: Path, trust_checkpoints: bool):
+def load_checkpoint(path: Path, trust_checkpoints: bool) -> Any:
     """``torch.load`` that only unpickles plain tensors and containers unless trusted."""
-    import torch
-
     if not path.is_file():
         raise BackendSpecError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -252,7 +255,7 @@ RESNET_BLOCKS = {
 }
 
 
-def resnet_arch_from_state_dict(state_dict: dict) -> str:
+def resnet_arch_from_state_dict(state_dict: dict[str, Any]) -> str:
     """Name the torchvision ResNet a state dict fits, from its block counts."""
     counts = []
     for stage in range(1, 5):
@@ -268,7 +271,7 @@ def resnet_arch_from_state_dict(state_dict: dict) -> str:
     return RESNET_BLOCKS[key]
 
 
-def create_places365_target(rest: str, device: str, trust_checkpoints: bool = False):
+def create_places365_target(rest: str, device: str, trust_checkpoints: bool = False) -> TorchTarget:
     """``places365:<path>``: a CSAIL Places365 ResNet checkpoint (``module.`` prefixes stripped)."""
     from torchvision import models
 
@@ -291,10 +294,8 @@ def create_places365_target(rest: str, device: str, trust_checkpoints: bool = Fa
     return TorchTarget(f"places365:{rest}", module, None, device, identity)
 
 
-def create_python_target(rest: str, device: str, trust_checkpoints: bool = False):
+def create_python_target(rest: str, device: str, trust_checkpoints: bool = False) -> TorchTarget:
     """``python:<file.py>:<factory>``: a user's module, optionally with its preprocessing."""
-    import torch
-
     path_text, sep, factory_name = rest.rpartition(":")
     if not sep or not path_text or not factory_name:
         raise BackendSpecError(
@@ -304,6 +305,8 @@ def create_python_target(rest: str, device: str, trust_checkpoints: bool = False
     if not path.is_file():
         raise BackendSpecError(f"python target file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"line_user_model_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise BackendSpecError(f"python target file {str(path)!r} cannot be imported as a module")
     module_code = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module_code)
     factory = getattr(module_code, factory_name, None)

@@ -141,7 +141,7 @@ def to_analysis_array(image: Image.Image) -> np.ndarray:
     scale = ANALYSIS_SIZE / min(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if size != rgb.size:
-        rgb = rgb.resize(size, Image.BILINEAR, reducing_gap=2.0)
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -291,8 +291,9 @@ def analyse_pixels(pixels: np.ndarray, classifier: PixelClassifier) -> ImageAnal
                 features=features,
             )
         )
+    red, green, blue = (float(v) for v in background)
     return ImageAnalysis(
         objects=tuple(objects),
-        background_rgb=tuple(float(v) for v in background),
+        background_rgb=(red, green, blue),
         foreground_fraction=float(foreground.mean()),
     )

@@ -142,11 +142,11 @@ class TrainConfig:
     """What ``line toyworld train`` takes; the defaults made the shipped weights."""
 
     seed: int = 0
-    train_scenes: int = 6000
+    train_scenes: int = 4000
     held_out_scenes: int = 1000
-    epochs: int = 12
+    epochs: int = 24
     batch_size: int = 64
-    learning_rate: float = 3e-3
+    learning_rate: float = 5e-3
 
 
 @dataclass

@@ -71,7 +71,9 @@ def _lighting(scene: Scene, width: int, height: int) -> np.ndarray:
         * amplitude
         * (centres[None, :] * np.cos(direction) + centres[:, None] * np.sin(direction))
     )
-    field = Image.fromarray(coarse.astype(np.float32)).resize((width, height), Image.BILINEAR)
+    field = Image.fromarray(coarse.astype(np.float32)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
     return np.asarray(field)
 
 

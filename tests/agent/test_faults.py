@@ -15,11 +15,11 @@ import time
 import httpx
 import pytest
 
-from agent.providers import RetryPolicy
 from agent.run_folder import RunFolder
 from inference.app import create_app, free_port, start_server_thread
 from testing.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
 from testing.toy_service import toy_world_service
+from tools.retry import FaultKind, RetryPolicy
 
 TOY = ["--target", "planted:shapes", "--layer", "planted", "--generator", "procedural:shapes"]
 LINE = [sys.executable, "-m", "cli.app"]
@@ -197,6 +197,45 @@ def test_a_misbehaving_llm_is_survived_and_every_fault_counted(toy_world_server,
     assert total["lost_rounds"] == 1  # four unusable answers in a row outlast the 3 re-asks
     assert total["faults"] == 3 + 2 + 1 + 4
     assert [row["faults"] for row in rows] == [int(row["faults"]) for row in table]
+
+
+RESULTS_HEADER = [
+    "target", "layer", "unit", "label", "score", "selective", "selectivity", "status", "reason",
+    "summary", "llm_calls",
+    "tokens", "images", "reasks", "faults", "rate_limited", "server_errors", "timeouts",
+    "connection_errors", "tool_errors", "lost_rounds", "restarts",
+]  # fmt: skip
+RETRIED_FAULTS = [
+    Reply.disconnect(),  # the connection drops before the answer
+    Reply.rate_limited(0),  # 429, Retry-After: 0
+    Reply.server_error(502),
+    Reply.hang(3.0),  # longer than the client's 1 s timeout
+]
+
+
+def test_each_retried_llm_fault_reaches_its_own_results_column_once(
+    toy_world_server, explain, tmp_path
+):
+    with start_scripted_llm(ScriptedReplies(RETRIED_FAULTS)) as llm:
+        rows, folder = explain(
+            toy_world_server, tmp_path / "run", [6], llm=OPENAI, llm_base_url=llm.url,
+            iterations=1, concurrency=1, llm_timeout_s=1,
+            llm_retry=RetryPolicy(base_delay_s=0.01, max_attempts=5),
+        )  # fmt: skip
+    assert [llm.stats.count(reply.kind) for reply in RETRIED_FAULTS] == [1, 1, 1, 1]
+    with folder.results_csv.open() as stream:
+        assert next(csv.reader(stream)) == RESULTS_HEADER
+    [row] = results(folder)
+    assert row["status"] == "done" and row["label"]
+    assert {kind.value: row[kind.value] for kind in FaultKind} == {
+        "rate_limited": "1",
+        "server_errors": "1",
+        "timeouts": "1",
+        "connection_errors": "1",
+    }
+    assert (row["faults"], row["reasks"], row["tool_errors"]) == ("4", "0", "0")
+    assert rows[0]["connection_errors"] == 1 and rows[0]["faults"] == 4
+    assert history(folder, 6)["counters"]["connection_errors"] == 1
 
 
 class EndlessToolCalls:

@@ -1,10 +1,9 @@
-"""Providers: spec parsing, early checks, model building, the client's retries and cache, and the
-helpers that tell the graph an answer is unusable."""
+"""Providers: spec parsing, early checks, model building, the client's retries, the response
+cache, and the helpers that tell the graph an answer is unusable."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Any
 
 import httpx
@@ -14,6 +13,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field, PrivateAttr
 
 from agent import providers
@@ -28,13 +28,13 @@ from agent.providers import (
     LLMCallError,
     LLMClient,
     LLMConfigError,
-    RetryPolicy,
+    LLMResponseCache,
     build_chat_model,
     check_llm_ready,
     classify_error,
     parse_llm_spec,
-    retry_after_s,
 )
+from tools.retry import FaultKind, RetryPolicy, classify_fault, retry_after_s
 
 KEY_VARS = (
     "OPENAI_API_KEY",
@@ -204,7 +204,7 @@ class FlakyModel(BaseChatModel):
         return "flaky-test-model"
 
     def bind_tools(self, tools, *, tool_choice=None, **kwargs):
-        return self
+        return self.bind(tools=[convert_to_openai_tool(tool) for tool in tools])
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
         raise NotImplementedError
@@ -238,14 +238,17 @@ class Sleeps:
 async def test_retry_after_is_honoured_and_faults_counted():
     model = FlakyModel(errors=[_error(429, {"retry-after": "2"}), _error(503)])
     sleeps = Sleeps()
-    client = LLMClient(model, sleep=sleeps, seed=1)
+    client = LLMClient(model, sleep=sleeps)
     reply = await client.invoke([HumanMessage("go")], tools=[propose_concept])
     assert reply.attempts == 3
-    assert (reply.rate_limited, reply.server_errors, reply.timeouts) == (1, 1, 0)
+    assert reply.faults == {FaultKind.RATE_LIMITED: 1, FaultKind.SERVER_ERRORS: 1}
     assert 2.0 <= sleeps.delays[0] <= 2.2
     assert 1.0 <= sleeps.delays[1] <= 2.0  # attempt 2: 2 s ceiling, half of it jittered
     assert (reply.input_tokens, reply.output_tokens) == (11, 3)
-    assert client.usage.requests == 3 and client.usage.rate_limited == 1
+    assert model._calls == 3
+    counters = reply.counters()
+    assert (counters["rate_limited"], counters["server_errors"], counters["timeouts"]) == (1, 1, 0)
+    assert (counters["llm_calls"], counters["llm_cached"], counters["input_tokens"]) == (1, 0, 11)
 
 
 async def test_attempts_are_bounded_with_exponential_backoff():
@@ -258,7 +261,15 @@ async def test_attempts_are_bounded_with_exponential_backoff():
     assert len(sleeps.delays) == 3
     for attempt, delay in enumerate(sleeps.delays, start=1):
         assert 2 ** (attempt - 1) * 0.5 <= delay <= 2 ** (attempt - 1)
-    assert client.usage.failures == 1
+    assert model._calls == 4 and error.value.attempts == 4
+
+
+async def test_backoff_is_capped_at_the_longest_delay():
+    model = FlakyModel(errors=[_error(500) for _ in range(9)])
+    sleeps = Sleeps()
+    policy = RetryPolicy(max_attempts=10, base_delay_s=1, max_delay_s=4)
+    await LLMClient(model, retry=policy, sleep=sleeps).invoke([HumanMessage("go")])
+    assert len(sleeps.delays) == 9 and max(sleeps.delays) <= 4 and sleeps.delays[-1] >= 2
 
 
 async def test_client_errors_are_not_retried():
@@ -272,14 +283,15 @@ async def test_client_errors_are_not_retried():
 async def test_a_very_long_retry_after_gives_up_at_once():
     model = FlakyModel(errors=[_error(429, {"retry-after": "3600"})])
     client = LLMClient(model, sleep=Sleeps())
-    with pytest.raises(LLMCallError, match="wait 3600 s"):
+    with pytest.raises(LLMCallError, match="wait 3600 s") as error:
         await client.invoke([HumanMessage("go")])
+    assert error.value.attempts == 1 and model._calls == 1
 
 
 async def test_attempt_timeout_on_our_side():
     model = FlakyModel(delay_s=5)
-    client = LLMClient(model, attempt_timeout_s=0.05, retry=RetryPolicy(max_attempts=2))
-    client._sleep = Sleeps()
+    retry = RetryPolicy(max_attempts=2)
+    client = LLMClient(model, attempt_timeout_s=0.05, retry=retry, sleep=Sleeps())
     with pytest.raises(LLMCallError, match="timeouts") as error:
         await client.invoke([HumanMessage("go")])
     assert error.value.faults["timeouts"] == 2
@@ -288,9 +300,22 @@ async def test_attempt_timeout_on_our_side():
 async def test_connection_limit_holds():
     model = FlakyModel(delay_s=0.02)
     client = LLMClient(model, max_concurrency=3)
-    await asyncio.gather(*(client.invoke([HumanMessage(f"go {i}")]) for i in range(12)))
+    replies = await asyncio.gather(*(client.invoke([HumanMessage(f"go {i}")]) for i in range(12)))
     assert model._peak == 3
-    assert client.usage.replies == 12
+    assert len(replies) == 12 and all(reply.message.tool_calls for reply in replies)
+
+
+class OtherSDKError(Exception):
+    """Another provider SDK's error: an HTTP status and nothing else we know."""
+
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"status {status_code}")
+        self.status_code = status_code
+
+
+def _raised_from(error: Exception, cause: BaseException) -> Exception:
+    error.__cause__ = cause
+    return error
 
 
 def test_error_classification_and_retry_after():
@@ -301,36 +326,49 @@ def test_error_classification_and_retry_after():
     assert classify_error(openai.APITimeoutError(request=request)) == "timeouts"
     assert classify_error(openai.APIConnectionError(request=request)) == "connection_errors"
     assert classify_error(TimeoutError()) == "timeouts"
+    assert classify_error(ConnectionResetError()) == "connection_errors"
     assert classify_error(ValueError("no")) is None
+    # other SDKs: their status, httpx errors, or the httpx error they were raised from
+    assert classify_error(OtherSDKError(429)) is FaultKind.RATE_LIMITED
+    assert classify_error(OtherSDKError(503)) is FaultKind.SERVER_ERRORS
+    assert classify_error(OtherSDKError(401)) is None
+    assert classify_fault(httpx.ReadTimeout("slow", request=request)) is FaultKind.TIMEOUTS
+    assert classify_fault(httpx.ConnectError("refused", request=request)) == "connection_errors"
+    assert classify_fault(httpx.UnsupportedProtocol("ftp://", request=request)) is None
+    wrapped = _raised_from(RuntimeError("SDK"), httpx.RemoteProtocolError("peer closed"))
+    assert classify_fault(wrapped) is FaultKind.CONNECTION_ERRORS
     assert retry_after_s(_error(429, {"retry-after-ms": "250", "retry-after": "1"})) == 0.25
     assert retry_after_s(_error(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
     assert retry_after_s(_error(429)) is None
-    policy = RetryPolicy(base_delay_s=1, max_delay_s=4)
-    assert policy.delay_s(10, None, random.Random(0)) <= 4
 
 
 async def test_cache_hit_costs_nothing(tmp_path):
-    model = FlakyModel()
-    client = LLMClient(model, cache_dir=tmp_path / "cache")
+    model = FlakyModel(cache=LLMResponseCache(tmp_path / "cache"))
+    client = LLMClient(model)
     messages = [HumanMessage("go", id="volatile-1")]
     first = await client.invoke(messages, tools=[propose_concept])
     assert not first.cached and first.input_tokens == 11
     again = await client.invoke([HumanMessage("go", id="volatile-2")], tools=[propose_concept])
     assert again.cached and again.attempts == 0
     assert (again.input_tokens, again.output_tokens) == (0, 0)
+    assert again.counters()["llm_calls"] == 0 and again.counters()["llm_cached"] == 1
     assert again.message.tool_calls == first.message.tool_calls
-    assert again.message.response_metadata["line_cache"]["input_tokens"] == 11
+    assert again.message.usage_metadata["input_tokens"] == 11  # what it cost when it was made
     assert model._calls == 1
     other = await client.invoke(messages)  # no tools: another request
     assert not other.cached and model._calls == 2
-    fresh = await client.invoke(messages, tools=[propose_concept], use_cache=False)
-    assert not fresh.cached and model._calls == 3
-    client.discard_cached(first.cache_key)
-    assert not (await client.invoke(messages, tools=[propose_concept])).cached
-    # a new client on the same folder (a resumed run) hits the cache
-    resumed = LLMClient(FlakyModel(), cache_dir=tmp_path / "cache")
-    assert (await resumed.invoke(messages, tools=[propose_concept])).cached
-    assert resumed.usage.cached == 1 and resumed.usage.requests == 0
+    # the earlier answer in a conversation keys by what the model reads, not by its metadata
+    follow_up = [*messages, again.message, HumanMessage("and then?")]
+    assert not (await client.invoke(follow_up, tools=[propose_concept])).cached
+    follow_up = [*messages, first.message, HumanMessage("and then?")]
+    assert (await client.invoke(follow_up, tools=[propose_concept])).cached
+    assert model._calls == 3
+    # a new model on the same folder (a resumed run) hits the cache without a call
+    resumed = FlakyModel(cache=LLMResponseCache(tmp_path / "cache"))
+    assert (await LLMClient(resumed).invoke(messages, tools=[propose_concept])).cached
+    assert resumed._calls == 0
+    LLMResponseCache(tmp_path / "cache").clear()
+    assert not (await LLMClient(resumed).invoke(messages, tools=[propose_concept])).cached
 
 
 async def test_offline_model_through_the_client():
@@ -399,15 +437,13 @@ def test_extract_concept_from_text(text, concept):
 
 
 def test_other_providers_go_through_init_chat_model(monkeypatch):
-    import langchain.chat_models
-
     seen = {}
 
     def fake_init(model, **kwargs):
         seen[model] = kwargs
         return OfflineVocabProposer()
 
-    monkeypatch.setattr(langchain.chat_models, "init_chat_model", fake_init)
+    monkeypatch.setattr(providers, "init_chat_model", fake_init)
     monkeypatch.setattr(providers, "_module_present", lambda module: True)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "secret")
     build_chat_model("anthropic:claude-sonnet-4-5", temperature=0.3, max_tokens=200, timeout_s=9)

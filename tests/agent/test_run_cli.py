@@ -134,3 +134,19 @@ def test_json_output_for_scripts(tmp_path):
     assert answer["run_folder"] == str(tmp_path / "run") and answer["report"] is None
     assert [row["unit"] for row in answer["neurons"]] == [0, 9]
     assert all(row["status"] == "done" and row["label"] for row in answer["neurons"])
+
+
+def test_a_learned_target_runs_end_to_end_with_a_verdict(tmp_path):
+    """learned:shapes through `line run`: every neuron gets a label and a selective verdict."""
+    out = tmp_path / "learned"
+    result = line_run(
+        "--target", "learned:shapes", "--layer", "conv4", "--units", "0-2",
+        "--generator", "procedural:shapes", "--llm", "offline:vocab", "--iterations", "3",
+        "--out", str(out), "--no-report",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = RunFolder(out).read_results()
+    assert [row["status"] for row in rows] == ["done"] * 3
+    assert all(row["selective"] in ("True", "False") for row in rows)
+    assert all(row["selectivity"] not in ("", "nan") for row in rows)
+    assert "with a selective concept" in result.output

@@ -97,6 +97,26 @@ def test_unusable_answers_are_reasked_and_counted(toy_world_server, explain, tmp
     assert rows[0]["reasks"] == 4
 
 
+def test_a_concept_tried_before_is_reasked(toy_world_server, explain, tmp_path):
+    script = ScriptedReplies(
+        [
+            Reply.tool_call("propose_concept", concept="red fruit"),
+            Reply.tool_call("propose_concept", concept="Red  Fruit."),  # the same once normalised
+        ]
+    )
+    with start_scripted_llm(script) as llm:
+        rows, folder = explain(
+            toy_world_server, tmp_path / "run", [0], llm=OPENAI, llm_base_url=llm.url,
+            iterations=2, concurrency=1,
+        )  # fmt: skip
+    assert rows[0]["status"] == "done" and rows[0]["reasks"] == 1
+    neuron = history(folder, 0)
+    reasons = [log["unusable"] for log in neuron["llm_log"] if log.get("unusable")]
+    assert reasons == ["'red fruit' was already tried; propose a new one"]
+    proposals = [e["concept"] for e in neuron["entries"] if e["source"] == "proposal"]
+    assert proposals[0] == "red fruit" and len(set(proposals)) == 2
+
+
 def test_tool_errors_go_back_to_the_llm(toy_world_server, explain, tmp_path):
     script = ScriptedReplies(
         [
@@ -121,6 +141,35 @@ def test_tool_errors_go_back_to_the_llm(toy_world_server, explain, tmp_path):
     assert "malformed arguments" in tool_texts[3]
     assert "too long" in tool_texts[4]
     assert neuron["counters"]["tool_errors"] >= 5
+
+
+def test_tool_calls_of_one_message_run_in_order(toy_world_server, explain, tmp_path):
+    script = ScriptedReplies(
+        [
+            Reply.tool_calls_of(
+                [
+                    ("generate_images", {"concept": "blue", "n": 2}),
+                    ("measure_activation", {"concept": "blue"}),  # sees the images just made
+                    ("read_scoreboard", {"top_k": 3}),  # ...and the score just recorded
+                ]
+            )
+        ]
+    )
+    with start_scripted_llm(script) as llm:
+        rows, folder = explain(
+            toy_world_server, tmp_path / "run", [9], llm=OPENAI, llm_base_url=llm.url,
+            prompts="agentic", max_concepts=3, max_llm_turns=8, concurrency=1,
+        )  # fmt: skip
+    assert rows[0]["status"] == "done", rows[0]["reason"]
+    neuron = history(folder, 9)
+    blue = neuron["entries"][0]
+    assert (blue["concept"], blue["source"], blue["iteration"]) == ("blue", "agent", 1)
+    assert len(blue["image_ids"]) == 2
+    tool_texts = [m["content"] for m in neuron["messages"] if m["role"] == "tool"]
+    assert tool_texts[0].startswith("generated 2 images of 'blue'")
+    assert tool_texts[1].startswith(f"blue: {blue['score']:.4f}\nper-image activations: ")
+    assert tool_texts[2] == f"blue: {blue['score']:.4f}"
+    assert "tool_errors" not in neuron["counters"]
 
 
 @pytest.mark.parametrize("unit", [u.unit for u in planted_ground_truth() if u.kind == "single"][:6])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from agent.launch import DEMO_OFFLINE_ITERATIONS
 from analysis.polysemanticity import (
     GROUP_COLUMNS,
     analyse_entries,
+    average_linkage,
     concept_groups,
     content_words,
     core_concept,
@@ -156,6 +158,20 @@ def test_disjunction_without_tried_parts_stays_whole(embedder):
 def test_thresholds_are_checked(embedder):
     with pytest.raises(ValueError, match="relative_threshold must lie in"):
         concept_groups(entries({"star": 1.0}), relative_threshold=1.5, embedder=embedder)
+    with pytest.raises(ValueError, match="similarity_threshold must lie in"):
+        concept_groups(entries({"star": 1.0}), similarity_threshold=1.5, embedder=embedder)
+
+
+def test_average_linkage_merges_on_the_mean_similarity():
+    """a-b merge first (0.9); {a, b}-c then has mean similarity 0.625, below 0.7, although b-c
+    alone (0.75) is above it: average linkage, not single linkage."""
+    similarity = np.array([[1.0, 0.9, 0.5], [0.9, 1.0, 0.75], [0.5, 0.75, 1.0]])
+    assert average_linkage(similarity, 0.7) == [[0, 1], [2]]
+    assert average_linkage(similarity, 0.6) == [[0, 1, 2]]
+    assert average_linkage(similarity, 0.95) == [[0], [1], [2]]
+    assert average_linkage(np.array([[1.0, 0.7], [0.7, 1.0]]), 0.7) == [[0, 1]]  # "at least"
+    assert average_linkage(np.ones((1, 1)), 0.7) == [[0]]
+    assert average_linkage(np.ones((0, 0)), 0.7) == []
 
 
 def test_text_rules():

@@ -88,6 +88,18 @@ def test_random_samples_agree_with_brute_force_and_scipy():
     assert scores["mad"] == pytest.approx(mad_score(concept, control))
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_auc_keeps_the_mann_whitney_identity(seed):
+    """sklearn's ROC AUC is 1 - U / (n1 * n2) with scipy's U of the control sample, ties 1/2."""
+    rng = np.random.default_rng(seed)
+    control = np.round(rng.normal(size=int(rng.integers(1, 40))), 1)
+    concept = np.round(rng.normal(rng.uniform(-1, 1), size=int(rng.integers(1, 40))), 1)
+    scores = cosy_scores(control, concept)
+    u = mannwhitneyu(control, concept, alternative="two-sided").statistic
+    assert scores["u"] == pytest.approx(u)
+    assert scores["auc"] == pytest.approx(1 - u / (control.size * concept.size), abs=1e-12)
+
+
 @pytest.mark.parametrize(
     ("control", "concept", "message"),
     [

@@ -11,9 +11,9 @@ import typer
 from typer.testing import CliRunner
 
 from agent.run_folder import RunFolder
+from cli.evals import eval_app
 from evals.cosy import cosy_seeds
 from evals.cosy_eval import (
-    cosy_command,
     cosy_neurons,
     evaluate_cosy,
     read_label_csv,
@@ -41,11 +41,9 @@ def _run(coroutine_function, url):
 
 
 @pytest.fixture
-def cosy_app():
-    app = typer.Typer()
-    app.command("cosy")(cosy_command)
-    app.command("other")(lambda: None)  # two commands: `cosy` stays a subcommand
-    return app
+def cosy_app() -> typer.Typer:
+    """``line eval``, whose ``cosy`` command the tests invoke."""
+    return eval_app
 
 
 @pytest.fixture

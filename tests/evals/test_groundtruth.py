@@ -18,14 +18,16 @@ from analysis.groundtruth import (
     score_label,
 )
 from analysis.similarity import default_embedder
+from cli.evals import eval_app
 from evals.groundtruth import (
     ROW_COLUMNS,
     SUMMARY_COLUMNS,
-    groundtruth_command,
     run_groundtruth_benchmark,
     summarize_groundtruth,
 )
+from inference.toyworld.dissection import cached_dissection, load_toy_world_target
 from inference.toyworld.truth import planted_ground_truth
+from tools.server_session import RunSetupError
 
 TRUTH = {unit.unit: unit for unit in planted_ground_truth()}
 RED, BLUE_TRIANGLE, STAR_OR_CROSS, MANY_SMALL, NOISE, CONSTANT = 0, 1, 2, 3, 4, 17
@@ -38,15 +40,8 @@ def embedder():
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    """``groundtruth_command`` mounted as ``line eval groundtruth`` will be."""
-    app = typer.Typer()
-    app.command("groundtruth")(groundtruth_command)
-
-    @app.callback()
-    def main() -> None:
-        """A group, so the command is invoked by name."""
-
-    return app
+    """``line eval``, whose ``groundtruth`` command the tests invoke."""
+    return eval_app
 
 
 # --------------------------------------------------------------------------- scorer
@@ -213,3 +208,43 @@ def test_benchmark_repeats(tmp_path, embedder):
     assert result["false_claim_rate"] == 0.0
     seeds = {path.name: (path / "config.json").read_text() for path in result["runs"]}
     assert '"seed": 1' in seeds["repeat-2"]
+
+
+def test_verdict_is_right_on_planted_concept_and_no_concept_units(tmp_path, embedder):
+    """The run's verdict: not selective on the noise and constant units, selective on concept
+    units (AND, OR, single); false claims are counted with it."""
+    units = [RED, BLUE_TRIANGLE, STAR_OR_CROSS, NOISE, CONSTANT, 26]
+    result = run_groundtruth_benchmark(
+        tmp_path / "gt", units=units, embedder=embedder, baseline=False
+    )
+    verdicts = {row["unit"]: row["verdict_right"] for row in result["rows"]}
+    assert verdicts == dict.fromkeys(units, True)
+    assert result["false_claim_rate"] == 0.0
+    assert result["verdict_agreement"] == 1.0
+
+
+def test_learned_units_are_scored_against_the_dissection_reference(tmp_path, embedder):
+    model = load_toy_world_target("learned:shapes")
+    dissected = [u for u in cached_dissection(model) if u.layer == "conv4"]
+    selective = next(u for u in dissected if u.selective)
+    silent = next(u for u in dissected if not u.selective)
+    result = run_groundtruth_benchmark(
+        tmp_path / "learned",
+        target="learned:shapes",
+        layer="conv4",
+        units=[selective.unit, silent.unit],
+        iterations=2,
+        embedder=embedder,
+    )
+    rows = {row["unit"]: row for row in result["rows"]}
+    assert rows[selective.unit]["truth"] == selective.concept
+    assert rows[selective.unit]["kind"] == selective.kind
+    assert rows[silent.unit]["kind"] == "none"
+    assert rows[selective.unit]["baseline_label"]  # the vocabulary baseline labelled it too
+    assert set(result["baseline_recovery"]) == set(result["recovery"])
+    assert 0.0 <= result["verdict_agreement"] <= 1.0
+
+
+def test_groundtruth_of_a_target_outside_the_toy_world_says_why(tmp_path):
+    with pytest.raises(RunSetupError, match="needs scenes with known attributes"):
+        run_groundtruth_benchmark(tmp_path / "x", target="torchvision:resnet18:random", layer="fc")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import tempfile
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from inference.app import create_app, start_server_thread
 from inference.protocols import RenderSettings
+from inference.registry import load_generator, load_target
+from inference.service import BatchingConfig, InferenceService
 from inference.store import (
     ActivationCache,
     ImageStore,
@@ -16,6 +22,7 @@ from inference.store import (
     StoreWriteError,
     image_id,
 )
+from testing.toy_service import toy_world_service
 
 SETTINGS = RenderSettings(64, 64, 1, 0.0)
 
@@ -102,16 +109,11 @@ def test_activation_cache_keeps_whole_vectors_across_restarts(tmp_path):
 def test_a_full_or_read_only_disk_is_a_clear_507_and_the_run_can_go_on(
     tmp_path, monkeypatch, errno_, words
 ):
-    import httpx
-
-    from inference.app import create_app, start_server_thread
-    from testing.toy_service import toy_world_service
-
     service = toy_world_service(tmp_path / "store")
     store = service.store
     running = start_server_thread(create_app(service))
     body = {"prompts": ["a red circle", "a blue square"], "seeds": [1, 2]}
-    real_mkstemp = __import__("tempfile").mkstemp
+    real_mkstemp = tempfile.mkstemp
 
     def failing_disk(*_args, **_kwargs):
         raise OSError(errno_, words)
@@ -130,3 +132,39 @@ def test_a_full_or_read_only_disk_is_a_clear_507_and_the_run_can_go_on(
         assert all(store.load(image).size == (224, 224) for image in ids)  # whole, readable
     finally:
         running.stop()
+
+
+class CountingCache(ActivationCache):
+    """The real cache, noting how many vectors each write commits."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.writes: list[int] = []
+
+    def put_many(self, target: str, layer: str, vectors: dict[str, np.ndarray]) -> None:
+        self.writes.append(len(vectors))
+        super().put_many(target, layer, vectors)
+
+
+async def test_a_model_batch_reaches_the_activation_cache_in_one_write(tmp_path):
+    cache = CountingCache(tmp_path / "activations.sqlite")
+    service = InferenceService(
+        [load_generator("procedural:shapes", "cpu")],
+        [load_target("planted:shapes", "cpu")],
+        ImageStore(tmp_path),
+        cache,
+        batching=BatchingConfig(max_batch=64, max_wait_ms=200),
+    )
+    try:
+        images = await service.generate_images([f"a red circle {i}" for i in range(6)], range(6))
+        ids = [image.id for image in images]
+        # three requests at once meet in one model batch, and its six vectors in one write
+        tables = await asyncio.gather(
+            *(service.activations("planted:shapes", "planted", ids[i : i + 2]) for i in (0, 2, 4))
+        )
+        assert cache.writes == [6]
+        again = await service.activations("planted:shapes", "planted", ids)
+        assert cache.writes == [6]  # read back from the cache, nothing measured or written
+        np.testing.assert_array_equal(again.values, np.concatenate([t.values for t in tables]))
+    finally:
+        await service.aclose()

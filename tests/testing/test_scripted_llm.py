@@ -1,5 +1,6 @@
 """The scripted OpenAI-compatible server driven by the real ChatOpenAI and LLMClient: tool calls,
-parallel calls, streaming, faults (429, 500, hangs, malformed answers) and the response cache."""
+parallel calls, streaming, faults (429, 500, dropped connections, hangs, malformed answers) and
+the response cache."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
 from agent.answers import UnusableAnswer, extract_tool_call
-from agent.providers import LLMCallError, LLMClient, RetryPolicy, build_chat_model
+from agent.providers import LLMCallError, LLMClient, LLMResponseCache, build_chat_model
 from testing.scripted_llm import (
     ProposerPolicy,
     Reply,
@@ -20,6 +21,7 @@ from testing.scripted_llm import (
     transcript_from_openai,
 )
 from tools.agent_tools import GENERATE_IMAGES, MEASURE_ACTIVATION, PROPOSE_CONCEPT
+from tools.retry import FaultKind, RetryPolicy
 
 PROMPT = [
     SystemMessage("You interpret a neuron."),
@@ -43,8 +45,11 @@ def scripted():
         server.stop()
 
 
-def client_for(server, timeout_s: float = 10, **kwargs) -> LLMClient:
-    model = build_chat_model("openai-compatible:scripted", base_url=server.url, timeout_s=timeout_s)
+def client_for(server, timeout_s: float = 10, cache_dir=None, **kwargs) -> LLMClient:
+    cache = LLMResponseCache(cache_dir) if cache_dir is not None else None
+    model = build_chat_model(
+        "openai-compatible:scripted", base_url=server.url, timeout_s=timeout_s, cache=cache
+    )
     return LLMClient(model, spec="openai-compatible:scripted", retry=FAST_RETRY, **kwargs)
 
 
@@ -91,18 +96,25 @@ async def test_rate_limit_with_retry_after_is_retried(scripted):
     started = time.monotonic()
     reply = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
     assert time.monotonic() - started >= 0.3
-    assert (reply.attempts, reply.rate_limited) == (2, 1)
+    assert (reply.attempts, reply.faults) == (2, {FaultKind.RATE_LIMITED: 1})
     assert reply.message.tool_calls[0]["args"] == {"concept": "yellow"}
     assert server.stats.requests == 2 and server.stats.count("rate_limit") == 1
 
 
 async def test_server_error_is_retried(scripted):
     server = scripted(ScriptedReplies([Reply.server_error(), Reply.server_error(503)]))
-    client = client_for(server)
-    reply = await client.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
-    assert (reply.attempts, reply.server_errors) == (3, 2)
+    reply = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert (reply.attempts, reply.faults) == (3, {FaultKind.SERVER_ERRORS: 2})
     assert server.stats.count("server_error") == 2 and server.stats.answered() == 1
-    assert client.usage.requests == 3 and client.usage.replies == 1
+    assert server.stats.requests == 3
+
+
+async def test_dropped_connection_is_retried(scripted):
+    server = scripted(ScriptedReplies([Reply.disconnect()]))
+    reply = await client_for(server).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert (reply.attempts, reply.faults) == (2, {FaultKind.CONNECTION_ERRORS: 1})
+    assert reply.message.tool_calls[0]["args"] == {"concept": "yellow"}
+    assert server.stats.count("disconnect") == 1 and server.stats.answered() == 1
 
 
 async def test_hang_times_out_is_retried_then_fails_clearly(scripted):
@@ -122,7 +134,7 @@ async def test_hang_times_out_is_retried_then_fails_clearly(scripted):
 async def test_hang_then_success(scripted):
     server = scripted(ScriptedReplies([Reply.hang(30)]))
     reply = await client_for(server, timeout_s=0.3).invoke(PROMPT, tools=[PROPOSE_CONCEPT])
-    assert (reply.attempts, reply.timeouts) == (2, 1)
+    assert (reply.attempts, reply.faults) == (2, {FaultKind.TIMEOUTS: 1})
 
 
 async def test_cache_hit_costs_no_request(scripted, tmp_path):
@@ -133,7 +145,7 @@ async def test_cache_hit_costs_no_request(scripted, tmp_path):
     assert server.stats.requests == 1
     assert second.cached and (second.input_tokens, second.output_tokens) == (0, 0)
     assert second.message.tool_calls == first.message.tool_calls
-    assert client.usage.cached == 1 and client.usage.requests == 1
+    assert not first.cached and first.input_tokens > 0
 
 
 @pytest.mark.parametrize(

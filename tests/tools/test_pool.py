@@ -11,7 +11,7 @@ from PIL import Image
 
 from inference.app import create_app, free_port, start_server_thread
 from testing.toy_service import toy_world_service
-from tools.client import LineServerUnavailable
+from tools.client import InferenceClient, LineServerUnavailable
 from tools.pool import ServerPool, connect
 
 
@@ -114,5 +114,10 @@ async def test_no_server_answering_fails_clearly():
 
 
 def test_connect_gives_one_client_or_a_pool():
-    assert type(connect("http://127.0.0.1:1")).__name__ == "LineClient"
-    assert isinstance(connect(["http://127.0.0.1:1", "http://127.0.0.1:2"]), ServerPool)
+    one, several = (
+        connect("http://127.0.0.1:1"),
+        connect(["http://127.0.0.1:1", "http://127.0.0.1:2"]),
+    )
+    assert type(one).__name__ == "LineClient"
+    assert isinstance(several, ServerPool)
+    assert isinstance(one, InferenceClient) and isinstance(several, InferenceClient)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.launch import RunSetupError, check_layer_units, parse_units
+from agent.launch import parse_units
 from tools.scoreboard import (
     ConceptEntry,
     Scoreboard,
@@ -16,6 +16,7 @@ from tools.scoreboard import (
     parse_tried_lines,
 )
 from tools.scoring import auc_score, mad_score, score_activations
+from tools.server_session import RunSetupError, check_layer_units
 
 
 def entry(concept: str, score: float, iteration: int = 0) -> ConceptEntry:

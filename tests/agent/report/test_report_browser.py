@@ -10,18 +10,20 @@ from chromium_cdp import Chromium
 from report_fixtures import copy_run, interrupt, large_run
 
 from agent.report import build_report, start_viewer
+from analysis.selectivity import shown_label
 
 VISIBLE_ROWS = "Array.from(document.querySelectorAll('#neurons tbody tr')).filter(r => !r.hidden)"
 SCORES = f"{VISIBLE_ROWS}.map(r => r.cells[3].dataset.v).filter(v => v !== '').map(Number)"
 
 
 def labels_of(run) -> dict[int, str]:
-    """Each finished unit's label, from its history."""
+    """Each finished unit's label as the index shows it (from its history and its verdict)."""
     out = {}
     for unit in run.units:
         path = run.folder / "neurons" / f"planted__{unit}.json"
         if path.is_file():
-            out[unit] = json.loads(path.read_text())["result"]["label"]
+            result = json.loads(path.read_text())["result"]
+            out[unit] = shown_label(result["label"], result["selective"])
     return out
 
 

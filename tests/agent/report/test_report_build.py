@@ -9,10 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 from report_fixtures import copy_run, interrupt, large_run
 
 from agent.report import ReportBuilder, ReportError, build_report
 from agent.report.data import load_run, read_cosy
+from agent.report.groups import neuron_groups
+from agent.run_folder import RunFolder
+from analysis.selectivity import NO_SELECTIVE_CONCEPT, shown_label
 from analysis.similarity import default_embedder
 
 
@@ -29,11 +33,12 @@ def test_report_of_a_finished_run(toy_run, tmp_path):
     for unit in run.units:
         history = json.loads((run.folder / "neurons" / f"planted__{unit}.json").read_text())
         label = history["result"]["label"]
+        shown = shown_label(label, history["result"]["selective"])
         assert f'href="neurons/planted__{unit}.html"' in html
-        assert f">{label}</a>" in html
+        assert f">{shown}</a>" in html
         page = (run.folder / "report" / "neurons" / f"planted__{unit}.html").read_text()
         assert label in page
-        assert history["result"]["summary_text"].replace("'", "&#x27;") in page
+        assert str(escape(history["result"]["summary_text"])) in page
         assert 'class="score-plot"' in page and 'class="best"' in page
         for entry in history["entries"]:
             for image_id in entry["image_ids"]:
@@ -80,6 +85,36 @@ def test_report_needs_no_server_and_no_store_reader(toy_run, tmp_path, monkeypat
     monkeypatch.setattr("httpx.get", no_network)
     index = build_report(run.folder, store=run.store)
     assert "image not in store" not in index.read_text()
+
+
+def test_llm_text_is_escaped_everywhere(toy_run, tmp_path):
+    """Labels, summaries, concepts, reasons and the LLM log are text, never markup."""
+    run = copy_run(toy_run, tmp_path / "run")
+    attack = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    path = run.folder / "neurons" / "planted__0.json"
+    history = json.loads(path.read_text())
+    history["result"].update(label=attack, summary_text=attack, summary_concept=attack + "!")
+    history["entries"][0]["concept"] = attack
+    history["entries"][0]["prompts"] = [attack] * len(history["entries"][0]["image_ids"])
+    history["neuron"]["seed_concepts"] = [attack]
+    history["llm_log"] = [
+        {"step": attack, "request": [{"content": attack}], "response": {"content": attack}}
+    ]
+    path.write_text(json.dumps(history))
+    failed = run.folder / "neurons" / "planted__2.json"
+    history = json.loads(failed.read_text())
+    history.update(status="failed", reason=attack, result=None)
+    failed.write_text(json.dumps(history))
+    index = build_report(run.folder, store=run.store)
+    pages = [index, *(run.folder / "report" / "neurons").glob("*.html")]
+    escaped = str(escape(attack))
+    for page in pages:
+        text = page.read_text()
+        assert "<script>alert" not in text and "<img src=x" not in text, page.name
+    assert escaped in index.read_text()
+    page = (run.folder / "report" / "neurons" / "planted__0.html").read_text()
+    assert page.count(escaped) >= 7  # label, plot, summary, seeds, timeline, scoreboard, log
+    assert escaped in (run.folder / "report" / "neurons" / "planted__2.html").read_text()
 
 
 def test_interrupted_run_shows_finished_and_marks_the_rest(toy_run, tmp_path):
@@ -159,13 +194,9 @@ def test_polysemanticity_missing_groups_nothing_and_says_so(toy_run, tmp_path, m
 
 
 def test_groups_come_from_the_polysemanticity_module(toy_run):
-    pytest.importorskip("analysis.polysemanticity")
     run = load_run(toy_run.folder)
-    from agent.report.groups import load_grouper, neuron_groups
-
-    grouper, note = load_grouper()
-    assert grouper is not None and note == ""
-    groups, note = neuron_groups(grouper, run.neurons[0].entries)
+    groups, note = neuron_groups(run.neurons[0].entries)
+    assert (groups is None) == bool(note)  # no groups only with a reason
     assert groups is None or all(g.scores == sorted(g.scores, reverse=True) for g in groups)
 
 
@@ -193,7 +224,23 @@ def test_large_run_builds_quickly(toy_run, tmp_path):
 )
 def test_cosy_columns_in_either_case(tmp_path, header):
     (tmp_path / "cosy.csv").write_text(f"{header}\nplanted,3,red,0.91,12,0.01,2.5\n")
-    rows = read_cosy(tmp_path)
+    rows = read_cosy(RunFolder(tmp_path))
     assert [(r.concept, r.auc, r.mad, r.p) for r in rows[("planted", 3)]] == [
         ("red", 0.91, 2.5, 0.01)
     ]
+
+
+def test_a_label_that_does_not_stand_out_is_not_presented_as_an_explanation(toy_run, tmp_path):
+    """The constant unit (no concept) gets the verdict "no selective concept" on its page and in
+    the index; concept units keep their label as the heading."""
+    run = copy_run(toy_run, tmp_path / "run")
+    build_report(run.folder, store=run.store)
+    for unit in run.units:
+        result = json.loads((run.folder / "neurons" / f"planted__{unit}.json").read_text())[
+            "result"
+        ]
+        page = (run.folder / "report" / "neurons" / f"planted__{unit}.html").read_text()
+        heading = f'<h1 class="label">{NO_SELECTIVE_CONCEPT}</h1>'
+        assert (heading in page) == (result["selective"] is False), unit
+    index = (run.folder / "report" / "index.html").read_text()
+    assert f"{NO_SELECTIVE_CONCEPT} (best: " in index

@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 
 from agent.report.data import entry_views
 from agent.report.pages import units_text
-from agent.report.plot import format_number, nice_ticks, score_plot
+from agent.report.plot import nice_ticks, score_plot
+from agent.report.render import format_number
 
 
 def entries(scores: list[float | None]) -> list[dict]:

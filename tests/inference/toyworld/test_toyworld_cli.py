@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.toyworld import toyworld_app
+from inference.toyworld.learned import create_learned_target
 from inference.toyworld.truth import planted_ground_truth
 
 runner = CliRunner()
@@ -56,3 +57,40 @@ def test_bench_reports_generator_speed() -> None:
     numbers = run()
     assert numbers["procedural_images_per_s"] > 50
     assert numbers["planted_batch64_s"] < 2.0
+
+
+def test_truth_dissects_planted_shapes_as_a_cross_check() -> None:
+    result = runner.invoke(toyworld_app, ["truth", "--dissect", "--layer", "planted", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[result.output.index("[") :])
+    assert len(rows) == len(planted_ground_truth())
+    for row, planted in zip(rows, planted_ground_truth(), strict=True):
+        assert set(row) >= {"layer", "unit", "concept", "kind", "attributes", "auc"}
+        assert set(row["attributes"]) == set(planted.attributes), (row, planted)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["truth", "--target", "torchvision:resnet18:random"], "needs scenes with known"),
+        (["truth", "--target", "learned:shapes", "--layer", "conv9"], "conv1, conv2, conv3"),
+        (["truth", "--target", "planted:circles", "--dissect"], "'planted:shapes'"),
+        (["truth", "--layer", "features"], "use --dissect"),
+        (["train", "--target", "planted:shapes"], "trainable targets: learned:shapes"),
+        (["train", "--epochs", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_toyworld_input_is_explained(args: list[str], message: str) -> None:
+    result = runner.invoke(toyworld_app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_train_writes_weights_that_serve_as_the_learned_target(tmp_path: Path) -> None:
+    out = tmp_path / "tiny.safetensors"
+    args = ["train", "--scenes", "32", "--held-out", "24", "--epochs", "1", "--out", str(out)]
+    result = runner.invoke(toyworld_app, args)
+    assert result.exit_code == 0, result.output
+    assert "held-out accuracy" in result.output
+    target = create_learned_target("shapes", "cpu", weights=out)
+    assert {info.name for info in target.layers()} >= {"conv1", "conv4", "head"}

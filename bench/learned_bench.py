@@ -1,0 +1,99 @@
+"""Labels on learned neurons: LINE and the vocabulary baseline against the dissection reference,
+and the selectivity verdict against the dissection's and the planted truth's.
+
+- ``learned:shapes``, its largest layer: units with a reference concept, LINE's recovery of them
+  (``paper`` with ``offline:vocab`` over a vocabulary of every toy-world attribute), the
+  vocabulary baseline's recovery of the same units, and how often the run's verdict (selective
+  or not) agrees with the dissection;
+- ``planted:shapes``: the verdict on all 28 planted units (goal: right on every one).
+
+Run alone with ``python -m bench.learned_bench``; writes ``bench-results/learned.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from evals.groundtruth import run_groundtruth_benchmark
+from inference.registry import load_target
+from inference.toyworld.dissection import candidate_text
+from inference.toyworld.probes import ATTRIBUTES
+
+RESULTS = Path("bench-results")
+LEARNED = "learned:shapes"
+
+
+def write_attribute_vocabulary(path: Path) -> Path:
+    """Every toy-world attribute as a concept, one per line (the offline proposer's input)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(candidate_text("single", (a,)) for a in ATTRIBUTES) + "\n")
+    return path
+
+
+def largest_layer(target: str) -> str:
+    """The layer with the most units."""
+    return max(load_target(target, "cpu").layers(), key=lambda info: info.units).name
+
+
+def run() -> dict[str, Any]:
+    """Both benchmarks; prints a table and writes ``bench-results/learned.json``."""
+    vocabulary = write_attribute_vocabulary(RESULTS / "learned-vocabulary.txt")
+    iterations = len(ATTRIBUTES) + 8  # every single attribute, then combinations
+    layer = largest_layer(LEARNED)
+    started = time.monotonic()
+    learned = run_groundtruth_benchmark(
+        RESULTS / "learned-groundtruth",
+        target=LEARNED,
+        layer=layer,
+        llm=f"offline:vocab:{vocabulary}",
+        iterations=iterations,
+    )
+    learned_s = time.monotonic() - started
+    rows = learned["rows"]
+    with_reference = [row for row in rows if row["kind"] != "none"]
+    started = time.monotonic()
+    planted = run_groundtruth_benchmark(RESULTS / "planted-groundtruth", baseline=False)
+    planted_s = time.monotonic() - started
+    planted_right = sum(row["verdict_right"] is True for row in planted["rows"])
+    numbers = {
+        "learned_layer": layer,
+        "learned_units": len(rows),
+        "learned_units_with_reference": len(with_reference),
+        "line_recovery": learned["recovery"].get("all"),
+        "vocab_baseline_recovery": learned["baseline_recovery"].get("all"),
+        "verdict_agreement": learned["verdict_agreement"],
+        "learned_seconds": round(learned_s, 1),
+        "planted_units": len(planted["rows"]),
+        "planted_verdict_right": planted_right,
+        "planted_recovery": planted["recovery"].get("all"),
+        "planted_seconds": round(planted_s, 1),
+    }
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    print(
+        "| target | layer | units | with a reference | LINE recovery | vocab baseline recovery "
+        "| verdict agrees |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        f"| {LEARNED} | {layer} | {len(rows)} | {len(with_reference)} | "
+        f"{share(numbers['line_recovery'])} | {share(numbers['vocab_baseline_recovery'])} | "
+        f"{share(numbers['verdict_agreement'])} |"
+    )
+    print(
+        f"| planted:shapes | planted | {len(planted['rows'])} | "
+        f"{sum(row['kind'] != 'none' for row in planted['rows'])} | "
+        f"{share(numbers['planted_recovery'])} | - | {planted_right}/{len(planted['rows'])} |"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "learned.json").write_text(json.dumps(numbers, indent=2))
+    return numbers
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,46 @@
+"""What the commands share: options declared once (``Annotated`` aliases) and the error exit.
+
+A command takes an alias as its parameter's type and gives the default itself, e.g.
+``device: LocalServerDevice = "auto"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+_LLM_SPEC = typer.Option(help="provider:model, openai-compatible:<model>, or offline:vocab.")
+
+TargetSpec = Annotated[str, typer.Option(help="Target spec.")]
+LayerName = Annotated[str, typer.Option(help="Layer name.")]
+UnitsSpec = Annotated[str, typer.Option(help="Units: 0-99, 3,7,9.")]
+ServerURL = Annotated[str | None, typer.Option(help="Inference server URL.")]
+LocalServerDevice = Annotated[str, typer.Option(help="Device of a local server.")]
+LocalServerStore = Annotated[Path | None, typer.Option(help="Store folder of a local server.")]
+RunStore = Annotated[
+    Path | None,
+    typer.Option(help="Image store the run used (default: ~/.cache/line/store)."),
+]
+LLMSpec = Annotated[str, _LLM_SPEC]
+OptionalLLMSpec = Annotated[str | None, _LLM_SPEC]
+LLMBaseURL = Annotated[str | None, typer.Option(help="Base URL for openai-compatible servers.")]
+OpenAICompatibleURL = Annotated[str | None, typer.Option(help="For openai-compatible.")]
+PromptVariantName = Annotated[str, typer.Option(help="Prompt variant name or folder.")]
+Concurrency = Annotated[int, typer.Option(help="Neurons explained at once.")]
+NoProgressBar = Annotated[bool, typer.Option(help="No progress bar.")]
+JSONOutput = Annotated[
+    bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
+]
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """Print ``error: message`` in red on stderr and exit with status 2 (a usage error)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def warn(message: str) -> None:
+    """Print a note in yellow on stderr."""
+    typer.secho(message, fg=typer.colors.YELLOW, err=True)

@@ -1,0 +1,156 @@
+"""The inference server's HTTP wire types, shared by the server (``inference.app``,
+``inference.service``) and its client (``tools.client``).
+
+Light on purpose: pydantic and numpy only, so importing the client loads no model code. The
+field names, descriptions and class names make the server's OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    model_validator,
+)
+
+MIN_SIDE = 16
+"""The smallest image side the server accepts: every backend renders it (procedural:shapes
+refuses anything smaller)."""
+
+
+def _plain_text(value: str) -> str:
+    """Refuse text that cannot be stored or hashed: NUL characters and lone surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "must be valid Unicode text; it contains a lone surrogate (an unpaired \\ud800-\\udfff "
+            "escape)"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain_text)]
+"""A request string: any Unicode text without NUL characters or lone surrogates."""
+
+
+def _float32_matrix(value: object) -> np.ndarray:
+    """Rows of numbers (or an array) as a float32 ``[rows, columns]`` array."""
+    try:
+        matrix = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"must be rows of numbers of equal length ({error})") from None
+    if matrix.ndim == 1 and matrix.size == 0:
+        return matrix.reshape(0, 0)
+    if matrix.ndim != 2:
+        raise ValueError(f"must be rows of numbers, got an array of shape {matrix.shape}")
+    return matrix
+
+
+FloatMatrix = Annotated[
+    np.ndarray,
+    PlainValidator(_float32_matrix, json_schema_input_type=list[list[float]]),
+    PlainSerializer(lambda matrix: matrix.tolist(), return_type=list[list[float]]),
+]
+"""A float32 matrix in Python, rows of numbers on the wire."""
+
+
+class ErrorResponse(BaseModel):
+    """What every refused or failed request gets."""
+
+    detail: str = Field(description="What is wrong and what is valid.")
+
+
+class ImagesRequest(BaseModel):
+    """Render one image per (prompt, seed) pair."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[Text] = Field(description="One prompt per image.")
+    seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
+    generator: Text | None = Field(
+        None, description="Generator name; the server's first if absent."
+    )
+    width: int | None = Field(
+        None,
+        ge=MIN_SIDE,
+        description=f"Image width in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
+        "limit (2048 unless configured); the generator's default if absent.",
+    )
+    height: int | None = Field(
+        None,
+        ge=MIN_SIDE,
+        description=f"Image height in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
+        "limit (2048 unless configured); the generator's default if absent.",
+    )
+    steps: int | None = Field(
+        None, description="Denoising steps, 1 to the server's limit (500 unless configured)."
+    )
+    guidance: float | None = Field(None, description="Guidance scale, 0 to 100.")
+
+
+class ImageEntry(BaseModel):
+    """A rendered (or already stored) image."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    prompt: str
+    seed: int
+    cached: bool
+
+
+class ImagesResponse(BaseModel):
+    """The images of a request, in request order."""
+
+    images: list[ImageEntry]
+
+
+class UploadRequest(BaseModel):
+    """Store image files (e.g. a control set's photos) so activations can be read on them."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(description="Base64-encoded image files (PNG, JPEG, ...).")
+    names: list[Text] = Field(default_factory=list, description="Optional names, one per image.")
+
+
+class UploadResponse(BaseModel):
+    """The ids of the stored images, in request order."""
+
+    ids: list[str]
+
+
+class ActivationsRequest(BaseModel):
+    """Read a layer of a target on stored images."""
+
+    model_config = ConfigDict(extra="forbid")
+    target: Text
+    layer: Text
+    image_ids: list[str]
+    units: list[int] | None = Field(None, description="Unit indices; all units when absent.")
+
+
+class ActivationsResponse(BaseModel):
+    """A row of activations per image, a column per unit."""
+
+    model_config = ConfigDict(frozen=True, serialize_by_alias=True)
+    target: str
+    layer: str
+    units: list[int]
+    values: FloatMatrix = Field(alias="activations")  # ``activations`` on the wire
+
+    @model_validator(mode="after")
+    def _a_column_per_unit(self) -> ActivationsResponse:
+        rows, columns = self.values.shape
+        if rows and columns != len(self.units):
+            raise ValueError(
+                f"activations has {columns} columns for {len(self.units)} units; want one per unit"
+            )
+        return self

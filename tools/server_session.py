@@ -1,0 +1,129 @@
+"""The inference servers of one command: the ones it was given, or a local one for its duration.
+
+``line run`` and ``line eval cosy|vocab|variants`` either talk to servers the user names
+(``--server``; each is checked first: it answers, serves the target and the generator, and the
+layer has the units) or start one in this process and stop it when the command ends. A local
+server loads the target first, so a wrong layer or unit fails before the (slow) generator loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference.app import RunningServer, create_app, start_server_thread
+from inference.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
+from inference.service import open_service
+from inference.store import default_cache_dir
+from tools.client import InferenceClient, LineClient, LineServerError, LineServerUnavailable
+from tools.pool import connect
+
+
+class RunSetupError(ValueError):
+    """A run or evaluation that cannot start as asked; the message says what to change."""
+
+
+def check_layer_units(
+    layers: dict[str, int], target: str, layer: str, units: Sequence[int]
+) -> None:
+    """The layer exists and every unit is in range."""
+    if layer not in layers:
+        raise RunSetupError(
+            f"target {target!r} has no layer {layer!r}; valid layers: " + ", ".join(layers)
+        )
+    count = layers[layer]
+    bad = [unit for unit in units if unit >= count]
+    if bad:
+        raise RunSetupError(
+            f"unit {bad[0]} is out of range: layer {layer!r} of {target!r} has {count} units, "
+            f"indices 0 to {count - 1}"
+        )
+
+
+async def check_server(
+    url: str, target: str, layer: str, units: Sequence[int], generator: str | None
+) -> None:
+    """The server answers, serves the target and generator, and the units exist."""
+    async with LineClient(url, retries=1, backoff_s=0.2) as client:
+        try:
+            models = await client.models()
+        except (LineServerUnavailable, LineServerError) as error:
+            raise RunSetupError(str(error)) from error
+    targets = {entry["name"]: entry for entry in models["targets"]}
+    if target not in targets:
+        raise RunSetupError(
+            f"the server at {url} does not serve target {target!r}; it serves: "
+            + (", ".join(targets) or "no targets")
+        )
+    generators = [entry["name"] for entry in models["generators"]]
+    if generator is not None and generator not in generators:
+        raise RunSetupError(
+            f"the server at {url} has no generator {generator!r}; it has: "
+            + (", ".join(generators) or "none")
+        )
+    if not generators:
+        raise RunSetupError(f"the server at {url} has no generator; start it with --generator")
+    layers = {entry["name"]: entry["units"] for entry in targets[target]["layers"]}
+    check_layer_units(layers, target, layer, units)
+
+
+def start_local_server(
+    target: str, layer: str, units: Sequence[int], generator: str, device: str, store: Path
+) -> RunningServer:
+    """Load the target (and check layer and units), then the generator, then serve both."""
+    try:
+        model = load_target(target, device)
+    except BackendSpecError as error:
+        raise RunSetupError(str(error)) from error
+    check_layer_units({info.name: info.units for info in model.layers()}, target, layer, units)
+    try:
+        backend = load_generator(generator, device, GeneratorOptions())
+    except BackendSpecError as error:
+        raise RunSetupError(str(error)) from error
+    return start_server_thread(create_app(open_service([backend], [model], store)))
+
+
+@dataclass(frozen=True)
+class ServerSession:
+    """The servers a command talks to; ``local_store`` is the store folder of a server started
+    for the command (``None`` for servers given with ``--server``)."""
+
+    urls: list[str]
+    local_store: Path | None = None
+
+    def connect(self, **options: Any) -> InferenceClient:
+        """A client of the session's servers (one URL: a ``LineClient``; several: a pool)."""
+        return connect(self.urls, **options)
+
+
+@contextmanager
+def server_session(
+    servers: str | Sequence[str] | None,
+    target: str,
+    layer: str,
+    units: Sequence[int],
+    generator: str | None,
+    *,
+    device: str = "auto",
+    store: Path | None = None,
+) -> Iterator[ServerSession]:
+    """The given servers, checked; without any, a local server (``generator`` on ``device``,
+    images in ``store``, default ``$LINE_CACHE/store``) started now and stopped on exit."""
+    urls = [servers] if isinstance(servers, str) else list(dict.fromkeys(servers or []))
+    if urls:
+        for url in urls:
+            asyncio.run(check_server(url, target, layer, units, generator))
+        yield ServerSession(urls)
+        return
+    if generator is None:
+        raise RunSetupError("without --server, pass --generator SPEC to start a local server")
+    folder = (store or default_cache_dir() / "store").expanduser().resolve()
+    running = start_local_server(target, layer, units, generator, device, folder)
+    try:
+        yield ServerSession([running.url], folder)
+    finally:
+        running.stop()
