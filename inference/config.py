@@ -10,7 +10,7 @@ from inference.app import is_loopback
 from inference.protocols import GeneratorOptions, ImageGenerator, TargetModel
 from inference.registry import load_generator, load_target
 from inference.service import BatchingConfig, InferenceService, ServiceLimits, open_service
-from inference.store import default_cache_dir
+from inference.store import default_store_dir
 
 log = logging.getLogger("line.server")
 
@@ -28,7 +28,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8400
     device: str = "auto"
-    store: Path = field(default_factory=lambda: default_cache_dir() / "store")
+    store: Path = field(default_factory=default_store_dir)
     token: str | None = None
     generator_options: GeneratorOptions = field(default_factory=GeneratorOptions)
     batching: BatchingConfig = field(default_factory=BatchingConfig)

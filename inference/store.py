@@ -41,6 +41,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LINE_CACHE", Path.home() / ".cache" / "line"))
 
 
+def default_store_dir() -> Path:
+    """The image store of a server started without ``--store``: ``$LINE_CACHE/store``."""
+    return default_cache_dir() / "store"
+
+
+def image_path(folder: Path, image_id_: str) -> Path:
+    """Where a store folder keeps an image: ``folder/images/<id[:2]>/<id>.png``."""
+    return Path(folder) / "images" / image_id_[:2] / f"{image_id_}.png"
+
+
 def image_id(generator_identity: str, prompt: str, seed: int, settings: RenderSettings) -> str:
     """The content address of an image: a hash of everything that determines its pixels."""
     key = {
@@ -103,7 +113,7 @@ class ImageStore:
     def path(self, image_id_: str) -> Path:
         """Where an image lives (whether or not it exists yet)."""
         check_image_id(image_id_)
-        return self.images / image_id_[:2] / f"{image_id_}.png"
+        return image_path(self.folder, image_id_)
 
     def has(self, image_id_: str) -> bool:
         """Whether the image is in the store."""

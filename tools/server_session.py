@@ -18,7 +18,7 @@ from typing import Any
 from inference.app import RunningServer, create_app, start_server_thread
 from inference.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
 from inference.service import open_service
-from inference.store import default_cache_dir
+from inference.store import default_store_dir
 from tools.client import InferenceClient, LineClient, LineServerError, LineServerUnavailable
 from tools.pool import connect
 
@@ -121,7 +121,7 @@ def server_session(
         return
     if generator is None:
         raise RunSetupError("without --server, pass --generator SPEC to start a local server")
-    folder = (store or default_cache_dir() / "store").expanduser().resolve()
+    folder = (store or default_store_dir()).expanduser().resolve()
     running = start_local_server(target, layer, units, generator, device, folder)
     try:
         yield ServerSession([running.url], folder)

@@ -25,8 +25,9 @@ from agent.report.data import NeuronView, RunView, load_run
 from agent.report.groups import group_from_json, group_to_json, neuron_groups
 from agent.report.pages import index_page, neuron_page, page_path
 from agent.report.render import templates_fingerprint
-from agent.report.thumbs import ImageSource, ThumbnailWriter, default_store
+from agent.report.thumbs import ImageSource, ThumbnailWriter
 from agent.run_folder import RunFolder
+from inference.store import default_store_dir
 
 log = logging.getLogger("line.report")
 
@@ -75,7 +76,7 @@ class ReportBuilder:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.out = Path(out) if out is not None else RunFolder(run_dir).report
-        self.store = Path(store) if store is not None else default_store()
+        self.store = Path(store) if store is not None else default_store_dir()
 
     def _read_cache(self) -> dict[str, Any]:
         try:

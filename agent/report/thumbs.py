@@ -17,17 +17,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from inference.store import IMAGE_ID_PATTERN, default_cache_dir
+from inference.store import IMAGE_ID_PATTERN, image_path
 
 log = logging.getLogger("line.report")
 
 THUMBNAIL_SIZE = 160
 """Longest side of a thumbnail, in pixels."""
-
-
-def default_store() -> Path:
-    """The store a run without ``--store`` used: ``$LINE_CACHE/store``."""
-    return default_cache_dir() / "store"
 
 
 def thumbnail_path(image_id: str) -> str:
@@ -49,7 +44,7 @@ class ImageSource:
 
     def read(self, image_id: str) -> bytes | None:
         """The image file's bytes, or None when neither the store nor the server has it."""
-        path = self.store / "images" / image_id[:2] / f"{image_id}.png"
+        path = image_path(self.store, image_id)
         try:
             return path.read_bytes()
         except OSError:
