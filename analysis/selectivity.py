@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from analysis.groundtruth import normalised_score
+
 NO_SELECTIVE_CONCEPT = "no selective concept"
 """What tables and reports show instead of a label that does not stand out."""
 SELECTIVE_Z = 3.5
 """A label is selective when its selectivity reaches this."""
-MAD_TO_SIGMA = 0.6745
-"""Modified z-score constant: the MAD of a normal distribution is 0.6745 sigma."""
 
 
 @dataclass(frozen=True)
@@ -52,17 +52,13 @@ class Verdict:
 
 
 def selectivity(label: Sequence[float], reference: Sequence[float] | np.ndarray) -> float:
-    """The robust z-score of the label's median activation against the reference's spread."""
-    ours = np.asarray([v for v in label if math.isfinite(v)], dtype=np.float64)
-    others = np.asarray([v for v in reference if math.isfinite(v)], dtype=np.float64)
-    if ours.size == 0 or others.size == 0:
+    """The robust z-score of the label's median activation against the reference's spread
+    (:func:`analysis.groundtruth.normalised_score` of that median); NaN without data."""
+    ours = [v for v in label if math.isfinite(v)]
+    if not ours:
         return math.nan
-    centre = float(np.median(others))
-    spread = float(np.median(np.abs(others - centre)))
-    gap = float(np.median(ours)) - centre
-    if spread == 0.0:
-        return 0.0 if gap == 0.0 else math.copysign(math.inf, gap)
-    return MAD_TO_SIGMA * gap / spread
+    figure = normalised_score(float(np.median(ours)), [float(v) for v in reference])
+    return math.nan if figure is None else figure
 
 
 def label_verdict(
@@ -84,10 +80,10 @@ def label_verdict(
     return Verdict(selectivity(ours, others), "history")
 
 
-def shown_label(label: str, selective: object) -> str:
+def shown_label(label: str, selective: bool | None) -> str:
     """The label as tables show it: ``no selective concept (best: red)`` when the verdict says
     it does not stand out; the label itself when it does or when there is no verdict (older
     runs, failed neurons)."""
-    if selective in (False, "False", "false") and label:
+    if selective is False and label:
         return f"{NO_SELECTIVE_CONCEPT} (best: {label})"
     return label

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
@@ -56,10 +56,11 @@ NEUTRAL_PROMPT = "a photo"
 
 @dataclass(frozen=True)
 class Probe:
-    """One scene: its prompt and seed, and the attributes the composed scene really has."""
+    """One scene: its prompt and seed, the composed scene, and the attributes it really has."""
 
     prompt: str
     seed: int
+    scene: Scene = field(repr=False, compare=False)
     attributes: frozenset[str]
     object_pairs: frozenset[frozenset[str]]
     """Pairs of object attributes that one object carries together."""
@@ -68,11 +69,7 @@ class Probe:
 
     def render(self, size: int = DEFAULT_SIZE) -> Image.Image:
         """The scene's pixels (the same image the ``procedural:shapes`` generator renders)."""
-        return draw_scene(self.scene(), size, size)
-
-    def scene(self) -> Scene:
-        """The composed scene (layout from the seed)."""
-        return compose_scene(parse_scene_text(self.prompt), self.seed)
+        return draw_scene(self.scene, size, size)
 
 
 def object_size(radius: float) -> str | None:
@@ -143,7 +140,7 @@ def iter_probes(count: int, seed: int) -> Iterator[Probe]:
         prompt = _random_prompt(rng)
         scene_seed = int(seed) * 10_000_000 + index
         scene = compose_scene(parse_scene_text(prompt), scene_seed)
-        yield Probe(prompt, scene_seed, *scene_attributes(scene))
+        yield Probe(prompt, scene_seed, scene, *scene_attributes(scene))
 
 
 def attribute_matrix(probes: list[Probe]) -> np.ndarray:
