@@ -103,13 +103,8 @@ def truth(
         return
     try:
         model = load_toy_world_target(target)
-        layers = [info.name for info in model.layers()]
-        if layer is not None and layer not in layers:
-            raise DissectionError(
-                f"{target} has no layer {layer!r}; valid layers: {', '.join(layers)}"
-            )
         typer.secho("dissecting (cached after the first time)...", err=True)
-        dissected = [u for u in cached_dissection(model) if layer is None or u.layer == layer]
+        dissected = cached_dissection(model, layer)
     except DissectionError as error:
         exit_with_error(str(error))
     if as_json_output:

@@ -93,18 +93,13 @@ def reference_truths(
     else:
         try:
             model = load_toy_world_target(target)
+            if layer is None:
+                layers = ", ".join(info.name for info in model.layers())
+                raise RunSetupError(f"{target}: pass --layer with one of: {layers}")
+            dissected = cached_dissection(model, layer)
         except DissectionError as error:
             raise RunSetupError(str(error)) from error
-        layers = [info.name for info in model.layers()]
-        if layer not in layers:
-            raise RunSetupError(
-                f"{target} has no layer {layer!r}; pass --layer with one of: {', '.join(layers)}"
-            )
-        truth = {
-            unit.unit: GroundTruth.of(unit)
-            for unit in cached_dissection(model)
-            if unit.layer == layer
-        }
+        truth = {unit.unit: GroundTruth.of(unit) for unit in dissected}
     if units is None:
         return layer, truth
     unknown = sorted(set(units) - set(truth))

@@ -236,13 +236,7 @@ def dissect_target(
 ) -> list[DissectedUnit]:
     """Dissect every unit of ``layers`` (default: all) of a toy-world target."""
     check_toy_world_target(target.name)
-    infos = {info.name: info.units for info in target.layers()}
-    wanted = list(layers) if layers else list(infos)
-    unknown = [layer for layer in wanted if layer not in infos]
-    if unknown:
-        raise DissectionError(
-            f"{target.name} has no layer {unknown[0]!r}; valid layers: {', '.join(infos)}"
-        )
+    wanted = check_layers(target, layers)
     say = progress or (lambda _text: None)
     probes = probe_set(scenes, PROBE_SEED)
     found, labels = candidates(probes)
@@ -267,25 +261,37 @@ def cache_path(target: TargetModel, scenes: int) -> Path:
     return default_cache_dir() / "dissection" / f"{digest}.json"
 
 
+def check_layers(target: TargetModel, layers: Sequence[str] | None) -> list[str]:
+    """The layers asked for (default: all of the target's), or an error listing the valid ones."""
+    valid = [info.name for info in target.layers()]
+    unknown = [layer for layer in layers or () if layer not in valid]
+    if unknown:
+        raise DissectionError(
+            f"{target.name} has no layer {unknown[0]!r}; valid layers: {', '.join(valid)}"
+        )
+    return list(layers) if layers else valid
+
+
 def cached_dissection(
     target: TargetModel,
+    layer: str | None = None,
     scenes: int = PROBE_SCENES,
     progress: Callable[[str], None] | None = None,
 ) -> list[DissectedUnit]:
-    """:func:`dissect_target` over every layer, computed once per target and cached on disk."""
+    """The units of ``layer`` (default: every layer), from :func:`dissect_target` over every
+    layer, computed once per target and cached on disk."""
     check_toy_world_target(target.name)
+    wanted = check_layers(target, None if layer is None else [layer])
     path = cache_path(target, scenes)
     try:
-        rows = json.loads(path.read_text())
-        return [DissectedUnit(**row) for row in rows]
+        units = [DissectedUnit(**row) for row in json.loads(path.read_text())]
     except (OSError, ValueError, TypeError):
-        pass
-    units = dissect_target(target, scenes=scenes, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".part")
-    partial.write_text(json.dumps([asdict(u) for u in units]))
-    partial.replace(path)
-    return units
+        units = dissect_target(target, scenes=scenes, progress=progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".part")
+        partial.write_text(json.dumps([asdict(u) for u in units]))
+        partial.replace(path)
+    return [unit for unit in units if unit.layer in wanted]
 
 
 def load_toy_world_target(spec: str) -> TargetModel:

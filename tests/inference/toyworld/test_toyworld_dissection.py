@@ -74,6 +74,9 @@ def test_dissection_covers_every_layer_and_is_cached(planted_dissection):
     assert cache_path(target, 3000).is_file()
     again = cached_dissection(target)  # read from the cache: the same units
     assert again == planted_dissection
+    assert cached_dissection(target, "features") == [
+        u for u in planted_dissection if u.layer == "features"
+    ]
 
 
 def test_dissection_refuses_targets_outside_the_toy_world():
@@ -85,3 +88,5 @@ def test_dissection_of_an_unknown_layer_lists_the_valid_ones():
     target = load_target("planted:shapes", "cpu")
     with pytest.raises(DissectionError, match="valid layers: planted, features"):
         dissect_target(target, layers=["conv9"], scenes=10)
+    with pytest.raises(DissectionError, match="valid layers: planted, features"):
+        cached_dissection(target, "conv9")
