@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,33 @@ RESULT_COLUMNS = [
     "lost_rounds",
     "restarts",
 ]
+
+
+EVALUATIONS: dict[str, str] = {
+    "ablation": "Concept ablation (edit the label out of the top images)",
+    "simulation": "Simulation scoring (does the label predict the activations?)",
+    "fidelity": "Fidelity (generated images vs real images of the same class)",
+    "iterations": "Iteration analysis (best score so far and discovery rate per step)",
+    "compare": "Method comparison (CoSy of several methods' labels)",
+}
+"""Every evaluation that writes into a run folder, by file stem, with the title the report
+shows. Each writes ``<name>.csv`` (one row per neuron or method), ``<name>.md`` (the summary)
+and optionally ``<name>.png`` (its figure); see :meth:`RunFolder.evaluation`."""
+
+
+@dataclass(frozen=True)
+class EvaluationFiles:
+    """The files of one evaluation of a run: its table, its Markdown summary, its figure."""
+
+    name: str
+    title: str
+    csv: Path
+    summary: Path
+    figure: Path
+
+    def exists(self) -> bool:
+        """Whether the evaluation has run on this folder (its table is there)."""
+        return self.csv.is_file()
 
 
 class RunSettings(BaseModel):
@@ -87,6 +115,22 @@ class RunFolder:
         """CoSy scores of the run's labels (``cosy.csv``), or of a foreign labels file named
         ``labels_name`` (``cosy-<labels_name>.csv``)."""
         return self.path / (f"cosy-{labels_name}.csv" if labels_name else "cosy.csv")
+
+    def evaluation(self, name: str) -> EvaluationFiles:
+        """Where evaluation ``name`` (a key of :data:`EVALUATIONS`) keeps its files."""
+        if name not in EVALUATIONS:
+            raise KeyError(f"unknown evaluation {name!r}; known: {', '.join(EVALUATIONS)}")
+        return EvaluationFiles(
+            name,
+            EVALUATIONS[name],
+            self.path / f"{name}.csv",
+            self.path / f"{name}.md",
+            self.path / f"{name}.png",
+        )
+
+    def evaluations(self) -> list[EvaluationFiles]:
+        """The evaluations that have run on this folder, in :data:`EVALUATIONS` order."""
+        return [files for name in EVALUATIONS if (files := self.evaluation(name)).exists()]
 
     def history_paths(self) -> list[Path]:
         """Every neuron history written so far, sorted by file name."""
