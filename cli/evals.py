@@ -39,6 +39,7 @@ from evals.baseline import (
 )
 from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt
 from evals.cosy_eval import (
+    control_cache,
     control_spec_of,
     cosy_template_of,
     evaluate_cosy,
@@ -55,7 +56,6 @@ from evals.variants import (
     run_arms,
     write_comparison,
 )
-from inference.store import default_cache_dir
 from prompts.variant import PromptVariant, VariantError, load_variant
 from tools.client import LineServerError, LineServerUnavailable
 from tools.controlset import ControlSet, ControlSetError, control_activations
@@ -134,12 +134,7 @@ def cosy_command(
             server, settings.target, settings.layer, settings.units, settings.generator,
             device=device, store=store,
         ) as session:  # fmt: skip
-            if session.local_store is not None:
-                server_id = f"store:{session.local_store}"
-                cache = cache_dir or session.local_store / "control"
-            else:
-                server_id = session.urls[0]
-                cache = cache_dir or default_cache_dir() / "control"
+            cache, server_id = control_cache(session, cache_dir)
 
             async def score_labels(on_progress: Callable[[int, int], None]) -> list[dict]:
                 async with session.connect() as client:

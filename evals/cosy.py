@@ -60,22 +60,16 @@ def cosy_scores(control: Iterable[float], concept: Iterable[float]) -> dict[str,
     return {"auc": auc, "mad": mad, "u": u, "p": p}
 
 
-def cosy_seed(run_seed: int, target: str, layer: str, unit: int, label: str, index: int) -> int:
-    """The seed of the ``index``-th CoSy image of a label: its own hash namespace (``cosy|``),
-    so it differs from the search's image seeds (``tools.agent_tools.image_seed``)."""
-    key = f"cosy|{run_seed}|{target}|{layer}|{unit}|{label}|{index}"
+def cosy_seed(run_seed: int, label: str, index: int) -> int:
+    """The seed of a label's ``index``-th CoSy image: its own hash namespace (``cosy|``), so it
+    differs from the search's image seeds (``tools.agent_tools.image_seed``). It does not depend
+    on the neuron: a label's images are the same for every neuron and every method that names it,
+    and render once."""
+    key = f"cosy|{run_seed}|{label.strip()}|{index}"
     return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
 
 
-def cosy_seeds(
-    run_seed: int,
-    target: str,
-    layer: str,
-    unit: int,
-    label: str,
-    count: int,
-    exclude: Iterable[int] = (),
-) -> list[int]:
+def cosy_seeds(run_seed: int, label: str, count: int, exclude: Iterable[int] = ()) -> list[int]:
     """``count`` distinct CoSy seeds of a label, none of them in ``exclude`` (the search's seeds).
 
     Deterministic: a seed that collides is passed over and the next index is used.
@@ -84,7 +78,7 @@ def cosy_seeds(
     seeds: list[int] = []
     index = 0
     while len(seeds) < count:
-        seed = cosy_seed(run_seed, target, layer, unit, label, index)
+        seed = cosy_seed(run_seed, label, index)
         if seed not in banned:
             seeds.append(seed)
             banned.add(seed)

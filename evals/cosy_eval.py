@@ -12,7 +12,7 @@ import asyncio
 import csv
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from agent.run_folder import RunFolder, RunSettings
 from agent.runner import thread_id
 from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt, cosy_scores, cosy_seeds
+from inference.store import default_cache_dir
 from prompts.variant import VariantError, load_variant
 from tools.client import InferenceClient
 from tools.controlset import (
@@ -30,7 +31,7 @@ from tools.controlset import (
     cached_control_activations,
     measure_control,
 )
-from tools.server_session import check_layer_units
+from tools.server_session import ServerSession
 
 log = logging.getLogger("line.eval.cosy")
 
@@ -146,28 +147,48 @@ def cosy_template_of(settings: RunSettings) -> str:
     return getattr(variant.settings, "cosy_template", None) or DEFAULT_COSY_TEMPLATE
 
 
+LABEL_FORMATS = (
+    "unit,label[,layer] (LINE, line eval vocab)",
+    "layer,unit,description[,similarity] (CLIP-Dissect)",
+    "neuron,concept[,...] (CoSy's explanation files, e.g. INVERT)",
+)
+"""The label files :func:`read_label_csv` reads, by their columns."""
+UNIT_COLUMNS = ("unit", "neuron")
+LABEL_COLUMNS = ("label", "concept", "description")
+
+
+def _neuron_key(raw: str | None, layer: str | None) -> dict[str, object]:
+    """A ``neuron`` cell as unit and layer: ``12``, or ``layer4#12`` as written in ``cosy.csv``."""
+    text = (raw or "").strip()
+    named_layer, sep, unit = text.rpartition("#")
+    if sep and named_layer:
+        return {"unit": unit, "layer": named_layer}
+    return {"unit": text, "layer": layer}
+
+
 def read_label_csv(path: Path) -> tuple[dict[tuple[str, int] | int, str], list[str]]:
-    """A CSV of labels from any method: columns ``unit,label`` and optionally ``layer``
-    (``concept`` or ``description`` work for ``label``). Rows without a layer use the run's."""
+    """Labels of any method from a CSV in one of :data:`LABEL_FORMATS`: a unit column (``unit``,
+    or ``neuron`` as a number or ``layer#unit``), a label column (``label``, ``concept`` or
+    ``description``) and optionally ``layer``. Rows without a layer use the run's."""
+    path = Path(path)
     try:
-        with Path(path).open(newline="") as stream:
+        with path.open(newline="") as stream:
             reader = csv.DictReader(stream)
             fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
-            label_field = next(
-                (fields[c] for c in ("label", "concept", "description") if c in fields), None
-            )
-            if "unit" not in fields or label_field is None:
+            unit_field = next((fields[c] for c in UNIT_COLUMNS if c in fields), None)
+            label_field = next((fields[c] for c in LABEL_COLUMNS if c in fields), None)
+            if unit_field is None or label_field is None:
                 raise ValueError(
-                    f"{path} needs the columns unit and label (and optionally layer); it has "
-                    f"{', '.join(fields) or 'no header'}"
+                    f"{path} has the columns {', '.join(fields) or '(no header)'}; a labels "
+                    f"file needs one of: {'; '.join(LABEL_FORMATS)}"
                 )
             labels: dict[tuple[str, int] | int, str] = {}
             notes = []
             for line, raw in enumerate(reader, start=2):
+                layer = (raw.get(fields["layer"]) or None) if "layer" in fields else None
                 record = {
-                    "unit": raw.get(fields["unit"]),
+                    **_neuron_key(raw.get(unit_field), layer),
                     "label": raw.get(label_field) or "",
-                    "layer": (raw.get(fields["layer"]) or None) if "layer" in fields else None,
                 }
                 try:
                     row = LabelRow.model_validate(record)
@@ -196,8 +217,8 @@ def read_label_csv(path: Path) -> tuple[dict[tuple[str, int] | int, str], list[s
 
 
 # ----- scoring ------------------------------------------------------------------------------
-async def _check_neurons(client: InferenceClient, target: str, neurons: list[CosyNeuron]) -> None:
-
+async def target_layers(client: InferenceClient, target: str) -> dict[str, int]:
+    """The target's layers and their unit counts, as the server reports them."""
     models = await client.models()
     entry = next((t for t in models["targets"] if t["name"] == target), None)
     if entry is None:
@@ -205,30 +226,147 @@ async def _check_neurons(client: InferenceClient, target: str, neurons: list[Cos
             f"the server at {client.base_url} does not serve target {target!r}; start one that "
             "does, or leave out --server"
         )
-    layers = {layer["name"]: layer["units"] for layer in entry["layers"]}
-    for layer in sorted({n.layer for n in neurons}):
-        check_layer_units(layers, target, layer, [n.unit for n in neurons if n.layer == layer])
+    return {layer["name"]: layer["units"] for layer in entry["layers"]}
 
 
-async def _render_and_read(
-    client: InferenceClient,
-    settings: RunSettings,
-    neuron: CosyNeuron,
-    prompt: str,
-    seeds: list[int],
-    batch: int,
-) -> np.ndarray:
-    values = []
+def _unit_list(units: Sequence[int], shown: int = 10) -> str:
+    text = ", ".join(str(unit) for unit in units[:shown])
+    return text + (f" and {len(units) - shown} more" if len(units) > shown else "")
+
+
+def known_neurons(
+    layers: Mapping[str, int], target: str, neurons: Sequence[CosyNeuron]
+) -> tuple[list[CosyNeuron], list[str]]:
+    """The neurons that ``target`` has (``layers``: name -> units), and one note per layer
+    listing the units it lacks (they are not scored)."""
+    kept: list[CosyNeuron] = []
+    missing: dict[str, list[int]] = {}
+    for neuron in neurons:
+        if neuron.layer in layers and 0 <= neuron.unit < layers[neuron.layer]:
+            kept.append(neuron)
+        else:
+            missing.setdefault(neuron.layer, []).append(neuron.unit)
+    notes = []
+    for layer, units in missing.items():
+        if layer not in layers:
+            notes.append(
+                f"{target} has no layer {layer!r} (its layers: {', '.join(layers)}); the labels "
+                f"of its units {_unit_list(units)} are not scored"
+            )
+        else:
+            notes.append(
+                f"layer {layer!r} of {target} has units 0 to {layers[layer] - 1}; the labels of "
+                f"units {_unit_list(units)} are not scored"
+            )
+    return kept, notes
+
+
+async def _render_label(
+    client: InferenceClient, generator: str | None, prompt: str, seeds: list[int], batch: int
+) -> list[str]:
+    """The ids of a label's CoSy images, rendered ``batch`` at a time."""
+    ids: list[str] = []
     for start in range(0, len(seeds), batch):
         chunk = seeds[start : start + batch]
-        images = await client.generate_images(
-            [prompt] * len(chunk), chunk, generator=settings.generator
-        )
-        result = await client.activations(
-            settings.target, neuron.layer, [image.id for image in images], units=[neuron.unit]
-        )
-        values.append(result.values[:, 0])
-    return np.concatenate(values)
+        images = await client.generate_images([prompt] * len(chunk), chunk, generator=generator)
+        ids += [image.id for image in images]
+    return ids
+
+
+async def _read_units(
+    client: InferenceClient, target: str, layer: str, units: list[int], ids: list[str], batch: int
+) -> np.ndarray:
+    """``[images, units]`` activations of ``units`` on the images ``ids``."""
+    blocks = []
+    for start in range(0, len(ids), batch):
+        result = await client.activations(target, layer, ids[start : start + batch], units=units)
+        blocks.append(result.values)
+    return np.concatenate(blocks)
+
+
+async def score_neurons(
+    client: InferenceClient,
+    target: str,
+    generator: str | None,
+    run_seed: int,
+    neurons: Sequence[CosyNeuron],
+    control: ControlSet,
+    n_images: int = 50,
+    template: str = DEFAULT_COSY_TEMPLATE,
+    *,
+    exclude: Iterable[int] = (),
+    cache_dir: str | Path | None = None,
+    server_id: str | None = None,
+    concurrency: int = 16,
+    batch: int = 64,
+    notes: Notes | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
+    """CoSy rows (layer, unit, concept, auc, u, p, mad, n_concept, n_control, prompt) of
+    ``neurons``, in (layer, unit, label) order; a neuron may appear with several labels.
+
+    Each distinct label's ``n_images`` images render once (seeds from ``run_seed`` and the label,
+    none in ``exclude``) with ``generator``, and every neuron of a layer with that label is read
+    on them at once. Neurons the target lacks are noted and left out. ``cache_dir`` and
+    ``server_id``: see :func:`tools.controlset.cached_control_activations`.
+    """
+    if n_images < 1:
+        raise ValueError(f"n_images is {n_images}; CoSy needs at least 1 image per label")
+    cosy_prompt(template, "x")  # fail before any work on a template without {label}
+    note = notes or (lambda text: log.warning("%s", text))
+    known, skipped = known_neurons(await target_layers(client, target), target, neurons)
+    for text in skipped:
+        note(text)
+    unique = sorted(set(known), key=lambda n: (n.layer, n.unit, n.label))
+    if not unique:
+        return []
+    banned = set(exclude)
+    controls: dict[str, ControlActivations] = {}
+    for layer in sorted({neuron.layer for neuron in unique}):
+        if cache_dir is not None:
+            measured = await cached_control_activations(
+                client, control, target, layer, cache_dir, server_id, generator, batch
+            )
+        else:
+            measured = await measure_control(client, control, target, layer, None, generator, batch)
+        for item in measured.skipped:
+            note(f"control image {item.path} skipped: {item.reason}")
+        controls[layer] = measured
+    by_label: dict[str, list[CosyNeuron]] = {}
+    for neuron in unique:
+        by_label.setdefault(cosy_prompt(template, neuron.label), []).append(neuron)
+    limit = asyncio.Semaphore(max(1, concurrency))
+    finished = 0
+    scored: dict[CosyNeuron, dict] = {}
+
+    async def score(prompt: str, labelled: list[CosyNeuron]) -> None:
+        nonlocal finished
+        seeds = cosy_seeds(run_seed, labelled[0].label, n_images, banned)
+        async with limit:
+            ids = await _render_label(client, generator, prompt, seeds, batch)
+            for layer in dict.fromkeys(neuron.layer for neuron in labelled):
+                in_layer = [neuron for neuron in labelled if neuron.layer == layer]
+                units = list(dict.fromkeys(neuron.unit for neuron in in_layer))
+                values = await _read_units(client, target, layer, units, ids, batch)
+                for neuron in in_layer:
+                    concept = values[:, units.index(neuron.unit)]
+                    control_values = controls[layer].unit(neuron.unit)
+                    scored[neuron] = {
+                        "neuron": thread_id(layer, neuron.unit),
+                        "layer": layer,
+                        "unit": neuron.unit,
+                        "concept": neuron.label,
+                        **cosy_scores(control_values, concept),
+                        "n_concept": int(concept.size),
+                        "n_control": int(control_values.size),
+                        "prompt": prompt,
+                    }
+        finished += len(labelled)
+        if on_progress:
+            on_progress(finished, len(unique))
+
+    await asyncio.gather(*(score(prompt, labelled) for prompt, labelled in by_label.items()))
+    return [scored[neuron] for neuron in unique]
 
 
 async def evaluate_cosy(
@@ -239,6 +377,7 @@ async def evaluate_cosy(
     template: str = DEFAULT_COSY_TEMPLATE,
     labels: LabelMap | None = None,
     *,
+    generator: str | None = None,
     cache_dir: str | Path | None = None,
     server_id: str | None = None,
     concurrency: int = 16,
@@ -247,15 +386,16 @@ async def evaluate_cosy(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """CoSy scores of every labelled neuron of a run: one row per neuron (layer, unit, concept,
-    auc, u, p, mad, n_concept, n_control), in (layer, unit) order.
+    auc, u, p, mad, n_concept, n_control), in (layer, unit) order (see :func:`score_neurons`).
 
-    ``labels`` replaces the run's final labels (another method's output). With ``cache_dir`` the
-    control matrix is read from / written to disk, keyed by ``server_id`` (a local server's store
-    folder; the server URL by default). ``notes`` receives one line per skipped neuron or file.
+    ``labels`` replaces the run's final labels (another method's output); ``generator`` the
+    run's generator. With ``cache_dir`` the control matrix is read from / written to disk, keyed
+    by ``server_id`` (a local server's store folder; the server URL by default). ``notes``
+    receives one line per skipped neuron or file.
     """
     if n_images < 1:
         raise ValueError(f"n_images is {n_images}; CoSy needs at least 1 image per label")
-    cosy_prompt(template, "x")  # fail before any work on a template without {label}
+    cosy_prompt(template, "x")
     note = notes or (lambda text: log.warning("%s", text))
     settings = folder.read_settings()
     neurons, skipped = cosy_neurons(folder, labels)
@@ -263,50 +403,20 @@ async def evaluate_cosy(
         note(text)
     if not neurons:
         return []
-    await _check_neurons(client, settings.target, neurons)
-    exclude = search_seeds(folder)
-    controls: dict[str, ControlActivations] = {}
-    for layer in sorted({neuron.layer for neuron in neurons}):
-        if cache_dir is not None:
-            measured = await cached_control_activations(
-                client, control, settings.target, layer, cache_dir, server_id,
-                settings.generator, batch,
-            )  # fmt: skip
-        else:
-            measured = await measure_control(
-                client, control, settings.target, layer, None, settings.generator, batch
-            )
-        for item in measured.skipped:
-            note(f"control image {item.path} skipped: {item.reason}")
-        controls[layer] = measured
-    limit = asyncio.Semaphore(max(1, concurrency))
-    finished = 0
+    return await score_neurons(
+        client, settings.target, generator or settings.generator, settings.seed, neurons,
+        control, n_images, template, exclude=search_seeds(folder), cache_dir=cache_dir,
+        server_id=server_id, concurrency=concurrency, batch=batch, notes=note,
+        on_progress=on_progress,
+    )  # fmt: skip
 
-    async def score(neuron: CosyNeuron) -> dict:
-        nonlocal finished
-        prompt = cosy_prompt(template, neuron.label)
-        seeds = cosy_seeds(
-            settings.seed, settings.target, neuron.layer, neuron.unit, neuron.label, n_images,
-            exclude,
-        )  # fmt: skip
-        async with limit:
-            concept = await _render_and_read(client, settings, neuron, prompt, seeds, batch)
-        control_values = controls[neuron.layer].unit(neuron.unit)
-        finished += 1
-        if on_progress:
-            on_progress(finished, len(neurons))
-        return {
-            "neuron": thread_id(neuron.layer, neuron.unit),
-            "layer": neuron.layer,
-            "unit": neuron.unit,
-            "concept": neuron.label,
-            **cosy_scores(control_values, concept),
-            "n_concept": int(concept.size),
-            "n_control": int(control_values.size),
-            "prompt": prompt,
-        }
 
-    return list(await asyncio.gather(*(score(neuron) for neuron in neurons)))
+def control_cache(session: ServerSession, cache_dir: Path | None = None) -> tuple[Path, str]:
+    """Where to cache control matrices and under which server id: a local server's store folder
+    (``STORE/control``), else ``$LINE_CACHE/control`` keyed by the first server's URL."""
+    if session.local_store is not None:
+        return cache_dir or session.local_store / "control", f"store:{session.local_store}"
+    return cache_dir or default_cache_dir() / "control", session.urls[0]
 
 
 def write_cosy_csv(path: Path, rows: list[dict]) -> None:

@@ -115,12 +115,12 @@ def test_bad_samples_are_refused(control, concept, message):
 
 
 def test_cosy_seeds_are_fixed_distinct_and_avoid_excluded_seeds():
-    seeds = cosy_seeds(0, "planted:shapes", "planted", 3, "red", 50)
-    assert seeds == cosy_seeds(0, "planted:shapes", "planted", 3, "red", 50)
+    seeds = cosy_seeds(0, "red", 50)
+    assert seeds == cosy_seeds(0, " red ", 50)
     assert len(set(seeds)) == 50 and all(0 <= s < 2**63 for s in seeds)
-    assert seeds != cosy_seeds(1, "planted:shapes", "planted", 3, "red", 50)
-    assert seeds[0] == cosy_seed(0, "planted:shapes", "planted", 3, "red", 0)
-    avoided = cosy_seeds(0, "planted:shapes", "planted", 3, "red", 50, exclude=seeds[:2])
+    assert seeds != cosy_seeds(1, "red", 50) and seeds != cosy_seeds(0, "blue", 50)
+    assert seeds[0] == cosy_seed(0, "red", 0)
+    avoided = cosy_seeds(0, "red", 50, exclude=seeds[:2])
     assert avoided[:48] == seeds[2:] and not set(avoided) & set(seeds[:2])
 
 
@@ -131,7 +131,7 @@ def test_cosy_seeds_use_another_namespace_than_the_search():
         target, layer, unit = "planted:shapes", "planted", 3
 
     search = {image_seed(0, Ctx, "red", index) for index in range(200)}
-    assert not search & set(cosy_seeds(0, "planted:shapes", "planted", 3, "red", 200))
+    assert not search & set(cosy_seeds(0, "red", 200))
 
 
 def test_cosy_prompt():

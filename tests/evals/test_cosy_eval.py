@@ -183,15 +183,11 @@ def test_cosy_seeds_are_disjoint_from_every_search_seed(cosy_run):
     assert len(used) >= 3 * 5  # at least the first concept of each neuron
     settings = cosy_run.read_settings()
     for neuron in cosy_neurons(cosy_run)[0]:
-        seeds = cosy_seeds(
-            settings.seed, settings.target, neuron.layer, neuron.unit, neuron.label, 50, used
-        )
+        seeds = cosy_seeds(settings.seed, neuron.label, 50, used)
         assert not set(seeds) & used
     # even a collision is passed over: pretend the search used the first CoSy seed
-    first = cosy_seeds(settings.seed, settings.target, "planted", 0, "red", 1)[0]
-    assert first not in cosy_seeds(
-        settings.seed, settings.target, "planted", 0, "red", 50, used | {first}
-    )
+    first = cosy_seeds(settings.seed, "red", 1)[0]
+    assert first not in cosy_seeds(settings.seed, "red", 50, used | {first})
 
 
 def test_other_labels_and_failed_neurons(cosy_toy_server, cosy_run, cosy_units, tmp_path):
@@ -221,11 +217,22 @@ def test_other_labels_and_failed_neurons(cosy_toy_server, cosy_run, cosy_units, 
     assert set(by_unit) == {red, blue}  # labels from elsewhere: the failed unit is scored too
     assert by_unit[blue]["auc"] > 0.9 > by_unit[red]["auc"]
 
-    async def bad_unit(client):
-        return await evaluate_cosy(copy, client, ControlSet.toy(40), 4, labels={99: "blue"})
+    unknown: list[str] = []
 
-    with pytest.raises(ValueError, match="unit 99 is out of range"):
-        _run(bad_unit, cosy_toy_server)
+    async def bad_units(client):
+        return await evaluate_cosy(
+            copy, client, ControlSet.toy(40), 4, notes=unknown.append,
+            labels={99: "blue", 98: "red", red: "red", ("conv9", 1): "red"},
+        )  # fmt: skip
+
+    rows = _run(bad_units, cosy_toy_server)
+    assert [row["unit"] for row in rows] == [red]  # the rest is listed, not scored
+    assert unknown == [
+        "planted:shapes has no layer 'conv9' (its layers: planted, features); the labels of its "
+        "units 1 are not scored",
+        "layer 'planted' of planted:shapes has units 0 to 27; the labels of units 98, 99 are not "
+        "scored",
+    ]
 
 
 def test_read_label_csv(tmp_path):
@@ -234,8 +241,16 @@ def test_read_label_csv(tmp_path):
     labels, notes = read_label_csv(path)
     assert labels == {("planted", 0): "red", ("features", 3): "blue"}
     assert notes == ["clip-dissect.csv line 4: unit 9 has no label, skipped"]
-    path.write_text("neuron,label\n0,red\n")
-    with pytest.raises(ValueError, match="needs the columns unit and label"):
+    path.write_text('layer,unit,description,similarity\nplanted,2,"prayer rug, mat",0.16\n')
+    assert read_label_csv(path)[0] == {("planted", 2): "prayer rug, mat"}  # CLIP-Dissect
+    path.write_text("neuron,concept,concept_id,metric\n0,lhasa,n02098413,0.93\n")
+    assert read_label_csv(path)[0] == {0: "lhasa"}  # CoSy / INVERT
+    path.write_text("neuron,layer,unit,concept,AUC\nplanted#4,planted,4,red,0.9\n")
+    assert read_label_csv(path)[0] == {("planted", 4): "red"}  # our cosy.csv
+    path.write_text("neuron,concept\nfeatures#3,blue\n")
+    assert read_label_csv(path)[0] == {("features", 3): "blue"}
+    path.write_text("id,text\n0,red\n")
+    with pytest.raises(ValueError, match="has the columns id, text; a labels file needs one of"):
         read_label_csv(path)
     path.write_text("unit,label\nseven,red\n")
     with pytest.raises(ValueError, match="line 2: unit"):
