@@ -63,6 +63,15 @@ def serve(
             "places365:<checkpoint>, python:<file.py>:<factory>, planted:shapes."
         ),
     ] = None,
+    editor: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Image editor spec (repeatable; the first is the default) for POST /v1/edits "
+            "and `line eval ablation`: procedural:shapes (toy world), tiny-pix2pix, or a "
+            "diffusers image-editing pipeline (instruction, image-to-image or inpainting) by hub "
+            "id or folder."
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; non-loopback needs --token.")] = (
         "127.0.0.1"
     ),
@@ -117,6 +126,7 @@ def serve(
     config = ServeConfig(
         generators=generator or [],
         targets=target or [],
+        editors=editor or [],
         host=host,
         port=port,
         device=device,
@@ -143,7 +153,8 @@ def serve(
     typer.echo(
         f"LINE server on http://{host}:{port} (store {config.store}); "
         f"generators: {', '.join(service.generators) or '-'}; "
-        f"targets: {', '.join(service.targets) or '-'}",
+        f"targets: {', '.join(service.targets) or '-'}"
+        + (f"; editors: {', '.join(service.editors)}" if service.editors else ""),
         err=True,
     )
     uvicorn.run(create_app(service, token), host=host, port=port, log_level=log_level.lower())

@@ -30,6 +30,8 @@ from inference.store import (
 from inference.wire import (
     ActivationsRequest,
     ActivationsResponse,
+    EditsRequest,
+    EditsResponse,
     ErrorResponse,
     ImagesRequest,
     ImagesResponse,
@@ -147,6 +149,7 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
             "status": "ok",
             "generators": list(service.generators),
             "targets": list(service.targets),
+            "editors": list(service.editors),
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -172,6 +175,20 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
             guidance=body.guidance,
         )
         return ImagesResponse(images=records)
+
+    @app.post(f"/{API_VERSION}/edits", response_model=EditsResponse)
+    async def edits(body: EditsRequest) -> EditsResponse:
+        """Edit stored images with one instruction (one seed per image); the edited images are
+        stored under new content-addressed ids and stored edits are not made again."""
+        records = await service.edit_images(
+            body.image_ids,
+            body.instruction,
+            body.seeds,
+            editor=body.editor,
+            steps=body.steps,
+            guidance=body.guidance,
+        )
+        return EditsResponse(images=records)
 
     @app.post(f"/{API_VERSION}/images/upload", response_model=UploadResponse)
     async def upload(body: UploadRequest) -> UploadResponse:

@@ -22,7 +22,14 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 from PIL import Image
 
-from inference.protocols import ImageGenerator, RenderedImage, RenderJob, TargetModel
+from inference.protocols import (
+    EditJob,
+    ImageEditor,
+    ImageGenerator,
+    RenderedImage,
+    RenderJob,
+    TargetModel,
+)
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -37,6 +44,20 @@ def run_render_batch(generator: ImageGenerator, jobs: Sequence[RenderJob]) -> li
     images = generator.render(jobs)
     if len(images) != len(jobs):
         raise BackendError(f"generator {generator.name!r} returned {len(images)} for {len(jobs)}")
+    return images
+
+
+def edit_backend(editor: ImageEditor) -> str:
+    """How an editor is named in queues and metrics: ``edit:<name>`` (``procedural:shapes`` is
+    both a generator and an editor)."""
+    return f"edit:{editor.name}"
+
+
+def run_edit_batch(editor: ImageEditor, jobs: Sequence[EditJob]) -> list[RenderedImage]:
+    """Batching core for edits: edit jobs that share one ``EditSettings`` and image size."""
+    images = editor.edit(jobs)
+    if len(images) != len(jobs):
+        raise BackendError(f"editor {editor.name!r} returned {len(images)} for {len(jobs)}")
     return images
 
 
@@ -205,6 +226,10 @@ class Dispatcher(Protocol):
         """One image's float32 layer vector."""
         ...
 
+    async def edit(self, editor: ImageEditor, job: EditJob) -> RenderedImage:
+        """Edit one image."""
+        ...
+
     def queue_depths(self) -> dict[str, int]:
         """Jobs waiting or not yet answered, per backend name."""
         ...
@@ -252,6 +277,16 @@ class LocalDispatcher:
             generator.name,
             generator.device,
             partial(run_render_batch, generator),
+        )
+        return await batcher.submit(job)
+
+    async def edit(self, editor: ImageEditor, job: EditJob) -> RenderedImage:
+        """Edit one image in a batch of jobs with the same editor, settings and image size."""
+        batcher = self._batcher(
+            ("editor", editor.name, job.settings, job.image.size),
+            edit_backend(editor),
+            editor.device,
+            partial(run_edit_batch, editor),
         )
         return await batcher.submit(job)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.app import is_loopback
-from inference.protocols import GeneratorOptions, ImageGenerator, TargetModel
-from inference.registry import load_generator, load_target
+from inference.protocols import GeneratorOptions, ImageEditor, ImageGenerator, TargetModel
+from inference.registry import load_editor, load_generator, load_target
 from inference.service import BatchingConfig, InferenceService, ServiceLimits, open_service
 from inference.store import default_store_dir
 
@@ -25,6 +25,7 @@ class ServeConfig:
 
     generators: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
+    editors: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 8400
     device: str = "auto"
@@ -37,7 +38,7 @@ class ServeConfig:
 
     def check(self) -> None:
         """Refuse settings that would expose the server or serve nothing."""
-        if not self.generators and not self.targets:
+        if not self.generators and not self.targets and not self.editors:
             raise ServeConfigError(
                 "nothing to serve: pass --generator SPEC and/or --target SPEC, e.g. "
                 "--generator tiny-sd --target torchvision:resnet18:random"
@@ -63,10 +64,24 @@ def load_backends(config: ServeConfig) -> tuple[list[ImageGenerator], list[Targe
     return generators, targets
 
 
+def load_editors(config: ServeConfig) -> list[ImageEditor]:
+    """Load every editor a config names, on ``config.device``."""
+    editors = []
+    for spec in config.editors:
+        log.info("loading editor %s", spec)
+        editors.append(load_editor(spec, config.device, config.generator_options))
+    return editors
+
+
 def build_service(config: ServeConfig) -> InferenceService:
     """Load every backend once and assemble the service."""
     config.check()
     generators, targets = load_backends(config)
     return open_service(
-        generators, targets, config.store, batching=config.batching, limits=config.limits
+        generators,
+        targets,
+        config.store,
+        batching=config.batching,
+        limits=config.limits,
+        editors=load_editors(config),
     )

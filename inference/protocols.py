@@ -78,6 +78,56 @@ class ImageGenerator(Protocol):
 
 
 @dataclass(frozen=True)
+class EditSettings:
+    """Everything besides the source image, instruction and seed that determines an edit's
+    pixels. Edits are only batched together when their settings (and image sizes) are equal."""
+
+    steps: int
+    guidance: float
+
+
+@dataclass(frozen=True)
+class EditJob:
+    """One image to edit: the stored source image with its provenance (the store's metadata),
+    the instruction ("remove the red circle"), the seed and the shared settings."""
+
+    source_id: str
+    image: Image.Image
+    source: dict[str, object]
+    instruction: str
+    seed: int
+    settings: EditSettings
+
+
+@runtime_checkable
+class ImageEditor(Protocol):
+    """An image-editing backend: an instruction applied to a stored image gives a new image of
+    the same size. ``edit`` gets jobs that share one ``EditSettings`` and one image size."""
+
+    name: str
+    """The spec the user gave (``tiny-pix2pix``, ``timbrooks/instruct-pix2pix``,
+    ``procedural:shapes``)."""
+
+    identity: str
+    """What about the editor changes pixels (name, version, dtype), hashed into edit ids."""
+
+    device: str
+
+    def default_settings(self) -> EditSettings:
+        """The settings used for fields a request leaves out."""
+        ...
+
+    def refusal(self, source: dict[str, object], instruction: str) -> str | None:
+        """Why this editor cannot apply ``instruction`` to an image of this provenance (``None``
+        when it can); checked before any job is queued."""
+        ...
+
+    def edit(self, jobs: Sequence[EditJob]) -> list[RenderedImage]:
+        """Edit one image per job, in order; every result depends only on its own job."""
+        ...
+
+
+@dataclass(frozen=True)
 class LayerInfo:
     """A readable layer of a target model and how many units it has."""
 

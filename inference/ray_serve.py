@@ -45,6 +45,8 @@ from inference.batching import (
 from inference.config import ServeConfig, ServeConfigError, load_backends
 from inference.metrics import ServerMetrics
 from inference.protocols import (
+    EditJob,
+    ImageEditor,
     ImageGenerator,
     LayerInfo,
     RenderedImage,
@@ -326,6 +328,12 @@ class RayDispatcher:
         """One image's float32 layer vector from a replica (batched there with others)."""
         return await self._call(target.name, "measure", MeasureRequest(target.name, job))
 
+    async def edit(self, editor: ImageEditor, job: EditJob) -> RenderedImage:
+        """Editors are not deployed on Ray replicas (``ServeConfig.check`` refuses them)."""
+        raise BackendError(
+            f"{editor.name}: editing is not served with --ray; run a plain `line serve --editor`"
+        )
+
     def queue_depths(self) -> dict[str, int]:
         """Jobs sent to the replicas and not yet answered, per backend."""
         return dict(self._in_flight)
@@ -500,6 +508,11 @@ def start_ray_app(
     run on the CPU) and ``cpus_per_replica`` CPUs.
     """
     config.check()
+    if config.editors:
+        raise RayServeError(
+            "editors are not deployed on Ray replicas yet; serve --editor from a plain "
+            "`line serve` (its store can be the same folder)"
+        )
     ray, serve = import_ray()
     config = replace(config, store=Path(config.store).expanduser().resolve())
     address = address or os.environ.get("RAY_ADDRESS") or None

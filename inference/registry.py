@@ -1,7 +1,8 @@
 """Turns backend specs from the command line into backends.
 
 Generators: ``tiny-sd``, ``procedural:shapes``, or any diffusers text-to-image pipeline by hub id
-or local folder. Targets: ``torchvision:<arch>[:<weights>]``, ``places365:<checkpoint>``,
+or local folder. Editors: ``procedural:shapes``, ``tiny-pix2pix``, or any diffusers image-editing
+pipeline. Targets: ``torchvision:<arch>[:<weights>]``, ``places365:<checkpoint>``,
 ``python:<file.py>:<factory>``, ``planted:shapes``, ``learned:shapes``.
 """
 
@@ -11,7 +12,13 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from inference.protocols import BackendSpecError, GeneratorOptions, ImageGenerator, TargetModel
+from inference.protocols import (
+    BackendSpecError,
+    GeneratorOptions,
+    ImageEditor,
+    ImageGenerator,
+    TargetModel,
+)
 
 # Backend families by spec prefix, as "module:function" so heavy imports happen only on use.
 GENERATOR_FAMILIES: dict[str, str] = {
@@ -19,6 +26,11 @@ GENERATOR_FAMILIES: dict[str, str] = {
     "procedural": "inference.toyworld.procedural:create_procedural_generator",
 }
 DIFFUSERS_FACTORY = "inference.generators.diffusers_generator:create_diffusers_generator"
+EDITOR_FAMILIES: dict[str, str] = {
+    "tiny-pix2pix": "inference.generators.tiny_sd:create_tiny_pix2pix_editor",
+    "procedural": "inference.toyworld.editing:create_procedural_editor",
+}
+DIFFUSERS_EDITOR_FACTORY = "inference.generators.diffusers_editor:create_diffusers_editor"
 TARGET_FAMILIES: dict[str, str] = {
     "torchvision": "inference.targets.torch_target:create_torchvision_target",
     "places365": "inference.targets.torch_target:create_places365_target",
@@ -30,6 +42,12 @@ GENERATOR_SPEC_HELP = (
     "'tiny-sd' (offline random weights, images are noise), 'procedural:shapes' (offline toy "
     "world), or a diffusers text-to-image pipeline by hub id (e.g. 'stabilityai/sd-turbo') or "
     "local folder"
+)
+EDITOR_SPEC_HELP = (
+    "'procedural:shapes' (offline toy world: the same scene re-rendered with the named "
+    "attributes removed or replaced), 'tiny-pix2pix' (offline random weights, edits are noise), "
+    "or a diffusers image-editing pipeline by hub id or local folder: instruction editing (e.g. "
+    "'timbrooks/instruct-pix2pix'), image-to-image or inpainting"
 )
 TARGET_SPEC_HELP = (
     "'torchvision:<arch>[:<weights>|random]' (e.g. 'torchvision:resnet50', "
@@ -69,6 +87,21 @@ def load_generator(
     if family in GENERATOR_FAMILIES:
         return _import_factory(GENERATOR_FAMILIES[family])(rest, device=device, options=options)
     return _import_factory(DIFFUSERS_FACTORY)(spec, device=device, options=options)
+
+
+def load_editor(
+    spec: str, device: str = "auto", options: GeneratorOptions | None = None
+) -> ImageEditor:
+    """Build the image editor a spec names (``options.dtype`` and ``steps``/``guidance``
+    defaults apply to diffusers editors)."""
+    options = options or GeneratorOptions()
+    device = resolve_device(device)
+    if not spec.strip():
+        raise BackendSpecError(f"empty editor spec; use {EDITOR_SPEC_HELP}")
+    family, _, rest = spec.partition(":")
+    if family in EDITOR_FAMILIES:
+        return _import_factory(EDITOR_FAMILIES[family])(rest, device=device, options=options)
+    return _import_factory(DIFFUSERS_EDITOR_FACTORY)(spec, device=device, options=options)
 
 
 def load_target(spec: str, device: str = "auto", trust_checkpoints: bool = False) -> TargetModel:

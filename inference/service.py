@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,11 +22,15 @@ from inference.batching import (
     ActivationJob,
     BackendError,
     Dispatcher,
+    edit_backend,
     LocalDispatcher,
     MicroBatcher,
 )
 from inference.metrics import ServerMetrics
 from inference.protocols import (
+    EditJob,
+    EditSettings,
+    ImageEditor,
     ImageGenerator,
     RenderJob,
     RenderSettings,
@@ -39,10 +43,11 @@ from inference.store import (
     StoreWriteError,
     check_image_id,
     decode_image,
+    edit_id,
     image_id,
     upload_id,
 )
-from inference.wire import ActivationsResponse, ImageEntry
+from inference.wire import ActivationsResponse, EditEntry, ImageEntry
 
 log = logging.getLogger("line.server")
 
@@ -114,10 +119,13 @@ class InferenceService:
         limits: ServiceLimits | None = None,
         dispatcher: Dispatcher | None = None,
         metrics: ServerMetrics | None = None,
+        editors: Sequence[ImageEditor] = (),
     ) -> None:
-        if not generators and not targets:
-            raise ValueError("an inference service needs at least one generator or target")
+        if not generators and not targets and not editors:
+            raise ValueError("an inference service needs at least one generator, target or editor")
         self.generators = {generator.name: generator for generator in generators}
+        self.editors = {editor.name: editor for editor in editors}
+        self.default_editor = editors[0].name if editors else None
         self.targets = {target.name: target for target in targets}
         self.default_generator = generators[0].name if generators else None
         self.store = store
@@ -161,6 +169,15 @@ class InferenceService:
                     "layers": [{"name": layer, "units": units} for layer, units in layers.items()],
                 }
                 for name, layers in self._layer_units.items()
+            ],
+            "editors": [
+                {
+                    "name": editor.name,
+                    "device": editor.device,
+                    "default": editor.name == self.default_editor,
+                    "defaults": asdict(editor.default_settings()),
+                }
+                for editor in self.editors.values()
             ],
         }
 
@@ -269,21 +286,43 @@ class InferenceService:
         backend = self._generator(generator)
         settings = self.resolve_settings(backend, width, height, steps, guidance)
         self._check_prompts(prompts, seeds)
+        keys = [
+            image_id(backend.identity, prompt, seed, settings)
+            for prompt, seed in zip(prompts, seeds, strict=True)
+        ]
+        cached = await self._ensure_stored(
+            backend.name,
+            keys,
+            lambda index: self._render_and_store(
+                backend, keys[index], RenderJob(prompts[index], seeds[index], settings)
+            ),
+        )
+        return [
+            ImageEntry(id=key, prompt=prompt, seed=seed, cached=hit)
+            for key, prompt, seed, hit in zip(keys, prompts, seeds, cached, strict=True)
+        ]
+
+    async def _ensure_stored(
+        self,
+        backend: str,
+        keys: Sequence[str],
+        make: Callable[[int], Coroutine[Any, Any, None]],
+    ) -> list[bool]:
+        """Make every image of ``keys`` the store lacks (``make(index)`` renders or edits key
+        ``index``), sharing work in flight with concurrent requests; whether each was cached."""
         waits: list[asyncio.Task] = []
-        records: list[ImageEntry] = []
-        for prompt, seed in zip(prompts, seeds, strict=True):
-            job = RenderJob(prompt, seed, settings)
-            key = image_id(backend.identity, prompt, seed, settings)
+        cached: list[bool] = []
+        for index, key in enumerate(keys):
             task = self._rendering.get(key)
-            cached = task is not None or self.store.has(key)
-            if cached:
-                self.metrics.image_cache_hits.labels(backend.name).inc()
+            hit = task is not None or self.store.has(key)
+            if hit:
+                self.metrics.image_cache_hits.labels(backend).inc()
             else:
-                task = asyncio.create_task(self._render_and_store(backend, key, job))
+                task = asyncio.create_task(make(index))
                 _track_until_done(self._rendering, key, task)
             if task is not None:
                 waits.append(task)
-            records.append(ImageEntry(id=key, prompt=prompt, seed=seed, cached=cached))
+            cached.append(hit)
         if waits:
             results = await asyncio.gather(
                 *(asyncio.shield(w) for w in waits), return_exceptions=True
@@ -291,7 +330,7 @@ class InferenceService:
             for result in results:
                 if isinstance(result, BaseException):
                     raise _as_service_error(result)
-        return records
+        return cached
 
     async def _render_and_store(self, generator: ImageGenerator, key: str, job: RenderJob) -> None:
         rendered = await self.dispatcher.render(generator, job)
@@ -337,6 +376,109 @@ class InferenceService:
             metadata = {"uploaded": True, "name": names[index] if names else ""}
             await self._in_io_thread(self.store.put, key, image, metadata)
         return ids
+
+    # ----- edits ---------------------------------------------------------------------------
+    def _editor(self, name: str | None) -> ImageEditor:
+        if name is None:
+            if self.default_editor is None:
+                raise ServiceError(
+                    "this server has no editor; start it with --editor (e.g. procedural:shapes "
+                    "for the toy world, or a diffusers image-editing pipeline)"
+                )
+            return self.editors[self.default_editor]
+        if name not in self.editors:
+            raise ServiceError(
+                f"unknown editor {name!r}; this server has: "
+                + (", ".join(self.editors) or "none (start it with --editor)"),
+                status=404,
+            )
+        return self.editors[name]
+
+    def resolve_edit_settings(
+        self, editor: ImageEditor, steps: int | None, guidance: float | None
+    ) -> EditSettings:
+        """Fill an edit request's missing settings from the editor's defaults and check them."""
+        settings = editor.default_settings()
+        settings = EditSettings(
+            steps=settings.steps if steps is None else steps,
+            guidance=float(settings.guidance if guidance is None else guidance),
+        )
+        if not 1 <= settings.steps <= self.limits.max_steps:
+            raise ServiceError(
+                f"steps must be from 1 to {self.limits.max_steps}, got {settings.steps}"
+            )
+        if not 0.0 <= settings.guidance <= 100.0:
+            raise ServiceError(f"guidance must be from 0 to 100, got {settings.guidance}")
+        return settings
+
+    async def edit_images(
+        self,
+        image_ids: Sequence[str],
+        instruction: str,
+        seeds: Sequence[int],
+        editor: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> list[EditEntry]:
+        """Apply ``instruction`` to each stored image (one seed each) unless the store already
+        has that edit; edited images are stored like rendered ones."""
+        backend = self._editor(editor)
+        settings = self.resolve_edit_settings(backend, steps, guidance)
+        if not instruction.strip():
+            raise ServiceError(
+                "instruction is empty; say what to change, e.g. 'remove the red circle'"
+            )
+        if len(instruction) > self.limits.max_prompt_chars:
+            raise ServiceError(
+                f"instruction has {len(instruction)} characters; the limit is "
+                f"{self.limits.max_prompt_chars}"
+            )
+        if len(image_ids) != len(seeds):
+            raise ServiceError(
+                f"image_ids and seeds must have the same length (one seed per image), got "
+                f"{len(image_ids)} image ids and {len(seeds)} seeds"
+            )
+        for index, seed in enumerate(seeds):
+            if not 0 <= seed <= MAX_SEED:
+                raise ServiceError(f"seed {index} is {seed}; seeds go from 0 to {MAX_SEED}")
+        self._check_image_ids(image_ids)
+        sources = {
+            value: await self._in_io_thread(self.store.metadata, value)
+            for value in dict.fromkeys(image_ids)
+        }
+        for value, source in sources.items():
+            refusal = backend.refusal(source, instruction)
+            if refusal is not None:
+                raise ServiceError(f"{backend.name} cannot edit image {value}: {refusal}")
+        keys = [
+            edit_id(backend.identity, value, instruction, seed, settings)
+            for value, seed in zip(image_ids, seeds, strict=True)
+        ]
+
+        async def edit_one(index: int) -> None:
+            source_id = image_ids[index]
+            image = await self._in_io_thread(self.store.load, source_id)
+            job = EditJob(source_id, image, sources[source_id], instruction, seeds[index], settings)
+            await self._edit_and_store(backend, keys[index], job)
+
+        cached = await self._ensure_stored(edit_backend(backend), keys, edit_one)
+        return [
+            EditEntry(id=key, source=source, seed=seed, cached=hit)
+            for key, source, seed, hit in zip(keys, image_ids, seeds, cached, strict=True)
+        ]
+
+    async def _edit_and_store(self, editor: ImageEditor, key: str, job: EditJob) -> None:
+        edited = await self.dispatcher.edit(editor, job)
+        metadata = {
+            "editor": editor.identity,
+            "source": job.source_id,
+            "instruction": job.instruction,
+            "seed": job.seed,
+            **asdict(job.settings),
+            **edited.extra,
+        }
+        await self._in_io_thread(self.store.put, key, edited.image, metadata)
+        self.metrics.images_generated.labels(edit_backend(editor)).inc()
 
     # ----- activations ---------------------------------------------------------------------
     def _check_image_ids(self, image_ids: Sequence[str]) -> None:

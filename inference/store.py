@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from inference.protocols import RenderSettings
+from inference.protocols import EditSettings, RenderSettings
 
 IMAGE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
@@ -64,6 +64,23 @@ def image_id(generator_identity: str, prompt: str, seed: int, settings: RenderSe
     }
     canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def edit_id(
+    editor_identity: str, source_id: str, instruction: str, seed: int, settings: EditSettings
+) -> str:
+    """The content address of an edited image: a hash of the editor, the source image, the
+    instruction, the seed and the settings."""
+    key = {
+        "editor": editor_identity,
+        "source": source_id,
+        "instruction": instruction,
+        "seed": seed,
+        "steps": settings.steps,
+        "guidance": float(settings.guidance),
+    }
+    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(b"edit:" + canonical.encode("utf-8")).hexdigest()
 
 
 def upload_id(data: bytes) -> str:

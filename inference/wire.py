@@ -113,6 +113,40 @@ class ImagesResponse(BaseModel):
     images: list[ImageEntry]
 
 
+class EditsRequest(BaseModel):
+    """Edit stored images with one instruction, one seed per image."""
+
+    model_config = ConfigDict(extra="forbid")
+    image_ids: list[str] = Field(description="Ids of stored images (rendered or uploaded).")
+    instruction: Text = Field(
+        description="What to change, e.g. 'remove the red circle'; at most the server's prompt "
+        "limit (1000 characters unless configured)."
+    )
+    seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
+    editor: Text | None = Field(None, description="Editor name; the server's first if absent.")
+    steps: int | None = Field(
+        None,
+        description="Denoising steps, 1 to the server's limit; the editor's default if absent.",
+    )
+    guidance: float | None = Field(None, description="Guidance scale, 0 to 100.")
+
+
+class EditEntry(BaseModel):
+    """An edited (or already stored) image and the image it was made from."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    source: str
+    seed: int
+    cached: bool
+
+
+class EditsResponse(BaseModel):
+    """The edited images of a request, in request order."""
+
+    images: list[EditEntry]
+
+
 class UploadRequest(BaseModel):
     """Store image files (e.g. a control set's photos) so activations can be read on them."""
 

@@ -19,6 +19,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from inference.wire import (
     ActivationsRequest,
     ActivationsResponse,
+    EditEntry,
+    EditsRequest,
+    EditsResponse,
     ImageEntry,
     ImagesRequest,
     ImagesResponse,
@@ -99,6 +102,18 @@ class InferenceClient(Protocol):
         units: Sequence[int] | None = None,
     ) -> ActivationsResponse:
         """A layer of a target on stored images: a row per image, a column per unit."""
+        ...
+
+    async def edit_images(
+        self,
+        image_ids: Sequence[str],
+        instruction: str,
+        seeds: Sequence[int],
+        editor: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> list[EditEntry]:
+        """Apply one instruction to stored images (one seed each); the edited images' ids."""
         ...
 
     async def upload_images(self, files: Sequence[bytes], names: Sequence[str] = ()) -> list[str]:
@@ -248,6 +263,28 @@ class LineClient:
         response = await self._request("POST", "/v1/activations", json=body)
         return ActivationsResponse.model_validate_json(response.content)
 
+    async def edit_images(
+        self,
+        image_ids: Sequence[str],
+        instruction: str,
+        seeds: Sequence[int],
+        editor: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> list[EditEntry]:
+        """Apply one instruction to stored images (one seed each); returns the edited ids."""
+        body = _body(
+            EditsRequest,
+            image_ids=list(image_ids),
+            instruction=instruction,
+            seeds=list(seeds),
+            editor=editor,
+            steps=steps,
+            guidance=guidance,
+        )
+        response = await self._request("POST", "/v1/edits", json=body)
+        return EditsResponse.model_validate_json(response.content).images
+
     async def upload_images(self, files: Sequence[bytes], names: Sequence[str] = ()) -> list[str]:
         """Store image files on the server (a control set); returns their ids."""
         body = _body(
@@ -268,7 +305,8 @@ class LineClient:
 
 
 def _body(
-    request: type[ImagesRequest | ActivationsRequest | UploadRequest], **fields: Any
+    request: type[ImagesRequest | ActivationsRequest | EditsRequest | UploadRequest],
+    **fields: Any,
 ) -> dict[str, Any]:
     """A request body shaped by its wire model, unset options left out. Not validated here: the
     server checks it against its own limits and answers a bad one in its own words."""

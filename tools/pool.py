@@ -25,7 +25,7 @@ from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from inference.wire import ActivationsResponse, ImageEntry
+from inference.wire import ActivationsResponse, EditEntry, ImageEntry
 from tools.client import InferenceClient, LineClient, LineServerError, LineServerUnavailable
 
 log = logging.getLogger("line.pool")
@@ -294,6 +294,53 @@ class ServerPool:
                 if time.monotonic() - started > self.patience_s:
                     raise
                 await asyncio.sleep(1.0)
+
+    async def edit_images(
+        self,
+        image_ids: Sequence[str],
+        instruction: str,
+        seeds: Sequence[int],
+        editor: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> list[EditEntry]:
+        """Edit each image on the server that holds it (any server for images this pool did not
+        render: a shared store or uploads); the edits live there too. Results in request order."""
+
+        async def edit_group(
+            owner: PoolMember | None, ids: Sequence[str], group_seeds: Sequence[int]
+        ) -> list[EditEntry]:
+            def edit(client: LineClient) -> Awaitable[list[EditEntry]]:
+                return client.edit_images(
+                    ids, instruction, group_seeds, editor=editor, steps=steps, guidance=guidance
+                )
+
+            if owner is None:
+                member, edited = await self._with_failover(edit)
+            else:
+                member, edited = owner, await self._on(owner, edit)
+            for entry in edited:
+                self._owner[entry.id] = member
+            return edited
+
+        if len(image_ids) != len(seeds):  # the server words the refusal
+            return await edit_group(None, image_ids, seeds)
+        groups: dict[int, list[int]] = {}
+        members: dict[int, PoolMember | None] = {}
+        for index, image_id in enumerate(image_ids):
+            owner = self._owner.get(image_id)
+            groups.setdefault(id(owner), []).append(index)
+            members[id(owner)] = owner
+        answers = await asyncio.gather(
+            *(
+                edit_group(members[key], [image_ids[i] for i in group], [seeds[i] for i in group])
+                for key, group in groups.items()
+            )
+        )
+        entries: dict[int, EditEntry] = {}
+        for indices, answer in zip(groups.values(), answers, strict=True):
+            entries.update(zip(indices, answer, strict=True))
+        return [entries[index] for index in range(len(image_ids))]
 
     async def upload_images(self, files: Sequence[bytes], names: Sequence[str] = ()) -> list[str]:
         """Store the files on every server that answers (same ids everywhere)."""

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from inference.app import RunningServer, create_app, start_server_thread
-from inference.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
+from inference.registry import (
+    BackendSpecError,
+    GeneratorOptions,
+    load_editor,
+    load_generator,
+    load_target,
+)
 from inference.service import open_service
 from inference.store import default_store_dir
 from tools.client import InferenceClient, LineClient, LineServerError, LineServerUnavailable
@@ -45,9 +51,14 @@ def check_layer_units(
 
 
 async def check_server(
-    url: str, target: str, layer: str, units: Sequence[int], generator: str | None
+    url: str,
+    target: str,
+    layer: str,
+    units: Sequence[int],
+    generator: str | None,
+    editors: Sequence[str] = (),
 ) -> None:
-    """The server answers, serves the target and generator, and the units exist."""
+    """The server answers, serves the target, generator and editors, and the units exist."""
     async with LineClient(url, retries=1, backoff_s=0.2) as client:
         try:
             models = await client.models()
@@ -67,14 +78,28 @@ async def check_server(
         )
     if not generators:
         raise RunSetupError(f"the server at {url} has no generator; start it with --generator")
+    served_editors = [entry["name"] for entry in models.get("editors", [])]
+    for editor in editors:
+        if editor not in served_editors:
+            raise RunSetupError(
+                f"the server at {url} has no editor {editor!r}; it has: "
+                + (", ".join(served_editors) or "none (start it with --editor SPEC)")
+            )
     layers = {entry["name"]: entry["units"] for entry in targets[target]["layers"]}
     check_layer_units(layers, target, layer, units)
 
 
 def start_local_server(
-    target: str, layer: str, units: Sequence[int], generator: str, device: str, store: Path
+    target: str,
+    layer: str,
+    units: Sequence[int],
+    generator: str,
+    device: str,
+    store: Path,
+    editors: Sequence[str] = (),
 ) -> RunningServer:
-    """Load the target (and check layer and units), then the generator, then serve both."""
+    """Load the target (and check layer and units), then the generator and editors, then serve
+    them."""
     try:
         model = load_target(target, device)
     except BackendSpecError as error:
@@ -82,9 +107,11 @@ def start_local_server(
     check_layer_units({info.name: info.units for info in model.layers()}, target, layer, units)
     try:
         backend = load_generator(generator, device, GeneratorOptions())
+        loaded_editors = [load_editor(spec, device) for spec in editors]
     except BackendSpecError as error:
         raise RunSetupError(str(error)) from error
-    return start_server_thread(create_app(open_service([backend], [model], store)))
+    service = open_service([backend], [model], store, editors=loaded_editors)
+    return start_server_thread(create_app(service))
 
 
 @dataclass(frozen=True)
@@ -110,19 +137,21 @@ def server_session(
     *,
     device: str = "auto",
     store: Path | None = None,
+    editors: Sequence[str] = (),
 ) -> Iterator[ServerSession]:
-    """The given servers, checked; without any, a local server (``generator`` on ``device``,
-    images in ``store``, default ``$LINE_CACHE/store``) started now and stopped on exit."""
+    """The given servers, checked; without any, a local server (``generator`` and ``editors``
+    on ``device``, images in ``store``, default ``$LINE_CACHE/store``) started now and stopped
+    on exit."""
     urls = [servers] if isinstance(servers, str) else list(dict.fromkeys(servers or []))
     if urls:
         for url in urls:
-            asyncio.run(check_server(url, target, layer, units, generator))
+            asyncio.run(check_server(url, target, layer, units, generator, editors))
         yield ServerSession(urls)
         return
     if generator is None:
         raise RunSetupError("without --server, pass --generator SPEC to start a local server")
     folder = (store or default_store_dir()).expanduser().resolve()
-    running = start_local_server(target, layer, units, generator, device, folder)
+    running = start_local_server(target, layer, units, generator, device, folder, editors)
     try:
         yield ServerSession([running.url], folder)
     finally:

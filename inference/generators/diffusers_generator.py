@@ -39,7 +39,8 @@ class TextToImagePipeline(Protocol):
         ...
 
 
-def _torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a ``--dtype`` name."""
     if name not in DTYPES:
         raise BackendSpecError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     return getattr(torch, name)
@@ -104,7 +105,7 @@ def load_diffusers_pipeline(source: str | Path, device: str, dtype: str) -> Text
     from diffusers import AutoPipelineForText2Image
 
     try:
-        pipeline = AutoPipelineForText2Image.from_pretrained(str(source), dtype=_torch_dtype(dtype))
+        pipeline = AutoPipelineForText2Image.from_pretrained(str(source), dtype=torch_dtype(dtype))
     except Exception as error:  # hub, file and config errors all land here
         raise BackendSpecError(
             f"could not load the diffusers pipeline {str(source)!r}: {error}. Pass a hub id of a "

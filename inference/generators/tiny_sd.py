@@ -1,4 +1,5 @@
-"""``tiny-sd``: a tiny random-weight Stable Diffusion pipeline built offline from configs.
+"""``tiny-sd`` and ``tiny-pix2pix``: tiny random-weight Stable Diffusion pipelines (text-to-image
+and InstructPix2Pix editing) built offline from configs.
 
 It exists for tests, benchmarks and smoke runs on machines without model weights. Its images are
 noise: the weights are random, so nothing it renders depicts the prompt. It runs the real diffusers
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from inference.generators.diffusers_editor import DiffusersEditor, load_editing_pipeline
 from inference.generators.diffusers_generator import (
     DiffusersGenerator,
     load_diffusers_pipeline,
 )
-from inference.protocols import BackendSpecError, GeneratorOptions, RenderSettings
+from inference.protocols import BackendSpecError, EditSettings, GeneratorOptions, RenderSettings
 from inference.store import default_cache_dir
 
 TINY_SD_VERSION = "v1"
@@ -42,15 +46,11 @@ def _byte_level_vocab() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def build_tiny_sd(folder: Path, seed: int = 0) -> None:
-    """Construct the tiny pipeline with seeded random weights and save it to ``folder``."""
+def _tiny_components(seed: int, unet_in_channels: int) -> dict[str, Any]:
+    """Seeded random-weight Stable Diffusion parts: tokenizer, text encoder, UNet (taking
+    ``unet_in_channels`` latent channels: 4 to render, 8 for InstructPix2Pix), VAE, scheduler."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -77,7 +77,7 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> None:
     )
     unet = UNet2DConditionModel(
         sample_size=TINY_SD_SIZE // 2,
-        in_channels=4,
+        in_channels=unet_in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -100,34 +100,59 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> None:
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+
+
+def build_tiny_sd(folder: Path, seed: int = 0) -> None:
+    """Construct the tiny text-to-image pipeline with seeded random weights, save to ``folder``."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(**_tiny_components(seed, unet_in_channels=4))
     # mypy reads diffusers' top level as its placeholder classes, which lack save_pretrained
     pipeline.save_pretrained(folder)  # type: ignore[attr-defined]
 
 
-def ensure_tiny_sd(cache_dir: Path | None = None) -> Path:
-    """Return the tiny pipeline's folder, building it first if it is not cached yet."""
-    folder = (cache_dir or default_cache_dir()) / f"tiny-sd-{TINY_SD_VERSION}"
+def build_tiny_pix2pix(folder: Path, seed: int = 0) -> None:
+    """Construct a tiny InstructPix2Pix editing pipeline with seeded random weights."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipeline = StableDiffusionInstructPix2PixPipeline(**_tiny_components(seed, unet_in_channels=8))
+    pipeline.save_pretrained(folder)  # type: ignore[attr-defined]
+
+
+def _ensure_built(name: str, build: Callable[[Path], None], cache_dir: Path | None) -> Path:
+    """A tiny pipeline's cache folder, built first (atomically) if it is not there yet."""
+    folder = (cache_dir or default_cache_dir()) / name
     if (folder / "model_index.json").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="tiny-sd-", dir=folder.parent))
-    build_tiny_sd(staging)
+    staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=folder.parent))
+    build(staging)
     try:
         staging.rename(folder)
     except OSError:  # another process built it first
         if not (folder / "model_index.json").exists():
             raise
     return folder
+
+
+def ensure_tiny_sd(cache_dir: Path | None = None) -> Path:
+    """Return the tiny pipeline's folder, building it first if it is not cached yet."""
+    return _ensure_built(f"tiny-sd-{TINY_SD_VERSION}", build_tiny_sd, cache_dir)
+
+
+def ensure_tiny_pix2pix(cache_dir: Path | None = None) -> Path:
+    """Return the tiny editing pipeline's folder, building it first if it is not cached yet."""
+    return _ensure_built(f"tiny-pix2pix-{TINY_SD_VERSION}", build_tiny_pix2pix, cache_dir)
 
 
 def create_tiny_sd_generator(
@@ -147,3 +172,20 @@ def create_tiny_sd_generator(
     generator = DiffusersGenerator("tiny-sd", pipeline, device, dtype, defaults)
     generator.identity = f"tiny-sd-{TINY_SD_VERSION}:{dtype}"
     return generator
+
+
+def create_tiny_pix2pix_editor(
+    rest: str, device: str, options: GeneratorOptions
+) -> DiffusersEditor:
+    """The ``tiny-pix2pix`` editor (InstructPix2Pix, random weights: its edits are noise): one
+    step, no guidance unless the options say otherwise."""
+    if rest:
+        raise BackendSpecError(f"'tiny-pix2pix' takes no arguments, got 'tiny-pix2pix:{rest}'")
+    dtype = options.dtype or "float32"
+    pipeline, kind = load_editing_pipeline(ensure_tiny_pix2pix(), device, dtype)
+    defaults = EditSettings(
+        steps=options.steps or 1, guidance=0.0 if options.guidance is None else options.guidance
+    )
+    editor = DiffusersEditor("tiny-pix2pix", pipeline, kind, device, dtype, defaults)
+    editor.identity = f"tiny-pix2pix-{TINY_SD_VERSION}:{dtype}:{kind}"
+    return editor
