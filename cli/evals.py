@@ -37,6 +37,15 @@ from evals.baseline import (
     read_vocabulary,
     vocabulary_baseline,
 )
+from evals.compare import (
+    MethodComparison,
+    compare_methods,
+    comparison_text,
+    load_methods,
+    parse_method_sources,
+    setup_line,
+    write_method_comparison,
+)
 from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt
 from evals.cosy_eval import (
     control_cache,
@@ -67,52 +76,72 @@ eval_app = typer.Typer(
 )
 
 
+CosyControl = Annotated[
+    str | None,
+    typer.Option(
+        help="Control set: a folder of natural images (flat or in class folders), toy or "
+        "toy:N [default: the run's control set; toy for the toy world]."
+    ),
+]
+CosyImages = Annotated[int, typer.Option("--n-images", min=1, help="Images rendered per label.")]
+CosyTemplate = Annotated[
+    str | None,
+    typer.Option(
+        help="Image prompt with {label} [default: the variant's cosy_template, else "
+        f"'{DEFAULT_COSY_TEMPLATE}']."
+    ),
+]
+CosyServer = Annotated[
+    str | None, typer.Option(help="Inference server URL; without it one is started.")
+]
+ControlCacheDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where control matrices are cached [default: STORE/control for a local server, "
+        "$LINE_CACHE/control with --server]."
+    ),
+]
+CosyConcurrency = Annotated[int, typer.Option(help="Labels rendered at once.")]
+
+
+def _cosy_inputs(
+    settings: RunSettings, control: str | None, template: str | None, server: str | None
+) -> tuple[ControlSet, str]:
+    """The control set and template to score a run's labels with (checked before any work)."""
+    control_set = ControlSet.resolve(control_spec_of(control, settings))
+    chosen_template = template or cosy_template_of(settings)
+    cosy_prompt(chosen_template, "x")
+    if not server and settings.generator is None:
+        raise RunSetupError(
+            "this run used a remote server (its config names no generator); pass --server URL"
+        )
+    return control_set, chosen_template
+
+
 @eval_app.command("cosy")
 def cosy_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder made by `line run`.")],
-    control: Annotated[
-        str | None,
-        typer.Option(
-            help="Control set: a folder of natural images (flat or in class folders), toy or "
-            "toy:N [default: the run's control set; toy for the toy world]."
-        ),
-    ] = None,
-    n_images: Annotated[
-        int, typer.Option("--n-images", min=1, help="Images rendered per label.")
-    ] = 50,
+    control: CosyControl = None,
+    n_images: CosyImages = 50,
     labels: Annotated[
         Path | None,
         typer.Option(
             help="Score these labels instead of the run's: a CSV with columns unit,label[,layer] "
-            "(e.g. CLIP-Dissect, INVERT or MILAN output)."
+            "(LINE), layer,unit,description (CLIP-Dissect) or neuron,concept (CoSy, INVERT)."
         ),
     ] = None,
-    template: Annotated[
-        str | None,
-        typer.Option(
-            help="Image prompt with {label} [default: the variant's cosy_template, else "
-            f"'{DEFAULT_COSY_TEMPLATE}']."
-        ),
-    ] = None,
+    template: CosyTemplate = None,
     out: Annotated[
         Path | None,
         typer.Option(
             help="CSV to write [default: RUN_DIR/cosy.csv, or cosy-<labels>.csv with --labels]."
         ),
     ] = None,
-    server: Annotated[
-        str | None, typer.Option(help="Inference server URL; without it one is started.")
-    ] = None,
+    server: CosyServer = None,
     device: LocalServerDevice = "auto",
     store: LocalServerStore = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where control matrices are cached [default: STORE/control for a local server, "
-            "$LINE_CACHE/control with --server]."
-        ),
-    ] = None,
-    concurrency: Annotated[int, typer.Option(help="Neurons rendered at once.")] = 16,
+    cache_dir: ControlCacheDir = None,
+    concurrency: CosyConcurrency = 16,
 ) -> None:
     """CoSy: score labels by how well the neuron separates their images from natural images."""
     folder = RunFolder(run_dir)
@@ -123,13 +152,7 @@ def cosy_command(
             label_map, label_notes = read_label_csv(labels)
             for text in label_notes:
                 warn(text)
-        control_set = ControlSet.resolve(control_spec_of(control, settings))
-        chosen_template = template or cosy_template_of(settings)
-        cosy_prompt(chosen_template, "x")
-        if not server and settings.generator is None:
-            raise RunSetupError(
-                "this run used a remote server (its config names no generator); pass --server URL"
-            )
+        control_set, chosen_template = _cosy_inputs(settings, control, template, server)
         with server_session(
             server, settings.target, settings.layer, settings.units, settings.generator,
             device=device, store=store,
@@ -164,6 +187,71 @@ def cosy_command(
             f"MAD {stats['mad_mean']:.3f} ± {stats['mad_std']:.3f} ({stats['neurons']} neurons)"
         )
     typer.echo(f"wrote {path}")
+
+
+@eval_app.command("compare")
+def compare_command(
+    labels: Annotated[
+        list[str],
+        typer.Option(
+            help="NAME=PATH, repeatable: a LINE run folder or a labels file (unit,label[,layer]; "
+            "CLIP-Dissect's layer,unit,description; CoSy's neuron,concept). The first run "
+            "folder sets the target, generator, seed and default layer."
+        ),
+    ],
+    control: CosyControl = None,
+    n_images: CosyImages = 50,
+    template: CosyTemplate = None,
+    vocabulary: Annotated[
+        Path | None,
+        typer.Option(help="Concepts, one per line: adds each method's share of new concepts."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for compare.csv/.md/.png [default: the first run folder]."),
+    ] = None,
+    server: CosyServer = None,
+    device: LocalServerDevice = "auto",
+    store: LocalServerStore = None,
+    cache_dir: ControlCacheDir = None,
+    concurrency: CosyConcurrency = 16,
+) -> None:
+    """Compare methods' labels with CoSy on the same neurons, control set and label images."""
+    try:
+        reference, methods = load_methods(parse_method_sources(labels))
+        settings = reference.read_settings()
+        for method in methods:
+            for text in method.notes:
+                warn(f"{method.name}: {text}")
+        concepts = read_vocabulary(vocabulary) if vocabulary is not None else None
+        control_set, chosen_template = _cosy_inputs(settings, control, template, server)
+        with server_session(
+            server, settings.target, settings.layer, settings.units, settings.generator,
+            device=device, store=store,
+        ) as session:  # fmt: skip
+            cache, server_id = control_cache(session, cache_dir)
+
+            async def score(on_progress: Callable[[int, int], None]) -> MethodComparison:
+                async with session.connect() as client:
+                    return await compare_methods(
+                        client, reference, methods, control_set, n_images, chosen_template,
+                        vocabulary=concepts, cache_dir=cache, server_id=server_id,
+                        concurrency=concurrency, notes=warn, on_progress=on_progress,
+                    )  # fmt: skip
+
+            with count_progress("CoSy") as progress:
+                comparison = asyncio.run(score(progress))
+    except (
+        FileNotFoundError, ValueError, ControlSetError, LineServerError, LineServerUnavailable
+    ) as error:  # fmt: skip
+        exit_with_error(str(error))
+    if not comparison.table:
+        exit_with_error("no label to score (see the notes above)")
+    setup = setup_line(settings, control_set, n_images, chosen_template)
+    files = write_method_comparison(comparison, RunFolder(out or reference.path), setup)
+    typer.echo(setup)
+    typer.echo(comparison_text(comparison))
+    typer.echo(f"wrote {files.csv}, {files.summary} and {files.figure}")
 
 
 @eval_app.command("groundtruth")

@@ -230,8 +230,10 @@ async def target_layers(client: InferenceClient, target: str) -> dict[str, int]:
 
 
 def _unit_list(units: Sequence[int], shown: int = 10) -> str:
+    """``unit 3`` or ``units 3, 4 and 9 more``."""
     text = ", ".join(str(unit) for unit in units[:shown])
-    return text + (f" and {len(units) - shown} more" if len(units) > shown else "")
+    more = f" and {len(units) - shown} more" if len(units) > shown else ""
+    return f"unit{'s' * (len(units) > 1)} {text}{more}"
 
 
 def known_neurons(
@@ -250,13 +252,13 @@ def known_neurons(
     for layer, units in missing.items():
         if layer not in layers:
             notes.append(
-                f"{target} has no layer {layer!r} (its layers: {', '.join(layers)}); the labels "
-                f"of its units {_unit_list(units)} are not scored"
+                f"{target} has no layer {layer!r} (its layers: {', '.join(layers)}); labels not "
+                f"scored: {_unit_list(units)}"
             )
         else:
             notes.append(
-                f"layer {layer!r} of {target} has units 0 to {layers[layer] - 1}; the labels of "
-                f"units {_unit_list(units)} are not scored"
+                f"layer {layer!r} of {target} has units 0 to {layers[layer] - 1}; labels "
+                f"not scored: {_unit_list(units)}"
             )
     return kept, notes
 
