@@ -57,6 +57,7 @@ from evals.cosy_eval import (
     write_cosy_csv,
 )
 from evals.groundtruth import run_groundtruth_benchmark, summary_table
+from evals.iterations import analyse_runs, iterations_text, write_iterations
 from evals.variants import (
     COMPARISON_FILES,
     Arm,
@@ -252,6 +253,33 @@ def compare_command(
     typer.echo(setup)
     typer.echo(comparison_text(comparison))
     typer.echo(f"wrote {files.csv}, {files.summary} and {files.figure}")
+
+
+@eval_app.command("iterations")
+def iterations_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders made by `line run`.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the pooled iterations.csv/.md/.png of all the runs."),
+    ] = None,
+) -> None:
+    """Iteration analysis: relative best score so far and discovery rate per step (1..N, S)."""
+    try:
+        analysed = analyse_runs(runs)
+    except (FileNotFoundError, ValueError) as error:
+        exit_with_error(str(error))
+    written = []
+    for path, rows, notes in analysed:
+        for text in notes:
+            warn(f"{path}: {text}")
+        written.append(write_iterations(rows, notes, RunFolder(path)))
+    pooled = [row for _, rows, _ in analysed for row in rows]
+    typer.echo(iterations_text(pooled))
+    if out is not None:
+        notes = [f"{path}: {text}" for path, _, run_notes in analysed for text in run_notes]
+        written.append(write_iterations(pooled, notes, RunFolder(out)))
+    for files in written:
+        typer.echo(f"wrote {files.csv}, {files.summary} and {files.figure}")
 
 
 @eval_app.command("groundtruth")
