@@ -33,6 +33,17 @@ class RunSetupError(ValueError):
     """A run or evaluation that cannot start as asked; the message says what to change."""
 
 
+Generators = str | Sequence[str] | None
+"""One generator spec, or several (the first is a local server's default), or none."""
+
+
+def generator_specs(generator: Generators) -> list[str]:
+    """The generator specs of a :data:`Generators` value, in order, without repeats."""
+    if generator is None:
+        return []
+    return [generator] if isinstance(generator, str) else list(dict.fromkeys(generator))
+
+
 def check_layer_units(
     layers: dict[str, int], target: str, layer: str, units: Sequence[int]
 ) -> None:
@@ -55,7 +66,7 @@ async def check_server(
     target: str,
     layer: str,
     units: Sequence[int],
-    generator: str | None,
+    generator: Generators,
     editors: Sequence[str] = (),
 ) -> None:
     """The server answers, serves the target, generator and editors, and the units exist."""
@@ -71,11 +82,12 @@ async def check_server(
             + (", ".join(targets) or "no targets")
         )
     generators = [entry["name"] for entry in models["generators"]]
-    if generator is not None and generator not in generators:
-        raise RunSetupError(
-            f"the server at {url} has no generator {generator!r}; it has: "
-            + (", ".join(generators) or "none")
-        )
+    for wanted in generator_specs(generator):
+        if wanted not in generators:
+            raise RunSetupError(
+                f"the server at {url} has no generator {wanted!r}; it has: "
+                + (", ".join(generators) or "none")
+            )
     if not generators:
         raise RunSetupError(f"the server at {url} has no generator; start it with --generator")
     served_editors = [entry["name"] for entry in models.get("editors", [])]
@@ -93,7 +105,7 @@ def start_local_server(
     target: str,
     layer: str,
     units: Sequence[int],
-    generator: str,
+    generator: str | Sequence[str],
     device: str,
     store: Path,
     editors: Sequence[str] = (),
@@ -106,11 +118,13 @@ def start_local_server(
         raise RunSetupError(str(error)) from error
     check_layer_units({info.name: info.units for info in model.layers()}, target, layer, units)
     try:
-        backend = load_generator(generator, device, GeneratorOptions())
+        backends = [
+            load_generator(spec, device, GeneratorOptions()) for spec in generator_specs(generator)
+        ]
         loaded_editors = [load_editor(spec, device) for spec in editors]
     except BackendSpecError as error:
         raise RunSetupError(str(error)) from error
-    service = open_service([backend], [model], store, editors=loaded_editors)
+    service = open_service(backends, [model], store, editors=loaded_editors)
     return start_server_thread(create_app(service))
 
 
@@ -133,7 +147,7 @@ def server_session(
     target: str,
     layer: str,
     units: Sequence[int],
-    generator: str | None,
+    generator: Generators,
     *,
     device: str = "auto",
     store: Path | None = None,
@@ -148,7 +162,7 @@ def server_session(
             asyncio.run(check_server(url, target, layer, units, generator, editors))
         yield ServerSession(urls)
         return
-    if generator is None:
+    if not generator_specs(generator):
         raise RunSetupError("without --server, pass --generator SPEC to start a local server")
     folder = (store or default_store_dir()).expanduser().resolve()
     running = start_local_server(target, layer, units, generator, device, folder, editors)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inference.protocols import ImageGenerator, RenderJob, RenderSettings
-from inference.registry import BackendSpecError, GeneratorOptions, load_generator
+from inference.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
 from inference.toyworld.controls import random_toy_scene_prompts
 from inference.toyworld.procedural import (
     ProceduralShapesGenerator,
@@ -14,6 +14,7 @@ from inference.toyworld.procedural import (
     render_prompt,
 )
 from inference.toyworld.scenes import compose_scene
+from inference.toyworld.truth import planted_ground_truth
 from inference.toyworld.vocabulary import parse_scene_text
 
 
@@ -121,3 +122,21 @@ def test_factory_registry_and_protocol() -> None:
     assert sized.default_settings() == RenderSettings(128, 96, 1, 0.0)
     with pytest.raises(BackendSpecError, match="procedural:shapes"):
         create_procedural_generator("blobs", "cpu", GeneratorOptions())
+
+
+def test_the_faded_setting_is_a_second_weaker_generator() -> None:
+    plain = load_generator("procedural:shapes", device="cpu")
+    faded = load_generator("procedural:shapes:faded", device="cpu")
+    assert (faded.name, faded.identity) == ("procedural:shapes:faded", "procedural:shapes:faded@v1")
+    assert plain.identity == "procedural:shapes@v1"  # the plain renderer's image ids stay put
+    settings = plain.default_settings()
+    jobs = [RenderJob("a red circle", seed, settings) for seed in range(5)]
+    plain_images, faded_images = plain.render(jobs), faded.render(jobs)
+    assert [i.extra for i in plain_images] == [i.extra for i in faded_images]  # same scenes
+    red = next(u.unit for u in planted_ground_truth() if u.concept == "red")
+    target = load_target("planted:shapes", "cpu")
+    read = [target.activations([i.image for i in images], "planted")[:, red].mean()
+            for images in (plain_images, faded_images)]  # fmt: skip
+    assert read[0] == 1.0 and read[1] < 0.5
+    with pytest.raises(BackendSpecError, match="'procedural:shapes:faded'"):
+        create_procedural_generator("shapes:blurry", "cpu", GeneratorOptions())
