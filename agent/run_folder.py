@@ -51,10 +51,12 @@ EVALUATIONS: dict[str, str] = {
     "fidelity": "Fidelity (generated images vs real images of the same class)",
     "iterations": "Iteration analysis (best score so far and discovery rate per step)",
     "compare": "Method comparison (CoSy of several methods' labels)",
+    "census": "Basis census (dead and dense latents, before the run)",
 }
 """Every evaluation that writes into a run folder, by file stem, with the title the report
 shows. Each writes ``<name>.csv`` (one row per neuron or method), ``<name>.md`` (the summary)
-and optionally ``<name>.png`` (its figure); see :meth:`RunFolder.evaluation`."""
+and optionally ``<name>.png`` (its figure) and ``<name>.json`` (per-image detail); see
+:meth:`RunFolder.evaluation`."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class EvaluationFiles:
     csv: Path
     summary: Path
     figure: Path
+    details: Path
+    """Per-image detail for the report (JSON), where the evaluation has any."""
 
     def exists(self) -> bool:
         """Whether the evaluation has run on this folder (its table is there)."""
@@ -89,6 +93,8 @@ class RunSettings(BaseModel):
     server: str | list[str] | None = None  # one URL, or several (a pool; see tools.pool)
     control: str | None = None
     llm_cache: str | None = None
+    basis: str | None = None  # sae:PATH or directions:PATH; ``layer`` is then layer@<basis key>
+    basis_hash: str | None = None  # SHA-256 of the basis's tensors (inference.bases)
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -126,6 +132,7 @@ class RunFolder:
             self.path / f"{name}.csv",
             self.path / f"{name}.md",
             self.path / f"{name}.png",
+            self.path / f"{name}.json",
         )
 
     def evaluations(self) -> list[EvaluationFiles]:

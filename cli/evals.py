@@ -14,6 +14,7 @@ import typer
 from agent.launch import execute_run, parse_units, settings_from_options
 from agent.run_folder import RunFolder, RunSettings
 from analysis.similarity import EmbedderUnavailable
+from analysis.simulators import SIMULATOR_SPECS, load_simulator
 from cli.options import (
     Concurrency,
     LayerName,
@@ -31,6 +32,15 @@ from cli.options import (
     warn,
 )
 from cli.progress import count_progress, repeats_progress
+from evals.ablation import (
+    ABLATION_SUMMARY_COLUMNS,
+    DEFAULT_TEMPLATE,
+    DEFAULT_TOP_K,
+    TOY_TARGET_FAMILIES,
+    evaluate_ablation,
+    summarize_ablation,
+    write_ablation,
+)
 from evals.baseline import (
     BaselineResult,
     concept_discovery,
@@ -50,14 +60,36 @@ from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt
 from evals.cosy_eval import (
     control_cache,
     control_spec_of,
+    cosy_neurons,
     cosy_template_of,
     evaluate_cosy,
     read_label_csv,
     summarize_cosy,
     write_cosy_csv,
 )
+from evals.fidelity import (
+    DEFAULT_MIN_SIMILARITY,
+    FIDELITY_COLUMNS,
+    FIDELITY_SUMMARY_TABLE,
+    FIDELITY_TABLE,
+    check_class_folders,
+    evaluate_fidelity,
+    fidelity_markdown,
+    fidelity_summary_rows,
+)
 from evals.groundtruth import run_groundtruth_benchmark, summary_table
 from evals.iterations import analyse_runs, iterations_text, write_iterations
+from evals.simulation import (
+    SIMULATION_COLUMNS,
+    SIMULATION_SUMMARY_TABLE,
+    SIMULATION_TABLE,
+    check_simulation_inputs,
+    default_simulator,
+    evaluate_simulation,
+    simulation_markdown,
+    simulation_summary_rows,
+)
+from evals.tables import text_table, write_rows
 from evals.variants import (
     COMPARISON_FILES,
     Arm,
@@ -156,7 +188,7 @@ def cosy_command(
         control_set, chosen_template = _cosy_inputs(settings, control, template, server)
         with server_session(
             server, settings.target, settings.layer, settings.units, settings.generator,
-            device=device, store=store,
+            device=device, store=store, basis=settings.basis,
         ) as session:  # fmt: skip
             cache, server_id = control_cache(session, cache_dir)
 
@@ -228,7 +260,7 @@ def compare_command(
         control_set, chosen_template = _cosy_inputs(settings, control, template, server)
         with server_session(
             server, settings.target, settings.layer, settings.units, settings.generator,
-            device=device, store=store,
+            device=device, store=store, basis=settings.basis,
         ) as session:  # fmt: skip
             cache, server_id = control_cache(session, cache_dir)
 
@@ -311,6 +343,13 @@ def groundtruth_command(
     baseline: Annotated[
         bool, typer.Option(help="Also label the units with the vocabulary baseline.")
     ] = True,
+    basis: Annotated[
+        str | None,
+        typer.Option(
+            help="Explain the latents of a toy basis (sae:PATH or directions:PATH from `line "
+            "toyworld bases`) against their known concepts."
+        ),
+    ] = None,
     concurrency: Concurrency = 32,
     quiet: NoProgressBar = False,
 ) -> None:
@@ -332,6 +371,7 @@ def groundtruth_command(
                 units=unit_list,
                 on_progress=update,
                 baseline=baseline,
+                basis=basis,
             )
     except (RunSetupError, EmbedderUnavailable) as error:
         exit_with_error(str(error))
@@ -512,3 +552,226 @@ def variants_command(
     add_groundtruth_matches(runs, target, layer)
     typer.echo(write_comparison(runs, out))
     typer.echo(f"wrote {out}/{', '.join(COMPARISON_FILES)}")
+
+
+@eval_app.command("ablation")
+def ablation_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `line run`.")],
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="Take each neuron's top images from this control set (a folder of images, toy "
+            "or toy:N) [default: its top generated images from the run]."
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Images edited per neuron.")] = (
+        DEFAULT_TOP_K
+    ),
+    editor: Annotated[
+        str | None,
+        typer.Option(
+            help="Image editor: a diffusers image-editing pipeline by hub id or folder (e.g. "
+            "timbrooks/instruct-pix2pix), tiny-pix2pix, or procedural:shapes [default: "
+            "procedural:shapes for the toy world; the server's first editor with --server]."
+        ),
+    ] = None,
+    template: Annotated[
+        str, typer.Option(help="Edit instruction with {label}.")
+    ] = DEFAULT_TEMPLATE,
+    control_concepts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Random control concepts, one per line [default: the toy world's vocabulary "
+            "for toy targets, else evals/vocab/everyday.txt]."
+        ),
+    ] = None,
+    server: CosyServer = None,
+    device: LocalServerDevice = "auto",
+    store: LocalServerStore = None,
+    cache_dir: ControlCacheDir = None,
+    concurrency: Annotated[int, typer.Option(help="Neurons edited at once.")] = 8,
+) -> None:
+    """Concept ablation: edit the label out of each neuron's top images and measure the drop,
+    against a random concept's edit of the same images."""
+    folder = RunFolder(run_dir)
+    try:
+        settings = folder.read_settings()
+        control_set = ControlSet.resolve(control) if control else None
+        concepts = read_vocabulary(control_concepts) if control_concepts else None
+        if not server and settings.generator is None:
+            raise RunSetupError(
+                "this run used a remote server (its config names no generator); pass --server URL"
+            )
+        if not server and editor is None:
+            if settings.target.partition(":")[0] not in TOY_TARGET_FAMILIES:
+                raise RunSetupError(
+                    "pass --editor SPEC: an image-editing pipeline such as "
+                    "timbrooks/instruct-pix2pix (the toy world's procedural:shapes edits only "
+                    "toy-world images)"
+                )
+            editor = "procedural:shapes"
+        with server_session(
+            server, settings.target, settings.layer, settings.units, settings.generator,
+            device=device, store=store, editors=[editor] if editor else [],
+            basis=settings.basis,
+        ) as session:  # fmt: skip
+            cache, server_id = control_cache(session, cache_dir)
+
+            async def ablate() -> tuple[list[dict], dict[str, list[dict]]]:
+                async with session.connect() as client:
+                    return await evaluate_ablation(
+                        folder, client, control_set, top_k, template, editor=editor,
+                        control_concepts=concepts, cache_dir=cache, server_id=server_id,
+                        concurrency=concurrency, notes=warn,
+                    )  # fmt: skip
+
+            rows, pairs = asyncio.run(ablate())
+    except (OSError, ValueError, ControlSetError, LineServerError, LineServerUnavailable) as error:
+        exit_with_error(str(error))
+    files = folder.evaluation("ablation")
+    write_ablation(files, rows, pairs, template, editor or "the server's editor")
+    typer.echo(text_table(rows, ABLATION_SUMMARY_COLUMNS))
+    summary = summarize_ablation(rows)
+    typer.echo(
+        f"mean drop {summary['drop']:.3f}, control edit {summary['control_drop']:.3f}, "
+        f"fell {summary['fell']:.1%} ({summary['neurons']} of {len(rows)} neurons had an image "
+        "above their typical level)"
+    )
+    typer.echo(f"wrote {files.csv}, {files.summary.name} and {files.details.name}")
+
+
+def _check_has_labels(folder: RunFolder, run_dir: Path) -> None:
+    """Some neuron of the run has a final label (else the notes say why, and it exits)."""
+    neurons, notes = cosy_neurons(folder)
+    if not neurons:
+        for text in notes:
+            warn(text)
+        exit_with_error(
+            f"no neuron of {run_dir} has a final label to score (see the notes above); finish "
+            f"the run with `line run --resume {run_dir}`"
+        )
+
+
+@eval_app.command("simulate")
+def simulate_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `line run`.")],
+    control: CosyControl = None,
+    simulator: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Simulator, repeatable: " + "; ".join(SIMULATOR_SPECS) + " [default: exact "
+            "on a toy control set]."
+        ),
+    ] = None,
+    server: CosyServer = None,
+    device: Annotated[
+        str, typer.Option(help="Device of a local server and of image-text simulators.")
+    ] = "auto",
+    store: LocalServerStore = None,
+    cache_dir: ControlCacheDir = None,
+) -> None:
+    """Simulation scoring: how well each label predicts the neuron's activations on the control
+    images (Pearson, Spearman, AUPRC of the top activations)."""
+    folder = RunFolder(run_dir)
+    try:
+        settings = folder.read_settings()
+        _check_has_labels(folder, run_dir)
+        control_set, _ = _cosy_inputs(settings, control, None, server)
+        specs = check_simulation_inputs(
+            simulator or [default_simulator(control_set)], control_set, settings.generator
+        )
+        with server_session(
+            server, settings.target, settings.layer, settings.units, settings.generator,
+            device=device, store=store, basis=settings.basis,
+        ) as session:  # fmt: skip
+            cache, server_id = control_cache(session, cache_dir)
+            simulators = [load_simulator(spec, device) for spec in specs]
+
+            async def simulate() -> list[dict]:
+                async with session.connect() as client:
+                    return await evaluate_simulation(
+                        folder, client, control_set, simulators, cache_dir=cache,
+                        server_id=server_id, notes=warn,
+                    )  # fmt: skip
+
+            rows = asyncio.run(simulate())
+    except (
+        FileNotFoundError, ValueError, ControlSetError, LineServerError, LineServerUnavailable
+    ) as error:  # fmt: skip
+        exit_with_error(str(error))
+    if not rows:
+        exit_with_error("no neuron to score (see the notes above)")
+    files = folder.evaluation("simulation")
+    write_rows(files.csv, rows, SIMULATION_COLUMNS)
+    files.summary.write_text(simulation_markdown(rows, control_set.name))
+    typer.echo(text_table(rows, SIMULATION_TABLE))
+    typer.echo("")
+    typer.echo(text_table(simulation_summary_rows(rows), SIMULATION_SUMMARY_TABLE))
+    typer.echo(f"wrote {files.csv} and {files.summary}")
+
+
+@eval_app.command("fidelity")
+def fidelity_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `line run`.")],
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="A control folder in class folders (ROOT/<class>/*.jpg): the real images "
+            "[default: the run's control set]."
+        ),
+    ] = None,
+    n_images: CosyImages = 20,
+    min_similarity: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="A label names its most similar class from this cosine up "
+            "(all-MiniLM-L6-v2), when no class has its exact name.",
+        ),
+    ] = DEFAULT_MIN_SIMILARITY,
+    template: CosyTemplate = None,
+    server: CosyServer = None,
+    device: LocalServerDevice = "auto",
+    store: LocalServerStore = None,
+    cache_dir: ControlCacheDir = None,
+) -> None:
+    """Fidelity: do generated images of a label stand in for real images of its class?"""
+    folder = RunFolder(run_dir)
+    try:
+        settings = folder.read_settings()
+        _check_has_labels(folder, run_dir)
+        control_set, chosen_template = _cosy_inputs(settings, control, template, server)
+        check_class_folders(control_set)
+        with server_session(
+            server, settings.target, settings.layer, settings.units, settings.generator,
+            device=device, store=store, basis=settings.basis,
+        ) as session:  # fmt: skip
+            cache, server_id = control_cache(session, cache_dir)
+
+            async def compare() -> list[dict]:
+                async with session.connect() as client:
+                    return await evaluate_fidelity(
+                        folder, client, control_set, n_images, chosen_template, min_similarity,
+                        cache_dir=cache, server_id=server_id, notes=warn,
+                    )  # fmt: skip
+
+            rows = asyncio.run(compare())
+    except (
+        FileNotFoundError, ValueError, ControlSetError, LineServerError, LineServerUnavailable,
+        EmbedderUnavailable,
+    ) as error:  # fmt: skip
+        exit_with_error(str(error))
+    if not rows:
+        exit_with_error(
+            f"no final label of {run_dir} names one of the {len(control_set.classes)} classes "
+            f"of {control_set.name} (see the notes above); lower --min-similarity to accept "
+            "looser matches"
+        )
+    files = folder.evaluation("fidelity")
+    write_rows(files.csv, rows, FIDELITY_COLUMNS)
+    files.summary.write_text(fidelity_markdown(rows, control_set.name, chosen_template))
+    typer.echo(text_table(rows, FIDELITY_TABLE))
+    typer.echo("")
+    typer.echo(text_table(fidelity_summary_rows(rows), FIDELITY_SUMMARY_TABLE))
+    typer.echo(f"wrote {files.csv} and {files.summary}")

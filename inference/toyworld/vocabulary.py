@@ -440,3 +440,21 @@ def _merge_trailing(previous: _GroupBuilder, trailing: _GroupBuilder) -> None:
 def parse_attributes(text: str) -> set[str]:
     """The canonical attributes a text names, e.g. ``{"blue", "triangle"}`` for "navy triangles"."""
     return set(parse_scene_text(text).attributes)
+
+
+def describes_disjoint_objects(first: str, second: str) -> bool:
+    """Whether no object can match both texts: some attribute kind (colour, shape, texture, size)
+    that both name takes different values in each ("red" and "purple", "star or cross" and
+    "hexagon"; not "red" and "triangle": a red triangle is both). Only the first object group
+    of each text counts."""
+    a, b = parse_scene_text(first).groups, parse_scene_text(second).groups
+    if not a or not b:
+        return False
+    one, two = a[0], b[0]
+    pairs = [
+        (set(one.colours), set(two.colours)),
+        (set(one.shapes), set(two.shapes)),
+        (set(one.textures), set(two.textures)),
+        ({one.size} - {None}, {two.size} - {None}),
+    ]
+    return any(x and y and not x & y for x, y in pairs)
