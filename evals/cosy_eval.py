@@ -286,6 +286,35 @@ async def _read_units(
     return np.concatenate(blocks)
 
 
+async def measure_control_layers(
+    client: InferenceClient,
+    control: ControlSet,
+    target: str,
+    layers: Iterable[str],
+    generator: str | None,
+    *,
+    cache_dir: str | Path | None = None,
+    server_id: str | None = None,
+    batch: int = 64,
+    notes: Notes | None = None,
+) -> dict[str, ControlActivations]:
+    """Every unit of each layer on the control set, by layer (from ``cache_dir`` when given and
+    measured before); ``notes`` receives one line per skipped control file."""
+    note = notes or (lambda text: log.warning("%s", text))
+    controls: dict[str, ControlActivations] = {}
+    for layer in sorted(set(layers)):
+        if cache_dir is not None:
+            measured = await cached_control_activations(
+                client, control, target, layer, cache_dir, server_id, generator, batch
+            )
+        else:
+            measured = await measure_control(client, control, target, layer, None, generator, batch)
+        for item in measured.skipped:
+            note(f"control image {item.path} skipped: {item.reason}")
+        controls[layer] = measured
+    return controls
+
+
 async def score_neurons(
     client: InferenceClient,
     target: str,
@@ -304,8 +333,9 @@ async def score_neurons(
     notes: Notes | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
-    """CoSy rows (layer, unit, concept, auc, u, p, mad, n_concept, n_control, prompt) of
-    ``neurons``, in (layer, unit, label) order; a neuron may appear with several labels.
+    """CoSy rows (layer, unit, concept, auc, u, p, mad, n_concept, n_control, prompt, and
+    ``activations``: the neuron on the label's images) of ``neurons``, in (layer, unit, label)
+    order; a neuron may appear with several labels.
 
     Each distinct label's ``n_images`` images render once (seeds from ``run_seed`` and the label,
     none in ``exclude``) with ``generator``, and every neuron of a layer with that label is read
@@ -323,17 +353,10 @@ async def score_neurons(
     if not unique:
         return []
     banned = set(exclude)
-    controls: dict[str, ControlActivations] = {}
-    for layer in sorted({neuron.layer for neuron in unique}):
-        if cache_dir is not None:
-            measured = await cached_control_activations(
-                client, control, target, layer, cache_dir, server_id, generator, batch
-            )
-        else:
-            measured = await measure_control(client, control, target, layer, None, generator, batch)
-        for item in measured.skipped:
-            note(f"control image {item.path} skipped: {item.reason}")
-        controls[layer] = measured
+    controls = await measure_control_layers(
+        client, control, target, {neuron.layer for neuron in unique}, generator,
+        cache_dir=cache_dir, server_id=server_id, batch=batch, notes=note,
+    )  # fmt: skip
     by_label: dict[str, list[CosyNeuron]] = {}
     for neuron in unique:
         by_label.setdefault(cosy_prompt(template, neuron.label), []).append(neuron)
@@ -362,6 +385,7 @@ async def score_neurons(
                         "n_concept": int(concept.size),
                         "n_control": int(control_values.size),
                         "prompt": prompt,
+                        "activations": concept,
                     }
         finished += len(labelled)
         if on_progress:
