@@ -29,6 +29,7 @@ import numpy as np
 
 from agent.offline import DEFAULT_VOCABULARY_PATH
 from agent.run_folder import EvaluationFiles, RunFolder
+from agent.runner import thread_id
 from evals.baseline import read_vocabulary
 from evals.cosy_eval import CosyNeuron, cosy_neurons
 from evals.tables import markdown_table, write_rows
@@ -137,7 +138,8 @@ async def _top_generated(
         ):
             images[image_id] = (float(value), prompt, int(seed))
     if not images:
-        raise AblationError(f"{neuron.layer}#{neuron.unit} has no generated images in its history")
+        name = thread_id(neuron.layer, neuron.unit)
+        raise AblationError(f"{name} has no generated images in its history")
     ranked = sorted(images, key=lambda key: -images[key][0])[:k]
     rendered = await client.generate_images(
         [images[key][1] for key in ranked], [images[key][2] for key in ranked], generator=generator
@@ -160,7 +162,7 @@ async def evaluate_ablation(
     notes: Notes = lambda _text: None,
 ) -> tuple[list[dict], dict[str, list[dict]]]:
     """Ablate every labelled neuron of a run; its rows (:data:`ABLATION_COLUMNS`) and, per
-    neuron, the image pairs for the report."""
+    neuron (by ``agent.runner.thread_id``), the image pairs for the report."""
     if top_k < 1:
         raise AblationError(f"--top-k must be at least 1, got {top_k}")
     settings = folder.read_settings()
@@ -188,7 +190,7 @@ async def evaluate_ablation(
     limit = asyncio.Semaphore(concurrency)
 
     async def ablate(neuron: CosyNeuron) -> tuple[dict, list[dict]]:
-        name = f"{neuron.layer}#{neuron.unit}"
+        name = thread_id(neuron.layer, neuron.unit)
         async with limit:
             if measured is not None and control is not None:
                 values = measured.unit(neuron.unit)
@@ -249,7 +251,7 @@ async def evaluate_ablation(
     except (LineServerError, ControlSetError) as error:
         raise AblationError(str(error)) from error
     rows = [row for row, _ in answers]
-    pairs = {f"{row['layer']}#{row['unit']}": pair for row, pair in answers}
+    pairs = {thread_id(row["layer"], row["unit"]): pair for row, pair in answers}
     return rows, pairs
 
 

@@ -110,6 +110,14 @@ class ReportBuilder:
             if not destination.is_file() or destination.read_bytes() != source.read_bytes():
                 shutil.copyfile(source, destination)
 
+    def _copy_figures(self, run: RunView) -> None:
+        """Each evaluation's figure into ``evaluations/<name>.png`` (the index shows them)."""
+        for evaluation in run.evaluations:
+            if evaluation.figure is not None:
+                target = self.out / "evaluations" / f"{evaluation.name}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(evaluation.figure, target)
+
     def build(self) -> BuildResult:
         """Read the run folder and write every page that changed; returns what it did."""
         run: RunView = load_run(self.run_dir)
@@ -124,6 +132,12 @@ class ReportBuilder:
 
         source = ImageSource(self.store, run.config.get("server"))
         wanted = {image.image_id for n in run.neurons for image in n.images()}
+        wanted |= {
+            picture.image_id
+            for n in run.neurons
+            for pair in n.ablation
+            for picture in (pair.source, pair.edited, pair.control)
+        }
         available = ThumbnailWriter(self.out, source).ensure(wanted)
         missing = len(wanted - available)
         if missing:
@@ -152,6 +166,7 @@ class ReportBuilder:
                     run.score_kind,
                     neuron.history_signature,
                     [vars(row) for row in neuron.cosy],
+                    [repr(pair) for pair in neuron.ablation],
                     neuron.truth,
                     neuron.match,
                     group_to_json(neuron.groups),
@@ -168,6 +183,7 @@ class ReportBuilder:
                 continue
             write_text_atomic(path, neuron_page(run, neuron, available, previous, following))
             written += 1
+        self._copy_figures(run)
         index = self.out / "index.html"
         write_text_atomic(index, index_page(run, available, missing, str(self.store)))
         cache.update({"version": BUILD_VERSION, "pages": page_keys})

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.run_folder import FAULT_COUNTERS, RunFolder
+from agent.runner import thread_id
 from analysis.groundtruth import attribute_match
+from inference.bases import BasisError, load_basis
+from inference.toyworld.latents import toy_basis_truth
 from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import load_variant
 
-STATUS_ORDER = ("done", "failed", "unfinished")
+STATUS_ORDER = ("done", "dead", "failed", "unfinished")
 """Statuses shown in the report, in the order the index's filter lists them."""
 
 
@@ -118,6 +121,7 @@ class NeuronView:
     groups: list[GroupView] | None = None
     groups_note: str = ""
     history_signature: str = ""
+    ablation: list[AblationView] = field(default_factory=list)
 
     @property
     def has_page(self) -> bool:
@@ -166,6 +170,28 @@ class NeuronView:
         return [image for _, image in ranked[:count]]
 
 
+@dataclass(frozen=True)
+class AblationView:
+    """One ablated image of a neuron (``ablation.json``): the source, the label edited out and
+    a random concept edited out, each with the neuron's activation."""
+
+    source: ImageView
+    edited: ImageView
+    control: ImageView
+
+
+@dataclass
+class EvaluationView:
+    """An evaluation that has run on the folder: its table, summary text and figure."""
+
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[dict[str, str]]
+    summary: str
+    figure: Path | None
+
+
 @dataclass
 class RunView:
     """A run folder as the report sees it."""
@@ -176,6 +202,7 @@ class RunView:
     score_kind: str = "mean"
     has_cosy: bool = False
     has_truth: bool = False
+    evaluations: list[EvaluationView] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -220,6 +247,55 @@ def read_config(folder: RunFolder) -> dict[str, Any]:
     if not isinstance(config, dict) or "target" not in config or "layer" not in config:
         raise ReportError(f"{path} has no target and layer; is it a LINE run folder?")
     return config
+
+
+def read_evaluations(folder: RunFolder) -> list[EvaluationView]:
+    """Every evaluation of the run folder (``RunFolder.evaluations``) as the index shows it."""
+    views = []
+    for files in folder.evaluations():
+        rows = read_csv_rows(files.csv)
+        summary = files.summary.read_text(errors="replace") if files.summary.is_file() else ""
+        views.append(
+            EvaluationView(
+                files.name,
+                files.title,
+                list(rows[0]) if rows else [],
+                rows,
+                summary,
+                files.figure if files.figure.is_file() else None,
+            )
+        )
+    return views
+
+
+def read_ablation(folder: RunFolder) -> dict[str, list[AblationView]]:
+    """The ablated images per neuron (``ablation.json``, keyed by ``thread_id``), empty
+    without one."""
+    path = folder.evaluation("ablation").details
+    try:
+        pairs = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    labels = {
+        thread_id(row["layer"], int(row["unit"])): (row["label"], row["control_concept"])
+        for row in read_csv_rows(folder.evaluation("ablation").csv)
+    }
+    views: dict[str, list[AblationView]] = {}
+    for neuron, items in pairs.items():
+        label, control = labels.get(neuron, ("", ""))
+
+        def picture(image_id: str, value: float, concept: str) -> ImageView:
+            return ImageView(image_id, float_or_none(value), "", None, concept, 0)
+
+        views[neuron] = [
+            AblationView(
+                picture(item["source"], item["before"], "before"),
+                picture(item["edited"], item["after"], f"{label} removed"),
+                picture(item["control_edited"], item["control_after"], f"{control} removed"),
+            )
+            for item in items
+        ]
+    return views
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
@@ -268,10 +344,17 @@ def read_results(folder: RunFolder) -> dict[tuple[str, int], dict[str, str]]:
 
 
 def toy_world_truth(config: Mapping[str, Any]) -> dict[int, Any]:
-    """Planted units by index when the run's target is the toy world's planted model."""
+    """Planted units (or a toy basis's latents) by index when the run's target is the toy
+    world's planted model."""
     if not str(config.get("target", "")).startswith("planted:"):
         return {}
-    return {unit.unit: unit for unit in planted_ground_truth() if unit.layer == config["layer"]}
+    units = planted_ground_truth()
+    if config.get("basis"):  # a toy basis's latents (inference.toyworld.latents)
+        try:
+            units = toy_basis_truth(load_basis(str(config["basis"]))) or []
+        except BasisError:  # the file moved: no truth column
+            units = []
+    return {unit.unit: unit for unit in units if unit.layer == config["layer"]}
 
 
 def truth_columns(
@@ -396,6 +479,7 @@ def load_run(run_dir: str | Path) -> RunView:
     config = read_config(folder)
     results = read_results(folder)
     cosy = read_cosy(folder)
+    ablation = read_ablation(folder)
     planted = toy_world_truth(config)
     views = []
     for layer, unit in run_units(config, folder):
@@ -415,6 +499,7 @@ def load_run(run_dir: str | Path) -> RunView:
             view = NeuronView(layer=layer, unit=unit, slug=slug, status="unfinished")
         view.history_signature = signature
         view.cosy = cosy.get((layer, unit), [])
+        view.ablation = ablation.get(thread_id(layer, unit), [])
         planted_unit = planted.get(unit) if layer == config["layer"] else None
         view.truth, view.match = truth_columns(
             view.label, view.status, planted_unit, results.get((layer, unit))
@@ -427,4 +512,5 @@ def load_run(run_dir: str | Path) -> RunView:
         score_kind=score_kind(config),
         has_cosy=any(view.cosy for view in views),
         has_truth=any(view.truth is not None for view in views),
+        evaluations=read_evaluations(folder),
     )

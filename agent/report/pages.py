@@ -17,7 +17,15 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from agent.report.data import CosyRow, EntryView, ImageView, NeuronView, RunView, normalise
+from agent.report.data import (
+    STATUS_ORDER,
+    CosyRow,
+    EntryView,
+    ImageView,
+    NeuronView,
+    RunView,
+    normalise,
+)
 from agent.report.plot import score_plot
 from agent.report.render import render
 from analysis.selectivity import NO_SELECTIVE_CONCEPT, SELECTIVE_Z, shown_label
@@ -201,7 +209,13 @@ def index_columns(run: RunView) -> list[Column]:
         Column("", "", "Top image", "the image that activates the neuron most"),
         Column("label", "text", "Label", "the final label: the best-scoring concept"),
         Column("score", "num", "Score", SCORE_MEANINGS.get(run.score_kind, "")),
-        Column("status", "text", "Status", "done, failed, or unfinished (no history yet)"),
+        Column(
+            "status",
+            "text",
+            "Status",
+            "done, dead (a basis unit that fires on no census image), failed, or unfinished "
+            "(no history yet)",
+        ),
     ]
     if run.has_cosy:
         columns += [
@@ -266,8 +280,9 @@ def stat_cards(run: RunView, counts: dict[str, int]) -> list[StatCard]:
         StatCard(
             "Neurons",
             f"{len(neurons)}",
-            f"{counts['done']} done · {counts['failed']} failed · "
-            f"{counts['unfinished']} unfinished",
+            f"{counts['done']} done · "
+            + (f"{counts['dead']} dead · " if counts.get("dead") else "")
+            + f"{counts['failed']} failed · {counts['unfinished']} unfinished",
         )
     ]
     if run.has_truth:
@@ -297,9 +312,13 @@ def stat_cards(run: RunView, counts: dict[str, int]) -> list[StatCard]:
     return cards
 
 
+EVALUATION_ROWS = 200
+"""Rows of an evaluation's table the index shows (the CSV has all)."""
+
+
 def index_page(run: RunView, available: set[str], missing_images: int, store: str) -> str:
     """The index: summary cards and a sortable, filterable table of every neuron."""
-    counts = {s: sum(n.status == s for n in run.neurons) for s in ("done", "failed", "unfinished")}
+    counts = {s: sum(n.status == s for n in run.neurons) for s in STATUS_ORDER}
     llm = str(run.config.get("llm") or "")
     return render(
         "index.html.jinja",
@@ -313,6 +332,7 @@ def index_page(run: RunView, available: set[str], missing_images: int, store: st
         store=store,
         proposer="an offline vocabulary, not an LLM" if llm.startswith("offline:") else llm,
         page_size=PAGE_SIZE,
+        eval_rows=EVALUATION_ROWS,
     )
 
 

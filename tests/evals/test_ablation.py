@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from agent.report.build import build_report
 from agent.run_folder import RunFolder, RunSettings
 from cli.evals import eval_app
 from evals.ablation import control_concept, normalised_drops
@@ -114,3 +115,17 @@ def test_control_concepts_are_unrelated_to_the_label():
 def test_normalised_drop_counts_only_images_above_the_floor():
     drops = normalised_drops(np.array([1.0, 0.5, 0.1]), np.array([0.0, 0.5, 0.0]), floor=0.2)
     assert drops.tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_the_report_shows_the_pairs_side_by_side_and_the_table(
+    cosy_toy_server, run_copy, cosy_units
+):
+    args = ["ablation", str(run_copy.path), "--server", cosy_toy_server, "--top-k", "2"]
+    assert runner.invoke(eval_app, args).exit_code == 0
+    index = build_report(run_copy.path)
+    page = (index.parent / "neurons" / f"planted__{cosy_units['red']}.html").read_text()
+    section = page[page.index('id="ablation"') :]
+    assert section.count('class="ablation-row"') == 2
+    assert section.count("<img") >= 6 and "red removed" in section
+    listing = index.read_text()
+    assert 'id="eval-ablation"' in listing and "control_concept" in listing
