@@ -15,6 +15,7 @@ from agent.runner import RunProgress, run_neurons
 from analysis.groundtruth import attribute_match
 from analysis.polysemanticity import GROUP_COLUMNS, with_group_columns
 from analysis.similarity import EmbedderUnavailable
+from inference.bases import BasisError, UnitBasis, load_basis, out_of_range, unit_space
 from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import VariantError, load_variant
 from tools.controlset import ControlSet, ControlSetError
@@ -59,8 +60,13 @@ def settings_from_options(
     control: str | None = None,
     score: str | None = None,
     llm_cache: Path | None = None,
+    basis: str | None = None,
 ) -> tuple[RunSettings, RunFolder]:
-    """Resolve and check the options of ``line run`` (nothing heavy is loaded here)."""
+    """Resolve and check the options of ``line run`` (nothing heavy is loaded here).
+
+    With ``basis`` (``sae:PATH``, ``directions:PATH``) the units are the basis's: the layer
+    becomes the unit space ``layer@<basis key>`` and the config records the basis and its hash.
+    """
     if isinstance(server, list | tuple):
         server = list(dict.fromkeys(server)) or None
         if server and len(server) == 1:
@@ -109,6 +115,21 @@ def settings_from_options(
             control=control,
             llm_cache=str(llm_cache) if llm_cache else None,
         )
+        if basis is not None:
+            unit_basis = read_basis(basis)
+            bad = [unit for unit in settings.units if unit >= unit_basis.size]
+            if bad:
+                raise RunSetupError(out_of_range(unit_basis, bad[0]))
+            settings.layer = unit_space(settings.layer, unit_basis.key)
+            settings.basis, settings.basis_hash = unit_basis.source, unit_basis.hash
+    if resume is not None and settings.basis:
+        unit_basis = read_basis(settings.basis)
+        if unit_basis.hash != settings.basis_hash:
+            raise RunSetupError(
+                f"the basis of {resume} changed since the run started ({settings.basis}: hash "
+                f"{settings.basis_hash} then, {unit_basis.hash} now); restore the file or start "
+                "a new run"
+            )
     if settings.concurrency < 1:
         raise RunSetupError("--concurrency must be at least 1")
     try:
@@ -128,6 +149,14 @@ def settings_from_options(
             raise RunSetupError(str(error)) from error
     settings.variant_fingerprint = variant.fingerprint()
     return settings, folder
+
+
+def read_basis(spec: str) -> UnitBasis:
+    """The basis a spec names, or a ``RunSetupError`` that says what is wrong with it."""
+    try:
+        return load_basis(spec)
+    except BasisError as error:
+        raise RunSetupError(str(error)) from error
 
 
 def make_llm_client(settings: RunSettings) -> LLMClient:
@@ -178,6 +207,7 @@ def execute_run(
         settings.generator,
         device=device,
         store=store,
+        basis=settings.basis,
     ) as session:
         folder.create(settings)
         variant = load_variant(settings.prompts, **settings.variant_overrides)

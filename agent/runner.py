@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from agent.run_folder import FAULT_COUNTERS, RunFolder, RunSettings
 from agent.state import NeuronState, RunContext
 from prompts.variant import PromptVariant
 from tools.agent_tools import add_counters
+from tools.census import Census, take_census
 from tools.client import InferenceClient
 from tools.controlset import ControlSet, measure_control
 
@@ -206,11 +207,13 @@ async def run_neurons(
     """Explain every unit of the run concurrently; returns the results rows (in unit order).
 
     With a control set, every unit is first read on it (once, batched): its classes seed the
-    paper strategy and its activations serve the MAD and AUC scores.
+    paper strategy and its activations serve the MAD and AUC scores. A run in a unit basis
+    first takes its census (``tools.census``): dead units are marked ``dead``, not explained.
     """
     progress = RunProgress(total=len(settings.units))
     control_by_unit: dict[int, np.ndarray] = {}
     labels: list[str | None] = []
+    measured = None
     if control is not None:
         measured = await measure_control(
             client, control, settings.target, settings.layer, settings.units, settings.generator
@@ -219,12 +222,34 @@ async def run_neurons(
             log.warning("control image skipped: %s", skipped)
         control_by_unit = {unit: measured.values[:, i] for i, unit in enumerate(settings.units)}
         labels = measured.labels
+    census: Census | None = None
+    if settings.basis:
+        census = await take_census(
+            client, settings.target, settings.layer, settings.units, settings.generator,
+            control, measured,
+        )  # fmt: skip
+        files = folder.evaluation("census")
+        census.write(files.csv, files.summary)
+        log.warning("%s", census.summary())
+    dead = set(census.with_status("dead")) if census else set()
     limit = asyncio.Semaphore(max(1, settings.concurrency))
     rows: dict[int, dict] = {}
     async with AsyncSqliteSaver.from_conn_string(str(folder.checkpoints)) as saver:
         graph = build_graph(variant.settings.strategy).compile(checkpointer=saver)
 
         async def explain(unit: int) -> None:
+            if census is not None and unit in dead:
+                reason = census.dead_reason(unit)
+                start = initial_state(settings.target, settings.layer, unit, variant)
+                history = {"neuron": start["neuron"], "status": "dead", "reason": reason,
+                           "census": asdict(census.unit(unit))}  # fmt: skip
+                folder.write_history(settings.layer, unit, history)
+                not_selective = {"result": {"selective": False}}  # it fires on nothing
+                rows[unit] = result_row(settings, unit, not_selective, "dead", reason)
+                progress.done += 1
+                if on_progress:
+                    on_progress(progress)
+                return
             ctx = RunContext(
                 client=client,
                 llm=llm,

@@ -16,6 +16,7 @@ from agent.run_folder import RunFolder
 from analysis.selectivity import shown_label
 from cli.evals import eval_app
 from cli.options import (
+    BasisSpec,
     Concurrency,
     JSONOutput,
     LLMBaseURL,
@@ -32,6 +33,7 @@ from cli.options import (
 from cli.progress import run_progress
 from cli.toyworld import toyworld_app
 from inference.app import create_app
+from inference.bases import BasisError, BasisRegistry, load_basis
 from inference.config import ServeConfig, ServeConfigError, build_service
 from inference.ray_serve import serve_with_ray
 from inference.registry import BackendSpecError, GeneratorOptions, load_target
@@ -70,6 +72,13 @@ def serve(
             "and `line eval ablation`: procedural:shapes (toy world), tiny-pix2pix, or a "
             "diffusers image-editing pipeline (instruction, image-to-image or inpainting) by hub "
             "id or folder."
+        ),
+    ] = None,
+    basis: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Unit basis NAME=SPEC (repeatable), SPEC sae:PATH or directions:PATH: requests "
+            "read layer L in it as L@NAME. A server on loopback also loads bases runs name."
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; non-loopback needs --token.")] = (
@@ -135,6 +144,7 @@ def serve(
         batching=BatchingConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
         limits=ServiceLimits(max_images_per_request=max_images_per_request),
         trust_checkpoints=trust_checkpoints,
+        bases=basis or [],
     )
     if store is not None:
         config.store = store
@@ -166,20 +176,36 @@ def layers(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "cpu",
     trust_checkpoints: Annotated[bool, typer.Option(help="See `line serve`.")] = False,
+    basis: BasisSpec = None,
 ) -> None:
-    """List a target model's layers and unit counts."""
+    """List a target model's layers and unit counts (and a basis's unit spaces and size)."""
     try:
         model = load_target(target, device, trust_checkpoints)
-    except BackendSpecError as error:
+        unit_basis = load_basis(basis) if basis is not None else None
+    except (BackendSpecError, BasisError) as error:
         exit_with_error(str(error))
-    layer_units = [(layer.name, layer.units) for layer in model.layers()]
+    widths = {layer.name: layer.units for layer in model.layers()}
+    rows: list[dict[str, object]] = [
+        {"layer": name, "units": units} for name, units in widths.items()
+    ]
+    if unit_basis is not None:
+        registry = BasisRegistry()
+        registry.add(unit_basis)
+        spaces = registry.unit_spaces(widths)
+        if not spaces:
+            exit_with_error(
+                f"basis {unit_basis.source} reads {unit_basis.d_in}-wide vectors, but no layer of "
+                f"{target} has {unit_basis.d_in} units"
+            )
+        about = unit_basis.describe()
+        rows += [{"layer": s["name"], "units": s["units"], "basis": about} for s in spaces]
     if as_json:
-        rows = [{"layer": name, "units": units} for name, units in layer_units]
         typer.echo(json.dumps(rows, indent=2))
         return
-    width = max(len(name) for name, _ in layer_units)
-    for name, units in layer_units:
-        typer.echo(f"{name:<{width}}  {units}")
+    width = max(len(str(row["layer"])) for row in rows)
+    for row in rows:
+        about = f"  {row['basis']}" if "basis" in row else ""
+        typer.echo(f"{row['layer']!s:<{width}}  {row['units']}{about}")
 
 
 def _print_results(
@@ -200,10 +226,13 @@ def _print_results(
     if len(rows) > limit:
         typer.echo(f"... {len(rows) - limit} more in {folder.results_csv.name}")
     done = sum(row["status"] == "done" for row in rows)
-    failed = [row for row in rows if row["status"] != "done"]
+    failed = [row for row in rows if row["status"] == "failed"]
+    dead = sum(row["status"] == "dead" for row in rows)
     selective = sum(row.get("selective") is True for row in rows)
     typer.echo(
-        f"{done} of {len(rows)} neurons explained ({selective} with a selective concept); "
+        f"{done} of {len(rows)} neurons explained ({selective} with a selective concept"
+        + (f"; {dead} dead, not explained" if dead else "")
+        + "); "
         f"{sum(row['llm_calls'] for row in rows)} LLM calls, "
         f"{sum(row['tokens'] for row in rows)} tokens, {sum(row['images'] for row in rows)} images"
     )
@@ -254,6 +283,7 @@ def run(
         Path | None,
         typer.Option(help="Cache LLM answers in this folder: a repeated run costs nothing."),
     ] = None,
+    basis: BasisSpec = None,
     groups: Annotated[
         bool,
         typer.Option(help="Add polysemanticity groups to results.csv (loads a text model)."),
@@ -270,7 +300,7 @@ def run(
             target=target, layer=layer, units=units, generator=generator, llm=llm,
             llm_base_url=llm_base_url, prompts=prompts, out=out, server=server,
             concurrency=concurrency, seed=seed, temperature=temperature, iterations=iterations,
-            resume=resume, control=control, score=score, llm_cache=llm_cache,
+            resume=resume, control=control, score=score, llm_cache=llm_cache, basis=basis,
         )  # fmt: skip
         with run_progress(quiet or as_json) as update:
             rows = execute_run(

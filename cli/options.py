@@ -30,6 +30,14 @@ OpenAICompatibleURL = Annotated[str | None, typer.Option(help="For openai-compat
 PromptVariantName = Annotated[str, typer.Option(help="Prompt variant name or folder.")]
 Concurrency = Annotated[int, typer.Option(help="Neurons explained at once.")]
 NoProgressBar = Annotated[bool, typer.Option(help="No progress bar.")]
+BasisSpec = Annotated[
+    str | None,
+    typer.Option(
+        help="Explain a unit basis of the layer instead of its units: sae:PATH (a SAELens folder "
+        "or .safetensors file) or directions:PATH (a K x d_in .npy or .safetensors matrix); "
+        "--units then index its latents or rows."
+    ),
+]
 JSONOutput = Annotated[
     bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
 ]

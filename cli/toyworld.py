@@ -11,12 +11,14 @@ from typing import Annotated
 import typer
 
 from cli.options import exit_with_error
+from inference.bases import BasisError, load_basis
 from inference.toyworld.dissection import (
     SELECTIVE_AUC,
     DissectionError,
     cached_dissection,
     load_toy_world_target,
 )
+from inference.toyworld.latents import toy_basis_truth, write_toy_bases
 from inference.toyworld.learned import (
     TARGET_NAMES,
     WEIGHTS_PATH,
@@ -25,7 +27,7 @@ from inference.toyworld.learned import (
     train_learned_shapes,
 )
 from inference.toyworld.procedural import render_prompt
-from inference.toyworld.truth import as_json, planted_ground_truth
+from inference.toyworld.truth import PlantedUnit, as_json, planted_ground_truth
 
 toyworld_app = typer.Typer(
     help="The offline toy world: procedural:shapes generator, planted:shapes and learned:shapes "
@@ -78,11 +80,21 @@ def truth(
             help="Print a JSON list of {layer, unit, concept, kind, attributes, ...}.",
         ),
     ] = False,
+    basis: Annotated[
+        str | None,
+        typer.Option(
+            help="A toy basis (sae:PATH or directions:PATH as `line toyworld bases` writes them): "
+            "print its latents' known concepts."
+        ),
+    ] = None,
 ) -> None:
     """Print the units' known concepts: planted, or from dissection over scenes whose
-    attributes are known (the reference concept, or none when no concept reaches AUC 0.85)."""
+    attributes are known (the reference concept, or none when no concept reaches AUC 0.85),
+    or the latents of a toy basis (--basis, the files `line toyworld bases` writes)."""
+    if basis is not None and (target != PLANTED_TARGET or dissect):
+        exit_with_error(f"--basis reads the toy bases of {PLANTED_TARGET}, without --dissect")
     if target == PLANTED_TARGET and not dissect:
-        units = planted_ground_truth()
+        units = planted_ground_truth() if basis is None else _toy_basis_truth(basis)
         layers = sorted({u.layer for u in units})
         if layer is not None and layer not in layers:
             exit_with_error(
@@ -122,6 +134,36 @@ def truth(
     selective = sum(u.selective for u in dissected)
     typer.echo(
         f"{selective} of {len(dissected)} units have a reference concept (AUC >= {SELECTIVE_AUC})"
+    )
+
+
+def _toy_basis_truth(spec: str) -> list[PlantedUnit]:
+    """The truth of a toy basis's latents, or an error exit for any other basis."""
+    try:
+        truth = toy_basis_truth(load_basis(spec))
+    except BasisError as error:
+        exit_with_error(str(error))
+    if truth is None:
+        exit_with_error(
+            f"{spec} is not one of the toy world's bases, so its latents have no known concepts; "
+            "`line toyworld bases --out DIR` writes those"
+        )
+    return truth
+
+
+@toyworld_app.command("bases")
+def bases(
+    out: Annotated[Path, typer.Option(help="Folder to write them into.")] = Path("toy-bases"),
+) -> None:
+    """Write the toy world's known bases for planted:shapes's planted layer: an SAE (SAELens
+    format) and a directions matrix whose latents are known combinations of planted units."""
+    specs = write_toy_bases(out)
+    for kind, spec in specs.items():
+        typer.echo(f"{kind}: {spec}")
+    typer.echo(
+        f"their truth: line toyworld truth --basis {specs['sae']}\nexplain them: line run "
+        f"--target {PLANTED_TARGET} --layer planted --basis {specs['sae']} --units 0-7 "
+        "--generator procedural:shapes --llm offline:vocab --out runs/toy-sae"
     )
 
 

@@ -28,7 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.launch import DEMO_OFFLINE_ITERATIONS, RunSetupError, execute_run, settings_from_options
+from agent.launch import (
+    DEMO_OFFLINE_ITERATIONS,
+    RunSetupError,
+    execute_run,
+    read_basis,
+    settings_from_options,
+)
 from agent.offline import DEFAULT_VOCABULARY_PATH
 from agent.providers import parse_llm_spec
 from agent.run_folder import RunFolder
@@ -37,11 +43,13 @@ from analysis.groundtruth import KINDS, GroundTruth, score_label
 from analysis.polysemanticity import history_polysemanticity
 from analysis.similarity import SentenceEmbedder
 from evals.baseline import read_vocabulary, vocabulary_baseline
+from inference.bases import out_of_range, split_unit_space
 from inference.toyworld.dissection import (
     DissectionError,
     cached_dissection,
     load_toy_world_target,
 )
+from inference.toyworld.latents import toy_basis_truth
 from inference.toyworld.truth import PLANTED_LAYER, PlantedUnit, planted_ground_truth
 from prompts.variant import load_variant
 from tools.server_session import server_session
@@ -83,10 +91,28 @@ SUMMARY_COLUMNS = [
 
 
 def reference_truths(
-    target: str, layer: str | None, units: Sequence[int] | None
+    target: str, layer: str | None, units: Sequence[int] | None, basis: str | None = None
 ) -> tuple[str, dict[int, GroundTruth]]:
     """``(layer, truth by unit)``: the planted truth for ``planted:shapes``'s planted layer, the
-    dissection reference for any other toy-world layer (computed once, cached)."""
+    dissection reference for any other toy-world layer (computed once, cached), or the known
+    latents of a toy basis (``basis``; the layer is then its unit space)."""
+    if basis is not None:
+        if target != TARGET or layer not in (None, PLANTED_LAYER):
+            raise RunSetupError(
+                f"--basis: the toy world's known bases read the {PLANTED_LAYER} layer of {TARGET}"
+            )
+        unit_basis = read_basis(basis)
+        known = toy_basis_truth(unit_basis)
+        if known is None:
+            raise RunSetupError(
+                f"{basis} is not one of the toy world's bases, so its latents have no known "
+                "concepts; `line toyworld bases --out DIR` writes those"
+            )
+        bad = sorted(set(units or ()) - {unit.unit for unit in known})
+        if bad:
+            raise RunSetupError(out_of_range(unit_basis, bad[0]))
+        chosen = set(units) if units is not None else {unit.unit for unit in known}
+        return known[0].layer, {u.unit: GroundTruth.of(u) for u in known if u.unit in chosen}
     if target == TARGET and layer in (None, PLANTED_LAYER):
         layer = PLANTED_LAYER
         truth = {unit.unit: GroundTruth.of(unit) for unit in planted_ground_truth()}
@@ -123,6 +149,7 @@ def vocabulary_labels(
     prompts: str,
     vocabulary: Path = DEFAULT_VOCABULARY_PATH,
     seed: int = 0,
+    basis: str | None = None,
 ) -> dict[int, str]:
     """The vocabulary baseline's label for each unit (every concept of ``vocabulary`` scored with
     the variant's template, images and score), from a local toy-world server."""
@@ -130,7 +157,9 @@ def vocabulary_labels(
     variant = load_variant(prompts)
 
     async def labels() -> dict[int, str]:
-        with server_session(None, target, layer, units, GENERATOR, device="cpu") as session:
+        with server_session(
+            None, target, layer, units, GENERATOR, device="cpu", basis=basis
+        ) as session:
             async with session.connect() as client:
                 result = await vocabulary_baseline(
                     client, target, layer, units, concepts, variant, GENERATOR, seed
@@ -152,8 +181,10 @@ def _repeat_run(
     iterations: int | None,
     concurrency: int,
     on_progress: Callable[[RunProgress], None] | None,
+    basis: str | None = None,
 ) -> tuple[list[dict], RunFolder]:
-    """Run (or resume) one repeat; returns (rows, folder)."""
+    """Run (or resume) one repeat; returns (rows, folder). With ``basis``, ``layer`` is its
+    unit space."""
     if RunFolder(path).config.is_file():
         settings, folder = settings_from_options(
             prompts=prompts, concurrency=concurrency, seed=repeat, resume=path
@@ -175,7 +206,7 @@ def _repeat_run(
     else:
         settings, folder = settings_from_options(
             target=target,
-            layer=layer,
+            layer=split_unit_space(layer)[0] if basis else layer,
             units=",".join(map(str, units)),
             generator=GENERATOR,
             llm=llm,
@@ -185,6 +216,7 @@ def _repeat_run(
             concurrency=concurrency,
             seed=repeat,
             iterations=iterations,
+            basis=basis,
         )
     return execute_run(settings, folder, device="cpu", on_progress=on_progress), folder
 
@@ -322,6 +354,7 @@ def run_groundtruth_benchmark(
     on_progress: Callable[[RunProgress], None] | None = None,
     embedder: SentenceEmbedder | None = None,
     baseline: bool = True,
+    basis: str | None = None,
 ) -> dict[str, Any]:
     """Explain a toy-world layer's units ``repeats`` times and score every label against the
     truth (module docstring).
@@ -330,7 +363,9 @@ def run_groundtruth_benchmark(
     layer is scored against its dissection reference. ``iterations`` overrides the variant's
     budget; with the offline proposer it defaults to the demo's (enough to try every single
     attribute, then combinations). ``units`` picks units (default: all of the layer).
-    ``baseline`` also labels the units with the vocabulary baseline. Writes ``groundtruth.csv``
+    ``baseline`` also labels the units with the vocabulary baseline. ``basis`` (a toy basis,
+    ``line toyworld bases``) explains its latents instead, scored against their known concepts.
+    Writes ``groundtruth.csv``
     and ``groundtruth-summary.csv`` into ``out_dir`` and returns ``{"out", "runs", "rows",
     "summary", "rows_csv", "summary_csv" (the two files), "recovery" (kind -> rate, mean over
     repeats), "baseline_recovery" (kind -> rate), "verdict_agreement", "false_claim_rate"}``.
@@ -338,7 +373,7 @@ def run_groundtruth_benchmark(
     """
     if repeats < 1:
         raise RunSetupError(f"--repeats must be at least 1 (got {repeats})")
-    layer, truths = reference_truths(target, layer, units)
+    layer, truths = reference_truths(target, layer, units, basis)
     if iterations is None and llm.startswith("offline:"):
         iterations = DEMO_OFFLINE_ITERATIONS
     out = Path(out_dir)
@@ -357,12 +392,15 @@ def run_groundtruth_benchmark(
             iterations,
             concurrency,
             on_progress,
+            basis,
         )
         runs.append((results, folder))
     # after the runs: their settings checks (the LLM spec among them) come first
     vocabulary = parse_llm_spec(llm).vocab_path or DEFAULT_VOCABULARY_PATH
     baseline_labels = (
-        vocabulary_labels(target, layer, sorted(truths), prompts, vocabulary) if baseline else None
+        vocabulary_labels(target, layer, sorted(truths), prompts, vocabulary, basis=basis)
+        if baseline
+        else None
     )
     rows: list[dict] = []
     for repeat, (results, folder) in enumerate(runs, start=1):

@@ -30,6 +30,8 @@ from inference.store import (
 from inference.wire import (
     ActivationsRequest,
     ActivationsResponse,
+    BasisEntry,
+    BasisRequest,
     EditsRequest,
     EditsResponse,
     ErrorResponse,
@@ -224,6 +226,12 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
     async def activations(body: ActivationsRequest) -> ActivationsResponse:
         """A layer's activations on stored images (all units, or the listed ones)."""
         return await service.activations(body.target, body.layer, body.image_ids, body.units)
+
+    @app.post(f"/{API_VERSION}/bases", response_model=BasisEntry)
+    async def bases(body: BasisRequest) -> BasisEntry:
+        """Load a unit basis (SAE, directions) from a path on this machine; read layer L in it
+        as ``L@<key>``. Only servers on loopback load paths; others declare bases at start."""
+        return await service.add_basis(body.spec)
 
     return app
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.app import is_loopback
+from inference.bases import BasisError, BasisRegistry, check_fits
 from inference.protocols import GeneratorOptions, ImageEditor, ImageGenerator, TargetModel
 from inference.registry import load_editor, load_generator, load_target
 from inference.service import BatchingConfig, InferenceService, ServiceLimits, open_service
@@ -35,6 +37,7 @@ class ServeConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     trust_checkpoints: bool = False
+    bases: list[str] = field(default_factory=list)  # NAME=SPEC declarations (inference.bases)
 
     def check(self) -> None:
         """Refuse settings that would expose the server or serve nothing."""
@@ -73,6 +76,17 @@ def load_editors(config: ServeConfig) -> list[ImageEditor]:
     return editors
 
 
+def load_bases(config: ServeConfig, targets: Sequence[TargetModel]) -> BasisRegistry:
+    """The declared bases, each checked to fit a layer of the targets; a server on loopback
+    also loads bases by path on request."""
+    try:
+        registry = BasisRegistry.declared(config.bases, allow_paths=is_loopback(config.host))
+        check_fits(registry, {t.name: {i.name: i.units for i in t.layers()} for t in targets})
+    except BasisError as error:
+        raise ServeConfigError(str(error)) from error
+    return registry
+
+
 def build_service(config: ServeConfig) -> InferenceService:
     """Load every backend once and assemble the service."""
     config.check()
@@ -84,4 +98,5 @@ def build_service(config: ServeConfig) -> InferenceService:
         batching=config.batching,
         limits=config.limits,
         editors=load_editors(config),
+        bases=load_bases(config, targets),
     )

@@ -42,7 +42,7 @@ from inference.batching import (
     run_activation_batch,
     run_render_batch,
 )
-from inference.config import ServeConfig, ServeConfigError, load_backends
+from inference.config import ServeConfig, ServeConfigError, load_backends, load_bases
 from inference.metrics import ServerMetrics
 from inference.protocols import (
     EditJob,
@@ -392,6 +392,7 @@ class LineIngress:
             limits=config.limits,
             dispatcher=RayDispatcher(models, metrics),
             metrics=metrics,
+            bases=load_bases(config, targets),  # applied here, to the cached vectors
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

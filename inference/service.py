@@ -18,13 +18,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from inference.bases import BasisError, BasisRegistry, load_basis, width_mismatch
 from inference.batching import (
     ActivationJob,
     BackendError,
     Dispatcher,
-    edit_backend,
     LocalDispatcher,
     MicroBatcher,
+    edit_backend,
 )
 from inference.metrics import ServerMetrics
 from inference.protocols import (
@@ -47,7 +48,7 @@ from inference.store import (
     image_id,
     upload_id,
 )
-from inference.wire import ActivationsResponse, EditEntry, ImageEntry
+from inference.wire import ActivationsResponse, BasisEntry, EditEntry, ImageEntry
 
 log = logging.getLogger("line.server")
 
@@ -120,6 +121,7 @@ class InferenceService:
         dispatcher: Dispatcher | None = None,
         metrics: ServerMetrics | None = None,
         editors: Sequence[ImageEditor] = (),
+        bases: BasisRegistry | None = None,
     ) -> None:
         if not generators and not targets and not editors:
             raise ValueError("an inference service needs at least one generator, target or editor")
@@ -144,6 +146,7 @@ class InferenceService:
         )
         self._rendering: dict[str, asyncio.Task] = {}
         self._measuring: dict[tuple[str, str, str], asyncio.Task] = {}
+        self.bases = bases or BasisRegistry()
         self._layer_units = {
             target.name: {layer.name: layer.units for layer in target.layers()}
             for target in targets
@@ -151,7 +154,8 @@ class InferenceService:
 
     # ----- lookups -------------------------------------------------------------------------
     def models(self) -> dict[str, object]:
-        """Generators and targets with their layers and unit counts."""
+        """Generators and targets with their layers (unit spaces of bases too) and unit counts,
+        editors, and the bases the server applies."""
         return {
             "generators": [
                 {
@@ -166,7 +170,8 @@ class InferenceService:
                 {
                     "name": name,
                     "device": self.targets[name].device,
-                    "layers": [{"name": layer, "units": units} for layer, units in layers.items()],
+                    "layers": [{"name": layer, "units": units} for layer, units in layers.items()]
+                    + self.bases.unit_spaces(layers),
                 }
                 for name, layers in self._layer_units.items()
             ],
@@ -179,6 +184,7 @@ class InferenceService:
                 }
                 for editor in self.editors.values()
             ],
+            "bases": self.bases.describe(),
         }
 
     def _generator(self, name: str | None) -> ImageGenerator:
@@ -202,12 +208,45 @@ class InferenceService:
                 status=404,
             )
         layers = self._layer_units[target]
-        if layer not in layers:
+        try:
+            layer_read, basis = self.bases.split(layer)
+        except BasisError as error:
+            raise ServiceError(str(error), status=404) from error
+        if layer_read not in layers:
             raise ServiceError(
-                f"target {target!r} has no layer {layer!r}; valid layers: " + ", ".join(layers),
+                f"target {target!r} has no layer {layer_read!r}; valid layers: "
+                + ", ".join(layers),
                 status=404,
             )
-        return layers[layer]
+        if basis is None:
+            return layers[layer_read]
+        if basis.d_in != layers[layer_read]:
+            raise ServiceError(width_mismatch(basis, target, layer_read, layers[layer_read]))
+        return basis.size
+
+    async def add_basis(self, spec: str) -> BasisEntry:
+        """Load a unit basis from a path on this machine (``sae:PATH``, ``directions:PATH``) and
+        apply it from now on; servers not on loopback refuse (declare it at start instead)."""
+        if not self.bases.allow_paths:
+            raise ServiceError(
+                "this server loads bases by path only when it serves on loopback; declare the "
+                "basis when starting it: line serve --basis NAME=SPEC",
+                status=403,
+            )
+        try:
+            basis = await asyncio.to_thread(load_basis, spec)
+        except BasisError as error:
+            raise ServiceError(str(error)) from error
+        self.bases.add(basis)
+        return BasisEntry(
+            key=basis.key,
+            kind=basis.kind,
+            architecture=basis.architecture,
+            d_in=basis.d_in,
+            units=basis.size,
+            hash=basis.hash,
+            source=basis.source,
+        )
 
     def queue_depths(self) -> dict[str, int]:
         """Waiting requests per backend (summed over compatibility keys)."""
@@ -525,16 +564,19 @@ class InferenceService:
             units = list(units)
         self._check_image_ids(image_ids)
         cache_key = target_identity(self.targets[target])
-        cached = await self._in_io_thread(self.cache.get_many, cache_key, layer, set(image_ids))
+        layer_read, basis = self.bases.split(layer)  # a basis reads the cached layer vectors
+        cached = await self._in_io_thread(
+            self.cache.get_many, cache_key, layer_read, set(image_ids)
+        )
         waits = {}
         for value in dict.fromkeys(image_ids):
             if value in cached:
                 self.metrics.activation_cache_hits.labels(target).inc()
                 continue
-            key = (value, target, layer)
+            key = (value, target, layer_read)
             task = self._measuring.get(key)
             if task is None:
-                task = asyncio.create_task(self._measure_and_cache(target, layer, value))
+                task = asyncio.create_task(self._measure_and_cache(target, layer_read, value))
                 _track_until_done(self._measuring, key, task)
             waits[value] = task
         if waits:
@@ -545,8 +587,13 @@ class InferenceService:
                 if isinstance(result, BaseException):
                     raise _as_service_error(result)
                 cached[value] = result
-        matrix = np.stack([cached[value] for value in image_ids])[:, units]
-        return ActivationsResponse(target=target, layer=layer, units=units, activations=matrix)
+        matrix = np.stack([cached[value] for value in image_ids])
+        if basis is None:
+            values = matrix[:, units]
+        else:  # latents or directions: one batched product on the target's device
+            device = self.targets[target].device
+            values = await asyncio.to_thread(basis.encode, matrix, units, device)
+        return ActivationsResponse(target=target, layer=layer, units=units, activations=values)
 
     async def _measure_and_cache(self, target: str, layer: str, key: str) -> np.ndarray:
         model = self.targets[target]

@@ -166,7 +166,10 @@ class ActivationsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     target: Text
-    layer: Text
+    layer: Text = Field(
+        description="A layer name, or LAYER@BASIS to read a unit basis (SAE latents, directions) "
+        "of that layer; /v1/models lists both."
+    )
     image_ids: list[str]
     units: list[int] | None = Field(None, description="Unit indices; all units when absent.")
 
@@ -188,3 +191,26 @@ class ActivationsResponse(BaseModel):
                 f"activations has {columns} columns for {len(self.units)} units; want one per unit"
             )
         return self
+
+
+class BasisRequest(BaseModel):
+    """Load a unit basis from a path on the server's machine (loopback servers only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    spec: Text = Field(
+        description="sae:PATH (a SAELens folder or .safetensors file) or directions:PATH (a "
+        ".npy or .safetensors K x d_in matrix); an absolute path on the server's machine."
+    )
+
+
+class BasisEntry(BaseModel):
+    """A basis the server applies: read layer L in it as the layer ``L@key``."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str = Field(description="<kind>-<first 12 hex digits of hash>.")
+    kind: str
+    architecture: str
+    d_in: int = Field(description="The width of the layer it reads.")
+    units: int = Field(description="How many latents or directions it has.")
+    hash: str = Field(description="SHA-256 of its tensors and settings.")
+    source: str

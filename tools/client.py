@@ -19,6 +19,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from inference.wire import (
     ActivationsRequest,
     ActivationsResponse,
+    BasisEntry,
+    BasisRequest,
     EditEntry,
     EditsRequest,
     EditsResponse,
@@ -299,13 +301,19 @@ class LineClient:
         """The PNG bytes of a stored image."""
         return (await self._request("GET", f"/v1/images/{image_id}")).content
 
+    async def add_basis(self, spec: str) -> BasisEntry:
+        """Have a server on this machine load a unit basis by path (``sae:PATH``, ...)."""
+        body = _body(BasisRequest, spec=spec)
+        response = await self._request("POST", "/v1/bases", json=body)
+        return BasisEntry.model_validate_json(response.content)
+
     async def metrics_text(self) -> str:
         """The Prometheus metrics page."""
         return (await self._request("GET", "/metrics")).text
 
 
 def _body(
-    request: type[ImagesRequest | ActivationsRequest | EditsRequest | UploadRequest],
+    request: type[ImagesRequest | ActivationsRequest | EditsRequest | UploadRequest | BasisRequest],
     **fields: Any,
 ) -> dict[str, Any]:
     """A request body shaped by its wire model, unset options left out. Not validated here: the

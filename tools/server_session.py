@@ -4,6 +4,9 @@
 (``--server``; each is checked first: it answers, serves the target and the generator, and the
 layer has the units) or start one in this process and stop it when the command ends. A local
 server loads the target first, so a wrong layer or unit fails before the (slow) generator loads.
+A command that reads a unit basis (``layer@basis``, :mod:`inference.bases`) names its file: a
+local server loads it, a given server that lacks it is asked to load it by path (servers on
+loopback do; others must declare it with ``line serve --basis NAME=SPEC``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from inference.app import RunningServer, create_app, start_server_thread
+from inference.bases import (
+    BasisError,
+    BasisRegistry,
+    UnitBasis,
+    load_basis,
+    split_unit_space,
+    width_mismatch,
+)
 from inference.registry import (
     BackendSpecError,
     GeneratorOptions,
@@ -68,11 +79,16 @@ async def check_server(
     units: Sequence[int],
     generator: Generators,
     editors: Sequence[str] = (),
+    basis: UnitBasis | None = None,
 ) -> None:
-    """The server answers, serves the target, generator and editors, and the units exist."""
+    """The server answers, serves the target, generator and editors, and the units exist;
+    a basis the server lacks is offered to it by path."""
     async with LineClient(url, retries=1, backoff_s=0.2) as client:
         try:
             models = await client.models()
+            if basis is not None and not _serves_layer(models, target, layer):
+                await _offer_basis(client, url, layer, basis)
+                models = await client.models()
         except (LineServerUnavailable, LineServerError) as error:
             raise RunSetupError(str(error)) from error
     targets = {entry["name"]: entry for entry in models["targets"]}
@@ -98,25 +114,59 @@ async def check_server(
                 + (", ".join(served_editors) or "none (start it with --editor SPEC)")
             )
     layers = {entry["name"]: entry["units"] for entry in targets[target]["layers"]}
+    if basis is not None:
+        check_basis_width(layers, target, layer, basis)
     check_layer_units(layers, target, layer, units)
+
+
+async def _offer_basis(client: LineClient, url: str, layer: str, basis: UnitBasis) -> None:
+    """Ask the server to load ``basis`` by path; a refusal says what to do instead."""
+    try:
+        await client.add_basis(basis.source)
+    except LineServerError as error:
+        raise RunSetupError(
+            f"the server at {url} cannot read layer {layer!r} ({basis.source}): {error.message}"
+        ) from error
+
+
+def _serves_layer(models: dict[str, Any], target: str, layer: str) -> bool:
+    """Whether ``/v1/models`` lists ``layer`` (a unit space too) for ``target``."""
+    for entry in models.get("targets", []):
+        if entry["name"] == target:
+            return any(item["name"] == layer for item in entry["layers"])
+    return False
+
+
+def check_basis_width(layers: dict[str, int], target: str, layer: str, basis: UnitBasis) -> None:
+    """The layer a unit space reads is as wide as its basis's vectors."""
+    layer_read, _ = split_unit_space(layer)
+    if layer_read in layers and layers[layer_read] != basis.d_in:
+        raise RunSetupError(width_mismatch(basis, target, layer_read, layers[layer_read]))
 
 
 def start_local_server(
     target: str,
     layer: str,
     units: Sequence[int],
-    generator: str | Sequence[str],
+    generator: Generators,
     device: str,
     store: Path,
     editors: Sequence[str] = (),
+    basis: UnitBasis | None = None,
 ) -> RunningServer:
     """Load the target (and check layer and units), then the generator and editors, then serve
-    them."""
+    them (and ``basis``)."""
     try:
         model = load_target(target, device)
     except BackendSpecError as error:
         raise RunSetupError(str(error)) from error
-    check_layer_units({info.name: info.units for info in model.layers()}, target, layer, units)
+    widths = {info.name: info.units for info in model.layers()}
+    bases = BasisRegistry(allow_paths=True)  # it serves this process only
+    if basis is not None:
+        check_basis_width(widths, target, layer, basis)
+        bases.add(basis)
+    layers = {**widths, **{space["name"]: space["units"] for space in bases.unit_spaces(widths)}}
+    check_layer_units(layers, target, layer, units)
     try:
         backends = [
             load_generator(spec, device, GeneratorOptions()) for spec in generator_specs(generator)
@@ -124,7 +174,7 @@ def start_local_server(
         loaded_editors = [load_editor(spec, device) for spec in editors]
     except BackendSpecError as error:
         raise RunSetupError(str(error)) from error
-    service = open_service(backends, [model], store, editors=loaded_editors)
+    service = open_service(backends, [model], store, editors=loaded_editors, bases=bases)
     return start_server_thread(create_app(service))
 
 
@@ -152,20 +202,27 @@ def server_session(
     device: str = "auto",
     store: Path | None = None,
     editors: Sequence[str] = (),
+    basis: str | None = None,
 ) -> Iterator[ServerSession]:
     """The given servers, checked; without any, a local server (``generator`` and ``editors``
     on ``device``, images in ``store``, default ``$LINE_CACHE/store``) started now and stopped
-    on exit."""
+    on exit. ``basis``: the spec of the unit basis ``layer`` reads (``layer@key``)."""
     urls = [servers] if isinstance(servers, str) else list(dict.fromkeys(servers or []))
+    try:
+        unit_basis = load_basis(basis) if basis is not None else None
+    except BasisError as error:
+        raise RunSetupError(str(error)) from error
     if urls:
         for url in urls:
-            asyncio.run(check_server(url, target, layer, units, generator, editors))
+            asyncio.run(check_server(url, target, layer, units, generator, editors, unit_basis))
         yield ServerSession(urls)
         return
     if not generator_specs(generator):
         raise RunSetupError("without --server, pass --generator SPEC to start a local server")
     folder = (store or default_store_dir()).expanduser().resolve()
-    running = start_local_server(target, layer, units, generator, device, folder, editors)
+    running = start_local_server(
+        target, layer, units, generator, device, folder, editors, unit_basis
+    )
     try:
         yield ServerSession([running.url], folder)
     finally:
