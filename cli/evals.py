@@ -93,8 +93,13 @@ from evals.tables import text_table, write_rows
 from evals.variants import (
     COMPARISON_FILES,
     Arm,
+    ArmRun,
+    NeuronPanel,
     add_cosy_figures,
     add_groundtruth_matches,
+    neuron_figure_path,
+    neuron_panels,
+    plot_neuron_panels,
     run_arms,
     write_comparison,
 )
@@ -476,13 +481,23 @@ def discovery_command(
 
 
 async def _cosy_of_run(
-    folder: RunFolder, session: ServerSession, control: str, n_images: int
+    folder: RunFolder, session: ServerSession, control: str, n_images: int, generator: str | None
 ) -> list[dict]:
-    """CoSy rows of a finished run (written to its cosy.csv as well)."""
+    """CoSy rows of a finished run, label images rendered with ``generator`` (written to its
+    cosy.csv as well)."""
     async with session.connect() as client:
-        rows = await evaluate_cosy(folder, client, ControlSet.resolve(control), n_images)
+        rows = await evaluate_cosy(
+            folder, client, ControlSet.resolve(control), n_images, generator=generator
+        )
     write_cosy_csv(folder.cosy_csv(), rows)
     return rows
+
+
+async def _neuron_panels(
+    session: ServerSession, runs: dict[Arm, list[ArmRun]], layer: str, unit: int
+) -> list[NeuronPanel]:
+    async with session.connect() as client:
+        return await neuron_panels(client, runs, layer, unit)
 
 
 @eval_app.command("variants")
@@ -497,18 +512,34 @@ def variants_command(
     ] = None,
     llm_base_url: OpenAICompatibleURL = None,
     generator: Annotated[str | None, typer.Option(help="Generator of a local server.")] = None,
+    generators: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated generators, each an arm (crossed with variants and LLMs); a "
+            "local server loads them all. CoSy renders with the first."
+        ),
+    ] = None,
     server: ServerURL = None,
     repeats: Annotated[int, typer.Option(help="Runs per arm (repeat k uses seed k).")] = 3,
     iterations: Annotated[int | None, typer.Option(help="Override every variant's.")] = None,
     control: Annotated[str | None, typer.Option(help="Control set: adds CoSy AUC and MAD.")] = None,
     n_images: Annotated[int, typer.Option(help="CoSy images per label (with --control).")] = 50,
+    show_unit: Annotated[
+        int | None,
+        typer.Option(help="Unit whose labels and top images every arm shows [default: the first]."),
+    ] = None,
     concurrency: Annotated[int, typer.Option(help="Neurons at once per run.")] = 64,
     device: LocalServerDevice = "auto",
     quiet: Annotated[bool, typer.Option(help="Print only the table.")] = False,
 ) -> None:
-    """Compare prompt variants (and LLMs): scores with 95% CIs, paired Wilcoxon tests, a plot."""
+    """Compare prompt variants, LLMs and generators: scores with 95% CIs, paired Wilcoxon
+    tests, plots."""
+    if generator and generators:
+        exit_with_error("give --generator (one for every arm) or --generators (one arm each)")
+    generator_list = [g.strip() for g in (generators or "").split(",") if g.strip()]
     arms = [
-        Arm(variant.strip(), spec)
+        Arm(variant.strip(), spec, arm_generator)
+        for arm_generator in (generator_list or [""])
         for spec in (llm or ["offline:vocab"])
         for variant in variants.split(",")
         if variant.strip()
@@ -517,41 +548,54 @@ def variants_command(
         exit_with_error("--repeats must be at least 1")
     if out.exists() and any(out.iterdir()):
         exit_with_error(f"{out} is not empty; choose a new --out folder")
+    cosy_generator = generator_list[0] if generator_list else generator
 
     def settings_of(
         arm: Arm, folder: Path, seed: int, servers: list[str] | None
     ) -> tuple[RunSettings, RunFolder]:
         """The settings of one run of an arm (checked; nothing loads)."""
         return settings_from_options(
-            target=target, layer=layer, units=units, generator=generator, llm=arm.llm,
-            llm_base_url=llm_base_url, prompts=arm.variant, out=folder, server=servers,
-            concurrency=concurrency, seed=seed, iterations=iterations, control=control,
+            target=target, layer=layer, units=units, generator=arm.generator or generator,
+            llm=arm.llm, llm_base_url=llm_base_url, prompts=arm.variant, out=folder,
+            server=servers, concurrency=concurrency, seed=seed, iterations=iterations,
+            control=control,
         )  # fmt: skip
 
     cosy: dict[Path, list[dict]] = {}
     try:
         unit_list = parse_units(units)
+        shown = unit_list[0] if show_unit is None else show_unit
+        if shown not in unit_list:
+            raise RunSetupError(f"--show-unit {shown} is not among --units {units}")
         for arm in arms:  # every arm's variant and LLM are checked before anything loads
             settings_of(arm, out / "check", 0, [server] if server else None)
-        with server_session(server, target, layer, unit_list, generator, device=device) as session:
+        with server_session(
+            server, target, layer, unit_list, generator_list or generator, device=device
+        ) as session:
 
             def run_one(arm: Arm, repeat: int, folder: Path) -> list[dict]:
                 settings, run_folder = settings_of(arm, folder, repeat, session.urls)
                 rows = execute_run(settings, run_folder)
-                if control:
-                    cosy[folder] = asyncio.run(_cosy_of_run(run_folder, session, control, n_images))
                 if not quiet:
                     done = sum(row["status"] == "done" for row in rows)
                     typer.echo(f"{arm.name} repeat {repeat}: {done}/{len(rows)} neurons")
                 return rows
 
             runs = run_arms(arms, repeats, out, run_one)
+            for run in (run for arm_runs in runs.values() for run in arm_runs):
+                if control:
+                    cosy[run.folder] = asyncio.run(
+                        _cosy_of_run(RunFolder(run.folder), session, control, n_images,
+                                     cosy_generator)
+                    )  # fmt: skip
+            panels = asyncio.run(_neuron_panels(session, runs, layer, shown))
     except RunSetupError as error:
         exit_with_error(str(error))
     add_cosy_figures(runs, cosy)
     add_groundtruth_matches(runs, target, layer)
     typer.echo(write_comparison(runs, out))
-    typer.echo(f"wrote {out}/{', '.join(COMPARISON_FILES)}")
+    plot_neuron_panels(panels, shown, neuron_figure_path(out, shown))
+    typer.echo(f"wrote {out}/{', '.join(COMPARISON_FILES)}, {neuron_figure_path(out, shown).name}")
 
 
 @eval_app.command("ablation")

@@ -1,12 +1,13 @@
-"""Comparing prompt variants and LLMs: every neuron under every arm, repeated, with statistics.
+"""Comparing prompt variants, LLMs and generators: every neuron under every arm, repeated.
 
-An arm is a (variant, LLM) pair. Every arm runs every neuron ``repeats`` times (repeat k uses run
-seed k) against one shared server, so identical image requests across arms render once.
+An arm is a (variant, LLM, generator) triple. Every arm runs every neuron ``repeats`` times
+(repeat k uses run seed k) against one shared server that holds every arm's generator, so
+identical image requests across arms render once.
 """
 
 from __future__ import annotations
 
-import csv
+import io
 import itertools
 import math
 import re
@@ -16,27 +17,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 from scipy import stats
 
 from agent.run_folder import RunFolder
 from analysis.groundtruth import attribute_match
+from evals.tables import markdown_table, present_columns, write_rows
 from inference.toyworld.truth import planted_ground_truth
+from tools.client import InferenceClient
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One configuration under comparison."""
+    """One configuration under comparison (``generator`` empty: the command's one generator)."""
 
     variant: str
     llm: str
+    generator: str = ""
 
     @property
     def name(self) -> str:
-        return self.variant if self.llm == "" else f"{self.variant} / {self.llm}"
+        """``variant / llm[ / generator]``."""
+        return " / ".join(part for part in (self.variant, self.llm, self.generator) if part)
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.variant}__{self.llm}")
+        """The arm's name as a folder name."""
+        parts = (self.variant, self.llm, *([self.generator] if self.generator else []))
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", "__".join(parts))
 
 
 @dataclass
@@ -106,6 +115,8 @@ def summarize(runs_by_arm: dict[Arm, list[ArmRun]]) -> list[dict]:
     table = []
     for arm, runs in runs_by_arm.items():
         row: dict[str, object] = {"arm": arm.name, "variant": arm.variant, "llm": arm.llm}
+        if arm.generator:
+            row["generator"] = arm.generator
         all_rows = [(run, r) for run in runs for r in run.rows]
         done = [(run, r) for run, r in all_rows if r["status"] == "done"]
         row["neurons"] = len({int(r["unit"]) for _, r in all_rows})
@@ -122,6 +133,8 @@ def summarize(runs_by_arm: dict[Arm, list[ArmRun]]) -> list[dict]:
         for key in ("llm_calls", "tokens", "images"):
             row[f"{key}_per_neuron"] = sum(int(r[key]) for _, r in all_rows) / count
         row["wall_s_per_neuron"] = sum(run.wall_s for run in runs) / count
+        wall = sum(run.wall_s for run in runs)
+        row["images_per_s"] = sum(int(r["images"]) for _, r in all_rows) / wall if wall else None
         table.append(row)
     return table
 
@@ -179,32 +192,110 @@ def best_so_far_curves(runs: Sequence[ArmRun]) -> np.ndarray:
 
 def plot_convergence(runs_by_arm: dict[Arm, list[ArmRun]], path: Path) -> None:
     """A PNG of the best score so far against iteration, one line per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    figure = Figure(figsize=(6, 4), dpi=120)
+    axes = figure.subplots()
     for arm, runs in runs_by_arm.items():
         curve = best_so_far_curves(runs)
         if curve.size:
             axes.plot(range(curve.size), curve, marker="o", markersize=3, label=arm.name)
     axes.set_xlabel("iteration")
     axes.set_ylabel("best score so far (mean over neurons)")
-    axes.set_title("Convergence per variant")
+    axes.set_title("Convergence per arm")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
 
 
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4g}"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return str(value)
+def final_scores(runs: Sequence[ArmRun]) -> list[float]:
+    """The final (best) score of every finished neuron of every repeat."""
+    return [float(row["score"]) for run in runs for row in run.rows if row.get("status") == "done"]
+
+
+def plot_scores(runs_by_arm: dict[Arm, list[ArmRun]], path: Path) -> None:
+    """A PNG box plot of the best-score distribution (neurons x repeats) of each arm."""
+    figure = Figure(figsize=(3 + 1.6 * len(runs_by_arm), 4), dpi=120)
+    axes = figure.subplots()
+    axes.boxplot([final_scores(runs) for runs in runs_by_arm.values()])
+    axes.set_xticks(
+        range(1, len(runs_by_arm) + 1), [arm.name.replace(" / ", "\n") for arm in runs_by_arm]
+    )
+    axes.set_ylabel("best score per neuron")
+    axes.set_title("Best-score distribution per arm")
+    axes.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def label_rows(runs_by_arm: dict[Arm, list[ArmRun]]) -> list[dict]:
+    """The labels of the same neurons side by side: one row per (unit, repeat), a column per
+    arm (``label (score)``)."""
+    table: dict[tuple[int, int], dict] = {}
+    for arm, runs in runs_by_arm.items():
+        for run in runs:
+            for row in run.rows:
+                key = (int(row["unit"]), run.repeat)
+                cell = table.setdefault(key, {"unit": key[0], "repeat": key[1]})
+                done = row.get("status") == "done"
+                score = float(row["score"]) if done else math.nan
+                cell[arm.name] = f"{row['label']} ({score:.3g})" if done else row.get("status")
+    return [table[key] for key in sorted(table)]
+
+
+@dataclass
+class NeuronPanel:
+    """One arm's label of a chosen neuron, its score and its most activating images."""
+
+    arm: str
+    label: str
+    score: float
+    images: list[Image.Image]
+
+
+async def neuron_panels(
+    client: InferenceClient,
+    runs_by_arm: dict[Arm, list[ArmRun]],
+    layer: str,
+    unit: int,
+    count: int = 4,
+) -> list[NeuronPanel]:
+    """For each arm's first repeat: the unit's label, score and the ``count`` images of the
+    label that activated the unit most (fetched from the server)."""
+    panels = []
+    for arm, runs in runs_by_arm.items():
+        history = RunFolder(runs[0].folder).read_history(layer, unit) if runs else None
+        label = ((history or {}).get("result") or {}).get("label")
+        entry = next((e for e in (history or {}).get("entries", []) if e["concept"] == label), None)
+        if entry is None:
+            panels.append(NeuronPanel(arm.name, "(no label)", math.nan, []))
+            continue
+        ranked = sorted(zip(entry["activations"], entry["image_ids"], strict=True), reverse=True)
+        images = [
+            Image.open(io.BytesIO(await client.image_png(image_id))).convert("RGB")
+            for _, image_id in ranked[:count]
+        ]
+        panels.append(NeuronPanel(arm.name, str(label), float(entry["score"]), images))
+    return panels
+
+
+def plot_neuron_panels(panels: Sequence[NeuronPanel], unit: int, path: Path) -> None:
+    """A PNG with a row per arm: its label and score for ``unit`` and its top images."""
+    columns = max([len(panel.images) for panel in panels] + [1])
+    figure = Figure(figsize=(1.8 * columns + 3.6, 1.9 * len(panels) + 0.5), dpi=120)
+    grid = figure.subplots(
+        len(panels), columns + 1, squeeze=False, gridspec_kw={"width_ratios": [2] + [1] * columns}
+    )
+    for row, panel in zip(grid, panels, strict=True):
+        text = f"{panel.arm.replace(' / ', chr(10))}\n\n{panel.label}\nscore {panel.score:.3g}"
+        row[0].text(0, 0.5, text, va="center", transform=row[0].transAxes)
+        for axes, image in itertools.zip_longest(row[1:], panel.images):
+            if image is not None:
+                axes.imshow(image)
+        for axes in row:
+            axes.axis("off")
+    figure.suptitle(f"unit {unit}: each arm's label and its most activating images")
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.9, wspace=0.05)
+    figure.savefig(path)
 
 
 SUMMARY_COLUMNS = [
@@ -212,42 +303,20 @@ SUMMARY_COLUMNS = [
     ("auc", "CoSy AUC"), ("mad", "CoSy MAD"), ("match", "GT recovery"),
     ("llm_calls_per_neuron", "LLM calls/neuron"), ("tokens_per_neuron", "tokens/neuron"),
     ("images_per_neuron", "images/neuron"), ("wall_s_per_neuron", "wall s/neuron"),
+    ("images_per_s", "images/s"),
+]  # fmt: skip
+PAIR_COLUMNS = [
+    ("a", "a"), ("b", "b"), ("neurons", "neurons"), ("mean_difference", "mean difference"),
+    ("wilcoxon_w", "Wilcoxon W"), ("p", "p"),
 ]  # fmt: skip
 
 
 def markdown_report(table: list[dict], pairs: list[dict]) -> str:
     """The comparison as Markdown: the per-arm table and the pairwise tests."""
-    columns = [(k, h) for k, h in SUMMARY_COLUMNS if any(k in row for row in table)]
-    lines = [
-        "| " + " | ".join(h for _, h in columns) + " |",
-        "|" + "|".join("---" for _ in columns) + "|",
-    ]
-    for row in table:
-        lines.append("| " + " | ".join(_fmt(row.get(k, "-")) for k, _ in columns) + " |")
+    report = markdown_table(table, present_columns(table, SUMMARY_COLUMNS))
     if pairs:
-        lines += [
-            "",
-            "| a | b | neurons | mean difference | Wilcoxon W | p |",
-            "|---|---|---|---|---|---|",
-        ]
-        for pair in pairs:
-            lines.append(
-                f"| {pair['a']} | {pair['b']} | {pair['neurons']} | {_fmt(pair['mean_difference'])}"
-                f" | {_fmt(pair['wilcoxon_w'])} | {_fmt(pair['p'])} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows as CSV (tuples written as 'low;high')."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {k: ";".join(map(str, v)) if isinstance(v, tuple) else v for k, v in row.items()}
-            )
+        report += "\n" + markdown_table(pairs, PAIR_COLUMNS)
+    return report
 
 
 def run_arms(
@@ -290,18 +359,31 @@ def add_groundtruth_matches(runs_by_arm: dict[Arm, list[ArmRun]], target: str, l
                     run.extra.setdefault(int(row["unit"]), {})["match"] = float(matched)
 
 
-COMPARISON_FILES = ("comparison.md", "comparison.csv", "pairwise.csv", "convergence.png")
+COMPARISON_FILES = (
+    "comparison.md", "comparison.csv", "pairwise.csv", "convergence.png", "scores.png",
+    "labels.csv",
+)  # fmt: skip
+
+
+def neuron_figure_path(out: Path, unit: int) -> Path:
+    """Where the chosen neuron's side-by-side figure goes."""
+    return out / f"neuron-{unit}.png"
 
 
 def write_comparison(runs_by_arm: dict[Arm, list[ArmRun]], out: Path) -> str:
     """Write the comparison into ``out`` (:data:`COMPARISON_FILES`: the Markdown report, the
-    per-arm table, the pairwise tests and the convergence plot); returns the Markdown."""
+    per-arm table, the pairwise tests, the convergence plot, the best-score box plot and every
+    arm's labels side by side); returns the Markdown."""
     table = summarize(runs_by_arm)
     pairs = pairwise_tests(runs_by_arm, "score")
     report = markdown_report(table, pairs)
-    markdown, table_csv, pairs_csv, plot = (out / name for name in COMPARISON_FILES)
-    write_csv(table_csv, table)
-    write_csv(pairs_csv, pairs)
+    markdown, table_csv, pairs_csv, convergence, scores, labels = (
+        out / name for name in COMPARISON_FILES
+    )
+    write_rows(table_csv, table)
+    write_rows(pairs_csv, pairs)
+    write_rows(labels, label_rows(runs_by_arm))
     markdown.write_text(report)
-    plot_convergence(runs_by_arm, plot)
+    plot_convergence(runs_by_arm, convergence)
+    plot_scores(runs_by_arm, scores)
     return report

@@ -180,11 +180,12 @@ def create_procedural_generator(
             f"unknown procedural generator {rest!r}; valid: "
             + ", ".join(f"'procedural:{spec}'" for spec in valid)
         )
-    size = {"width": options.width or DEFAULT_SIZE, "height": options.height or DEFAULT_SIZE}
+    width, height = options.width or DEFAULT_SIZE, options.height or DEFAULT_SIZE
     if not finish:
-        return ProceduralShapesGenerator(**size)
+        return ProceduralShapesGenerator(width, height)
     return ProceduralShapesGenerator(
-        **size,
+        width,
+        height,
         name=f"procedural:{rest}",
         identity=f"procedural:{rest}@{RENDERER_VERSION}",
         finish=finish,

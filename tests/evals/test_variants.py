@@ -15,6 +15,7 @@ from cli.app import app
 from evals.variants import Arm, ArmRun, mean_ci, paired_wilcoxon, pairwise_tests, summarize
 
 runner = CliRunner()
+FADED = "procedural:shapes:faded"
 
 
 def test_mean_ci_matches_the_t_interval():
@@ -91,3 +92,57 @@ def test_variants_command_on_the_toy_world(tmp_path):
     assert (out / "pairwise.csv").read_text().count("\n") == 2
     assert Image.open(out / "convergence.png").size[0] > 300
     assert len(list((out / "runs").iterdir())) == 4
+
+
+def test_generators_are_arms(tmp_path):
+    out = tmp_path / "t2i"
+    result = runner.invoke(
+        app,
+        ["eval", "variants", "--variants", "paper", "--generators",
+         "procedural:shapes,procedural:shapes:faded", "--target", "planted:shapes", "--layer",
+         "planted", "--units", "0,15", "--out", str(out), "--repeats", "1", "--iterations", "3",
+         "--device", "cpu", "--quiet", "--control", "toy:20", "--n-images", "6", "--show-unit",
+         "0"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plain, faded = "paper / offline:vocab / procedural:shapes", f"paper / offline:vocab / {FADED}"
+    with (out / "comparison.csv").open() as stream:
+        table = {row["arm"]: row for row in csv.DictReader(stream)}
+    assert list(table) == [plain, faded]
+    assert table[faded]["generator"] == FADED and float(table[faded]["images_per_s"]) > 0
+    assert {"auc", "mad"} <= set(table[plain])
+    # units 0 and 15 are red and yellow: the faded generator's washed-out colours score lower
+    assert float(table[plain]["score"]) == 1.0 > float(table[faded]["score"])
+    with (out / "labels.csv").open() as stream:
+        labels = list(csv.DictReader(stream))
+    assert [(row["unit"], row[plain]) for row in labels] == [("0", "red (1)"), ("15", "yellow (1)")]
+    # CoSy renders every arm's labels with the first generator: the same label, the same figures
+    runs = out / "runs"
+    cosy = [list(csv.DictReader((runs / f"paper__offline_vocab__{slug}__r0" / "cosy.csv").open()))
+            for slug in ("procedural_shapes", "procedural_shapes_faded")]  # fmt: skip
+    same = [(mine, theirs) for mine, theirs in zip(*cosy, strict=True)
+            if mine["concept"] == theirs["concept"]]  # fmt: skip
+    assert same and all(mine["AUC"] == theirs["AUC"] for mine, theirs in same)
+    for name in ("scores.png", "convergence.png", "neuron-0.png"):
+        assert Image.open(out / name).size[0] > 300
+
+
+def test_generators_the_server_lacks_are_named(toy_world_server, tmp_path):
+    args = ["eval", "variants", "--variants", "paper", "--target", "planted:shapes", "--layer",
+            "planted", "--units", "0", "--repeats", "1", "--device", "cpu"]  # fmt: skip
+    remote = runner.invoke(
+        app, [*args, "--server", toy_world_server, "--out", str(tmp_path / "a"),
+              "--generators", f"procedural:shapes,{FADED}"],
+    )  # fmt: skip
+    assert remote.exit_code == 2
+    assert f"has no generator '{FADED}'; it has: procedural:shapes" in remote.output
+    local = runner.invoke(
+        app,
+        [*args, "--out", str(tmp_path / "b"), "--generators", "procedural:shapes,procedural:blobs"],
+    )
+    assert local.exit_code == 2
+    assert "valid: 'procedural:shapes', 'procedural:shapes:faded'" in " ".join(local.output.split())
+    both = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "c"), "--generator", "x", "--generators", "y"]
+    )
+    assert both.exit_code == 2 and "--generators (one arm each)" in both.output
