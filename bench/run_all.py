@@ -11,6 +11,7 @@ BENCHMARKS = [
     "bench.toyworld_bench",
     "bench.learned_bench",
     "bench.load_bench",
+    "bench.simulation_bench",
 ]
 
 
