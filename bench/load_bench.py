@@ -14,7 +14,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,12 +44,14 @@ def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> 
         time.sleep(0.2)
 
 
-def _children_peak_rss_mb() -> float:
-    """Largest resident set of any finished child so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def _run(
+    server: str, llm: str, out: Path, units: str, iterations: int
+) -> tuple[float, float, list[dict]]:
+    """One ``line run`` process: its wall time, its own peak RSS (MB) and its result rows.
 
-
-def _run(server: str, llm: str, out: Path, units: str, iterations: int) -> tuple[float, list[dict]]:
+    The peak comes from ``os.wait4`` on the runner's pid, so it is the runner's alone: neither the
+    server nor the scripted LLM (children of this process too) is in it.
+    """
     command = [
         *LINE, "run", "--target", TARGET, "--layer", "relu", "--units", units,
         "--llm", "openai-compatible:scripted", "--llm-base-url", llm, "--server", server,
@@ -58,12 +59,16 @@ def _run(server: str, llm: str, out: Path, units: str, iterations: int) -> tuple
         "--quiet", "--no-groups", "--no-report",
     ]  # fmt: skip
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"line run failed:\n{done.stdout}\n{done.stderr}")
+    with tempfile.TemporaryFile() as output:
+        runner = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        _pid, status, usage = os.wait4(runner.pid, 0)
+        runner.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.perf_counter() - started
+        if runner.returncode != 0:
+            output.seek(0)
+            raise RuntimeError(f"line run failed:\n{output.read().decode(errors='replace')}")
     with (out / "results.csv").open() as stream:
-        return elapsed, list(csv.DictReader(stream))
+        return elapsed, usage.ru_maxrss / 1024, list(csv.DictReader(stream))  # Linux: KiB
 
 
 def measure(neurons: int = 1000, iterations: int = 2) -> dict:
@@ -86,10 +91,10 @@ def measure(neurons: int = 1000, iterations: int = 2) -> dict:
             url, llm_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{llm_port}/v1"
             _wait_healthy(f"{url}/healthz", server)
             _wait_healthy(f"{llm_url}/models", llm)
-            _run(url, llm_url, folder / "one", "0", iterations)
-            one_mb = _children_peak_rss_mb()
-            elapsed, rows = _run(url, llm_url, folder / "many", f"0-{neurons - 1}", iterations)
-            many_mb = _children_peak_rss_mb()
+            _, one_mb, _ = _run(url, llm_url, folder / "one", "0", iterations)
+            elapsed, many_mb, rows = _run(
+                url, llm_url, folder / "many", f"0-{neurons - 1}", iterations
+            )
         finally:
             for process in (server, llm):
                 process.terminate()
