@@ -21,10 +21,12 @@ Neuron_Eval, ICML 2025). Two kinds, by spec (:func:`load_simulator`):
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -54,11 +56,23 @@ class SimulatorError(ValueError):
 
 @dataclass(frozen=True)
 class SimulatedImage:
-    """What a simulator may read of one image: its pixels and, for a toy-world render, the
-    prompt and seed it was rendered from."""
+    """What a simulator may read of one image: where its pixels are (a file, PNG bytes or the
+    image itself; decoded only when read) and, for a toy-world render, the prompt and seed it
+    was rendered from."""
 
-    pixels: Image.Image | None = field(default=None, compare=False)
+    source: Path | bytes | Image.Image | None = field(default=None, compare=False)
     scene: tuple[str, int] | None = None
+
+    def pixels(self) -> Image.Image:
+        """The image as RGB."""
+        if self.source is None:
+            raise SimulatorError("this image was given without its pixels")
+        if isinstance(self.source, Image.Image):
+            return self.source.convert("RGB")
+        opened = Image.open(
+            io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source
+        )
+        return opened.convert("RGB")
 
 
 class Simulator(Protocol):
@@ -71,7 +85,7 @@ class Simulator(Protocol):
 
     @property
     def reads_pixels(self) -> bool:
-        """Whether :meth:`simulate` needs ``SimulatedImage.pixels``."""
+        """Whether :meth:`simulate` reads the images' pixels (``SimulatedImage.source``)."""
         ...
 
     def simulate(self, labels: Sequence[str], images: Sequence[SimulatedImage]) -> np.ndarray:
@@ -148,11 +162,16 @@ class ImageTextSimulator:
     reads_pixels: bool = True
 
     def simulate(self, labels: Sequence[str], images: Sequence[SimulatedImage]) -> np.ndarray:
-        """``[labels, images]`` cosine similarities."""
-        pixels = [image.pixels for image in images]
-        if any(picture is None for picture in pixels):
+        """``[labels, images]`` cosine similarities; images are decoded a batch at a time."""
+        if any(image.source is None for image in images):
             raise SimulatorError(f"simulator {self.name} needs the images' pixels")
-        image_vectors = self.model.embed_images([p for p in pixels if p is not None])
+        size = self.model.batch_size
+        image_vectors = np.concatenate(
+            [
+                self.model.embed_images([image.pixels() for image in images[start : start + size]])
+                for start in range(0, len(images), size)
+            ]
+        )
         texts = [self.template.replace("{label}", label.strip()) for label in labels]
         return (self.model.embed_texts(texts) @ image_vectors.T).astype(np.float64)
 

@@ -23,7 +23,6 @@ how often the full label beats every half.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import re
@@ -31,7 +30,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import average_precision_score
 
@@ -119,19 +117,19 @@ def half_labels(label: str) -> list[str]:
     return parts if len(parts) > 1 else []
 
 
-async def _pixels(
+async def _sources(
     client: InferenceClient, control: ControlSet, kept: Sequence[int], generator: str | None
-) -> list[Image.Image]:
-    """The kept control images' pixels: files read from disk, toy scenes from the server."""
+) -> list[Path | bytes]:
+    """Where the kept control images' pixels are: files on disk, or toy scenes' PNG bytes from
+    the server."""
     images = [control.images[index] for index in kept]
     if not control.is_toy:
-        return [Image.open(image.file()).convert("RGB") for image in images]
+        return [image.file() for image in images]
     scenes = [image.scene() for image in images]
     entries = await client.generate_images(
         [prompt for prompt, _ in scenes], [seed for _, seed in scenes], generator=generator
     )  # already rendered for the activations: the server's store answers
-    data = await asyncio.gather(*(client.image_png(entry.id) for entry in entries))
-    return [Image.open(io.BytesIO(png)).convert("RGB") for png in data]
+    return list(await asyncio.gather(*(client.image_png(entry.id) for entry in entries)))
 
 
 async def simulated_images(
@@ -144,9 +142,9 @@ async def simulated_images(
     """What simulators may read of the measured control images (pixels only when asked)."""
     images = [control.images[index] for index in measured.kept]
     scenes = [image.scene() if control.is_toy else None for image in images]
-    loaded = await _pixels(client, control, measured.kept, generator) if pixels else None
+    sources = await _sources(client, control, measured.kept, generator) if pixels else None
     return [
-        SimulatedImage(pixels=loaded[i] if loaded else None, scene=scenes[i])
+        SimulatedImage(source=sources[i] if sources else None, scene=scenes[i])
         for i in range(len(images))
     ]
 

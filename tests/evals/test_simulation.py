@@ -83,7 +83,7 @@ def test_exact_simulator_reads_the_known_scene():
     assert blue_bg == 1.0 and green < red and red_circle == pytest.approx((red + 1) / 2)
     with pytest.raises(SimulatorError, match="toy-world scenes only"):
         ExactToySimulator().simulate(
-            ["red"], [SimulatedImage(pixels=render_prompt("red", 0).image)]
+            ["red"], [SimulatedImage(source=render_prompt("red", 0).image)]
         )
 
 
@@ -114,7 +114,9 @@ def test_image_text_simulators_load_by_folder_and_refuse_other_models(tmp_path):
     model.save_pretrained(tmp_path / "clip")
     processor.save_pretrained(tmp_path / "clip")
     simulator = load_simulator(f"clip:{tmp_path / 'clip'}", "cpu")
-    images = [SimulatedImage(pixels=render_prompt(p, 0, 64, 64).image) for p in ("red", "blue")]
+    render_prompt("blue", 0, 64, 64).image.save(tmp_path / "blue.png")
+    images = [SimulatedImage(source=render_prompt("red", 0, 64, 64).image),
+              SimulatedImage(source=tmp_path / "blue.png")]  # fmt: skip
     predicted = simulator.simulate(["red", "a blue square", "star"], images)
     assert predicted.shape == (3, 2) and np.all(np.abs(predicted) <= 1 + 1e-5)
     assert simulator.name == f"clip:{tmp_path / 'clip'}" and simulator.reads_pixels
