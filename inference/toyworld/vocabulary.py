@@ -451,10 +451,10 @@ def describes_disjoint_objects(first: str, second: str) -> bool:
     if not a or not b:
         return False
     one, two = a[0], b[0]
-    pairs = [
+    pairs: list[tuple[set[str], set[str]]] = [
         (set(one.colours), set(two.colours)),
         (set(one.shapes), set(two.shapes)),
         (set(one.textures), set(two.textures)),
-        ({one.size} - {None}, {two.size} - {None}),
+        ({one.size} if one.size else set(), {two.size} if two.size else set()),
     ]
     return any(x and y and not x & y for x, y in pairs)
