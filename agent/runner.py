@@ -241,11 +241,10 @@ async def run_neurons(
             if census is not None and unit in dead:
                 reason = census.dead_reason(unit)
                 start = initial_state(settings.target, settings.layer, unit, variant)
-                history = {"neuron": start["neuron"], "status": "dead", "reason": reason,
-                           "census": asdict(census.unit(unit))}  # fmt: skip
+                state = {**start, "result": {"selective": False}}  # it fires on nothing
+                history = {**history_of(state, "dead", reason), "census": asdict(census.unit(unit))}
                 folder.write_history(settings.layer, unit, history)
-                not_selective = {"result": {"selective": False}}  # it fires on nothing
-                rows[unit] = result_row(settings, unit, not_selective, "dead", reason)
+                rows[unit] = result_row(settings, unit, state, "dead", reason)
                 progress.done += 1
                 if on_progress:
                     on_progress(progress)

@@ -11,11 +11,12 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from agent.launch import execute_run, parse_units, settings_from_options
+from agent.launch import execute_run, parse_units, read_basis, settings_from_options
 from agent.run_folder import RunFolder, RunSettings
 from analysis.similarity import EmbedderUnavailable
 from analysis.simulators import SIMULATOR_SPECS, load_simulator
 from cli.options import (
+    BasisSpec,
     Concurrency,
     LayerName,
     LLMBaseURL,
@@ -103,6 +104,7 @@ from evals.variants import (
     run_arms,
     write_comparison,
 )
+from inference.bases import unit_space
 from prompts.variant import PromptVariant, VariantError, load_variant
 from tools.client import LineServerError, LineServerUnavailable
 from tools.controlset import ControlSet, ControlSetError, control_activations
@@ -431,6 +433,7 @@ def vocab_command(
     score: Annotated[str | None, typer.Option(help="mean, mad or auc.")] = None,
     seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
     device: LocalServerDevice = "auto",
+    basis: BasisSpec = None,
 ) -> None:
     """The vocabulary baseline: score every concept of a vocabulary, label each unit by the best."""
     try:
@@ -440,7 +443,11 @@ def vocab_command(
         control_set = ControlSet.resolve(control) if control else None
         if variant.settings.score != "mean" and control_set is None:
             raise RunSetupError(f"score {variant.settings.score!r} needs --control PATH|toy")
-        with server_session(server, target, layer, unit_list, generator, device=device) as session:
+        if basis is not None:  # the basis's unit space of the layer
+            layer = unit_space(layer, read_basis(basis).key)
+        with server_session(
+            server, target, layer, unit_list, generator, device=device, basis=basis
+        ) as session:
             scoring = _vocabulary_scores(
                 session, target, layer, unit_list, concepts, variant, generator, seed, control_set
             )
@@ -531,6 +538,7 @@ def variants_command(
     concurrency: Annotated[int, typer.Option(help="Neurons at once per run.")] = 64,
     device: LocalServerDevice = "auto",
     quiet: Annotated[bool, typer.Option(help="Print only the table.")] = False,
+    basis: BasisSpec = None,
 ) -> None:
     """Compare prompt variants, LLMs and generators: scores with 95% CIs, paired Wilcoxon
     tests, plots."""
@@ -558,7 +566,7 @@ def variants_command(
             target=target, layer=layer, units=units, generator=arm.generator or generator,
             llm=arm.llm, llm_base_url=llm_base_url, prompts=arm.variant, out=folder,
             server=servers, concurrency=concurrency, seed=seed, iterations=iterations,
-            control=control,
+            control=control, basis=basis,
         )  # fmt: skip
 
     cosy: dict[Path, list[dict]] = {}
@@ -569,9 +577,11 @@ def variants_command(
             raise RunSetupError(f"--show-unit {shown} is not among --units {units}")
         for arm in arms:  # every arm's variant and LLM are checked before anything loads
             settings_of(arm, out / "check", 0, [server] if server else None)
+        space = unit_space(layer, read_basis(basis).key) if basis else layer  # runs' layer
         with server_session(
-            server, target, layer, unit_list, generator_list or generator, device=device
-        ) as session:
+            server, target, space, unit_list, generator_list or generator, device=device,
+            basis=basis,
+        ) as session:  # fmt: skip
 
             def run_one(arm: Arm, repeat: int, folder: Path) -> list[dict]:
                 settings, run_folder = settings_of(arm, folder, repeat, session.urls)
@@ -588,11 +598,11 @@ def variants_command(
                         _cosy_of_run(RunFolder(run.folder), session, control, n_images,
                                      cosy_generator)
                     )  # fmt: skip
-            panels = asyncio.run(_neuron_panels(session, runs, layer, shown))
+            panels = asyncio.run(_neuron_panels(session, runs, space, shown))
     except RunSetupError as error:
         exit_with_error(str(error))
     add_cosy_figures(runs, cosy)
-    add_groundtruth_matches(runs, target, layer)
+    add_groundtruth_matches(runs, target, space)
     typer.echo(write_comparison(runs, out))
     plot_neuron_panels(panels, shown, neuron_figure_path(out, shown))
     typer.echo(f"wrote {out}/{', '.join(COMPARISON_FILES)}, {neuron_figure_path(out, shown).name}")
