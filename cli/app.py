@@ -164,7 +164,10 @@ def serve(
         f"LINE server on http://{host}:{port} (store {config.store}); "
         f"generators: {', '.join(service.generators) or '-'}; "
         f"targets: {', '.join(service.targets) or '-'}"
-        + (f"; editors: {', '.join(service.editors)}" if service.editors else ""),
+        + (f"; editors: {', '.join(service.editors)}" if service.editors else "")
+        + "".join(
+            f"; basis {name}: {service.bases.get(name).describe()}" for name in service.bases.names
+        ),
         err=True,
     )
     uvicorn.run(create_app(service, token), host=host, port=port, log_level=log_level.lower())
