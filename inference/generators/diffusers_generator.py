@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -72,10 +71,11 @@ class DiffusersGenerator:
         """The settings used for fields a request leaves out."""
         return self._defaults
 
-    def render_arrays(self, jobs: Sequence[RenderJob]) -> np.ndarray:
-        """Render jobs to float arrays ``[n, height, width, 3]`` in [0, 1]."""
+    def render_pixels(self, jobs: Sequence[RenderJob]) -> torch.Tensor:
+        """Render jobs to a uint8 ``[n, 3, height, width]`` tensor on the generator's device:
+        the pipeline's output quantised there, so the pixels equal the stored PNG's."""
         if not jobs:
-            return np.zeros((0, 0, 0, 3), dtype=np.float32)
+            return torch.zeros((0, 3, 0, 0), dtype=torch.uint8)
         settings = jobs[0].settings
         if any(job.settings != settings for job in jobs):
             raise ValueError("a diffusers batch must share width, height, steps and guidance")
@@ -89,14 +89,14 @@ class DiffusersGenerator:
                 guidance_scale=settings.guidance,
                 width=settings.width,
                 height=settings.height,
-                output_type="np",
+                output_type="pt",
             )
-        return np.asarray(output.images, dtype=np.float32)
+            images = output.images.float()  # [n, 3, h, w] in [0, 1], on the device
+            return (images * 255.0).round().clamp(0, 255).to(torch.uint8)
 
     def render(self, jobs: Sequence[RenderJob]) -> list[RenderedImage]:
-        """Render one RGB image per job."""
-        arrays = self.render_arrays(jobs)
-        pixels = np.clip(np.rint(arrays * 255.0), 0, 255).astype(np.uint8)
+        """Render one RGB image per job (the pixels of :meth:`render_pixels`)."""
+        pixels = self.render_pixels(jobs).permute(0, 2, 3, 1).cpu().numpy()
         return [RenderedImage(image=Image.fromarray(array, mode="RGB")) for array in pixels]
 
 

@@ -27,21 +27,39 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
-"""Turns one RGB image into the model's ``[3, H, W]`` input tensor."""
+"""A user's preprocessing: one RGB PIL image into the model's ``[3, H, W]`` input tensor."""
+PixelPreprocess = Callable[[torch.Tensor], torch.Tensor]
+"""Batched preprocessing on the model's device: a uint8 ``[batch, 3, H, W]`` tensor of pixels
+into the model's float input (resize, centre crop, normalise as tensor operations)."""
+PIXEL_PATH_VERSION = "pixels-v1"
+"""Part of the identity of targets preprocessed as tensors (bump when that preprocessing
+changes): their activations differ slightly from PIL preprocessing's, so they are cached apart."""
 
 
-def imagenet_preprocess() -> Preprocess:
-    """Resize to 256, centre-crop 224, ImageNet-normalise: the standard for models without one."""
-    from torchvision import transforms
+def imagenet_preprocess() -> PixelPreprocess:
+    """Resize to 256 (bilinear, antialiased), centre-crop 224, ImageNet-normalise, as batched
+    tensor operations: the standard for models without preprocessing of their own."""
+    from torchvision.transforms import v2
 
-    return transforms.Compose(
+    return v2.Compose(
         [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            v2.Resize(256, antialias=True),
+            v2.CenterCrop(224),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
+
+
+def pixels_of(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a uint8 ``[3, H, W]`` tensor (on the CPU)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def image_of(pixels: torch.Tensor) -> Image.Image:
+    """A uint8 ``[3, H, W]`` tensor (any device) as an RGB PIL image."""
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy(), mode="RGB")
 
 
 def reduce_to_units(output: object) -> torch.Tensor | None:
@@ -62,7 +80,14 @@ class _StopForward(Exception):
 
 
 class TorchTarget:
-    """A ``TargetModel`` over any ``torch.nn.Module`` with its preprocessing."""
+    """A ``TargetModel`` over any ``torch.nn.Module`` with its preprocessing.
+
+    Preprocessing is batched tensor work on the model's device (``pixel_preprocess``: the
+    weights' own transforms, else :func:`imagenet_preprocess`) unless a user module brings its
+    own PIL ``preprocess``, which then runs image by image on the CPU. PIL images and pixel
+    tensors go through the same path, so an image measured from its PNG and from the generator's
+    pixels gives the same activations.
+    """
 
     def __init__(
         self,
@@ -71,12 +96,15 @@ class TorchTarget:
         preprocess: Preprocess | None,
         device: str,
         identity: str | None = None,
+        pixel_preprocess: PixelPreprocess | None = None,
     ) -> None:
         self.name = name
-        self.identity = identity or name
         self.device = device
         self.module = module.eval().to(device)
-        self.preprocess = preprocess or imagenet_preprocess()
+        self.preprocess = preprocess
+        self.pixel_preprocess = None if preprocess else pixel_preprocess or imagenet_preprocess()
+        base = identity or name
+        self.identity = base if preprocess else f"{base}#{PIXEL_PATH_VERSION}"
         self._layers, self._calls = self._discover_layers()
 
     def _discover_layers(self) -> tuple[dict[str, LayerInfo], dict[str, int]]:
@@ -124,8 +152,28 @@ class TorchTarget:
 
     def preprocess_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Preprocess PIL images into one batch tensor on the model's device."""
-        tensors = [self.preprocess(image.convert("RGB")) for image in images]
-        return torch.stack(tensors).to(self.device)
+        if self.preprocess is not None:
+            tensors = [self.preprocess(image.convert("RGB")) for image in images]
+            return torch.stack(tensors).to(self.device)
+        return self.preprocess_pixels([pixels_of(image) for image in images])
+
+    def preprocess_pixels(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """Preprocess uint8 ``[3, H, W]`` pixel tensors (a list, or one ``[batch, 3, H, W]``
+        tensor) into one batch on the model's device; images of one size are transformed
+        together."""
+        if self.pixel_preprocess is None:
+            return self.preprocess_batch([image_of(p) for p in pixels])  # a user's PIL code
+        if isinstance(pixels, torch.Tensor):
+            return self.pixel_preprocess(pixels.to(self.device))
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(pixels):
+            by_size.setdefault(tuple(image.shape), []).append(index)
+        rows: list[torch.Tensor | None] = [None] * len(pixels)
+        for indices in by_size.values():
+            batch = torch.stack([pixels[i] for i in indices]).to(self.device)
+            for index, row in zip(indices, self.pixel_preprocess(batch), strict=True):
+                rows[index] = row
+        return torch.stack([row for row in rows if row is not None])
 
     def forward_layer(self, batch: torch.Tensor, layer: str) -> torch.Tensor:
         """Run the model on a preprocessed batch; the layer's ``[batch, units]`` tensor."""
@@ -157,6 +205,13 @@ class TorchTarget:
         if not images:
             return np.zeros((0, self._layers[layer].units), dtype=np.float32)
         units = self.forward_layer(self.preprocess_batch(images), layer)
+        return units.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def activations_from_pixels(self, pixels: torch.Tensor, layer: str) -> np.ndarray:
+        """The layer's activations for a uint8 ``[batch, 3, H, W]`` pixel tensor (on any
+        device; a generator's output stays on the model's device)."""
+        self.layer_info(layer)
+        units = self.forward_layer(self.preprocess_pixels(pixels), layer)
         return units.float().cpu().numpy().astype(np.float32, copy=False)
 
 
@@ -198,7 +253,9 @@ def create_torchvision_target(
             f"machine without internet, or use 'torchvision:{arch}:random'"
         ) from error
     del torchvision
-    return TorchTarget(f"torchvision:{rest}", module, weights.transforms(), device)
+    return TorchTarget(
+        f"torchvision:{rest}", module, None, device, pixel_preprocess=weights.transforms()
+    )
 
 
 RANDOM_WEIGHTS_SEED = 0

@@ -24,26 +24,26 @@ def test_tiny_sd_is_built_offline_into_the_cache(tiny_sd, line_cache):
 
 def test_an_image_rendered_in_a_batch_equals_it_rendered_alone(tiny_sd):
     settings = tiny_sd.default_settings()
-    batch = tiny_sd.render_arrays(jobs(settings, 4))
+    batch = tiny_sd.render_pixels(jobs(settings, 4)).numpy().astype(int)
     for index, job in enumerate(jobs(settings, 4)):
-        alone = tiny_sd.render_arrays([job])[0]
-        np.testing.assert_allclose(batch[index], alone, atol=1e-4)
+        alone = tiny_sd.render_pixels([job])[0].numpy().astype(int)
+        assert np.abs(batch[index] - alone).max() <= 1  # float noise may cross a rounding edge
 
 
 def test_same_job_same_pixels_and_seeds_matter(tiny_sd):
     settings = tiny_sd.default_settings()
-    first = tiny_sd.render_arrays([RenderJob("a red apple", 7, settings)])[0]
-    again = tiny_sd.render_arrays([RenderJob("a red apple", 7, settings)])[0]
-    other_seed = tiny_sd.render_arrays([RenderJob("a red apple", 8, settings)])[0]
+    first = tiny_sd.render_pixels([RenderJob("a red apple", 7, settings)])[0].numpy()
+    again = tiny_sd.render_pixels([RenderJob("a red apple", 7, settings)])[0].numpy()
+    other_seed = tiny_sd.render_pixels([RenderJob("a red apple", 8, settings)])[0].numpy()
     np.testing.assert_array_equal(first, again)
-    assert np.abs(first - other_seed).max() > 0.01
+    assert np.abs(first.astype(int) - other_seed).max() > 2
 
 
 def test_a_batch_must_share_settings(tiny_sd):
     a = RenderSettings(64, 64, 1, 0.0)
     b = RenderSettings(64, 64, 2, 0.0)
     with pytest.raises(ValueError, match="share width, height, steps and guidance"):
-        tiny_sd.render_arrays([RenderJob("x", 1, a), RenderJob("y", 2, b)])
+        tiny_sd.render_pixels([RenderJob("x", 1, a), RenderJob("y", 2, b)])
 
 
 def test_generator_options_change_defaults_and_identity(line_cache):

@@ -15,7 +15,7 @@ from PIL import Image
 from inference.app import create_app, start_server_thread
 from inference.protocols import RenderJob
 from inference.service import BatchingConfig, ServiceLimits, open_service
-from inference.targets.torch_target import imagenet_preprocess
+from inference.targets.torch_target import imagenet_preprocess, pixels_of
 from tools.client import LineClient, LineServerError
 
 TARGET = "torchvision:resnet18:random"
@@ -116,7 +116,7 @@ async def test_activations_equal_a_direct_forward_pass(client, resnet18):
     pixels = [
         Image.open(io.BytesIO(await client.image_png(image_id))).convert("RGB") for image_id in ids
     ]
-    x = torch.stack([imagenet_preprocess()(image) for image in pixels])
+    x = torch.stack([imagenet_preprocess()(pixels_of(image)) for image in pixels])
     module = resnet18.module
     with torch.inference_mode():
         x = module.maxpool(module.relu(module.bn1(module.conv1(x))))

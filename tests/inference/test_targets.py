@@ -10,7 +10,7 @@ from torchvision import models
 
 from inference.protocols import UnknownLayerError
 from inference.registry import BackendSpecError, load_target
-from inference.targets.torch_target import imagenet_preprocess
+from inference.targets.torch_target import imagenet_preprocess, pixels_of
 
 
 def images(count: int = 3, size: int = 80) -> list[Image.Image]:
@@ -33,11 +33,11 @@ def test_activations_equal_a_direct_forward_pass(resnet18):
     got = resnet18.activations(batch, "layer3")
     module = resnet18.module
     preprocess = imagenet_preprocess()
-    x = torch.stack([preprocess(image) for image in batch])
+    x = torch.stack([preprocess(pixels_of(image)) for image in batch])
     with torch.inference_mode():
         x = module.maxpool(module.relu(module.bn1(module.conv1(x))))
         expected = module.layer3(module.layer2(module.layer1(x))).mean(dim=(2, 3)).numpy()
-        logits = module(torch.stack([preprocess(image) for image in batch])).numpy()
+        logits = module(torch.stack([preprocess(pixels_of(image)) for image in batch])).numpy()
     assert got.shape == (3, 256) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(resnet18.activations(batch, "fc"), logits, rtol=1e-5, atol=1e-5)
@@ -47,7 +47,7 @@ def test_vit_layers_read_the_cls_token():
     target = load_target("torchvision:vit_b_32:random", "cpu")
     batch = images(2)
     preprocess = imagenet_preprocess()
-    x = torch.stack([preprocess(image) for image in batch])
+    x = torch.stack([preprocess(pixels_of(image)) for image in batch])
     module = target.module
     with torch.inference_mode():
         tokens = module.encoder(
@@ -93,7 +93,7 @@ def test_places365_checkpoint_loads_with_prefix_stripped(tmp_path):
     target = load_target(f"places365:{path}", "cpu")
     assert {layer.name: layer.units for layer in target.layers()}["fc"] == 365
     batch = images(2)
-    x = torch.stack([imagenet_preprocess()(image) for image in batch])
+    x = torch.stack([imagenet_preprocess()(pixels_of(image)) for image in batch])
     with torch.inference_mode():
         expected = module.eval()(x).numpy()
     np.testing.assert_allclose(target.activations(batch, "fc"), expected, rtol=1e-5, atol=1e-5)
@@ -148,7 +148,7 @@ def test_random_weights_are_the_same_in_every_load(resnet18):
     again = load_target("torchvision:resnet18:random", "cpu")
     batch = images(2)
     np.testing.assert_array_equal(again.activations(batch, "fc"), resnet18.activations(batch, "fc"))
-    assert again.identity == "torchvision:resnet18:random"
+    assert again.identity == "torchvision:resnet18:random#pixels-v1"
 
 
 def test_identity_follows_the_model_file(tmp_path):
