@@ -241,10 +241,11 @@ async def run_neurons(
             if census is not None and unit in dead:
                 reason = census.dead_reason(unit)
                 start = initial_state(settings.target, settings.layer, unit, variant)
-                state = {**start, "result": {"selective": False}}  # it fires on nothing
-                history = {**history_of(state, "dead", reason), "census": asdict(census.unit(unit))}
+                dead_state = {**start, "result": {"selective": False}}  # it fires on nothing
+                history = history_of(dead_state, "dead", reason)
+                history["census"] = asdict(census.unit(unit))
                 folder.write_history(settings.layer, unit, history)
-                rows[unit] = result_row(settings, unit, state, "dead", reason)
+                rows[unit] = result_row(settings, unit, dead_state, "dead", reason)
                 progress.done += 1
                 if on_progress:
                     on_progress(progress)
