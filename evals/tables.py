@@ -41,7 +41,9 @@ def csv_cell(value: Any) -> Any:
 
 def write_rows(path: Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
     """Rows as CSV: the given columns (extra keys dropped), else every key in first-seen order."""
-    names = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    names = (
+        list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=names, extrasaction="ignore")

@@ -25,7 +25,6 @@ from inference.service import InferenceService, ServiceError
 from inference.store import (
     InvalidImageIdError,
     StoreWriteError,
-    check_image_id,
 )
 from inference.wire import (
     ActivationsRequest,
@@ -37,6 +36,8 @@ from inference.wire import (
     ErrorResponse,
     ImagesRequest,
     ImagesResponse,
+    ProbeRequest,
+    ProbeResponse,
     UploadRequest,
     UploadResponse,
 )
@@ -212,15 +213,31 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
         responses={200: {"content": {"image/png": {}}}},
     )
     async def image_png(image_id: str = Path(max_length=200)) -> Response:
-        """The PNG of a stored image."""
+        """The PNG of a stored image (one still being written by a probe is waited for)."""
         try:
-            check_image_id(image_id)
-            data = await asyncio.to_thread(service.store.read_bytes, image_id)
+            data = await service.read_png(image_id)
         except InvalidImageIdError as error:
             raise ServiceError(str(error)) from error
         except FileNotFoundError as error:
             raise ServiceError(f"no image {image_id} in the store", status=404) from error
         return Response(data, media_type="image/png")
+
+    @app.post(f"/{API_VERSION}/probe", response_model=ProbeResponse)
+    async def probe(body: ProbeRequest) -> ProbeResponse:
+        """Render one image per prompt/seed pair and read a layer on them in one round trip:
+        the images as POST /v1/images gives them, their activations as POST /v1/activations."""
+        return await service.probe(
+            body.prompts,
+            body.seeds,
+            body.target,
+            body.layer,
+            body.units,
+            generator=body.generator,
+            width=body.width,
+            height=body.height,
+            steps=body.steps,
+            guidance=body.guidance,
+        )
 
     @app.post(f"/{API_VERSION}/activations", response_model=ActivationsResponse)
     async def activations(body: ActivationsRequest) -> ActivationsResponse:

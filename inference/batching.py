@@ -15,17 +15,21 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
+import torch
 from PIL import Image
 
+from inference.pixels import image_of, pixels_of
 from inference.protocols import (
     EditJob,
     ImageEditor,
     ImageGenerator,
+    PixelGenerator,
+    PixelTarget,
     RenderedImage,
     RenderJob,
     TargetModel,
@@ -78,17 +82,90 @@ def run_activation_batch(target: TargetModel, jobs: Sequence[ActivationJob]) -> 
     return [np.asarray(row, dtype=np.float32) for row in rows]
 
 
+@dataclass
+class RenderedPixels:
+    """A rendered image as a uint8 ``[3, H, W]`` tensor (on the generator's device when it
+    renders to pixels) plus what the backend understood of the prompt."""
+
+    pixels: torch.Tensor
+    understood: list[str] | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PixelJob:
+    """One rendered image whose layer vector is wanted, as pixels (see ``RenderedPixels``)."""
+
+    image_id: str
+    pixels: torch.Tensor
+    layer: str
+
+
+def run_render_pixels_batch(
+    generator: ImageGenerator, jobs: Sequence[RenderJob]
+) -> list[RenderedPixels]:
+    """Batching core of the probe path: render jobs of one ``RenderSettings`` to pixels, on the
+    device for a ``PixelGenerator`` (finished before they are handed on), else from its images."""
+    if isinstance(generator, PixelGenerator):
+        batch = generator.render_pixels(jobs)
+        if batch.is_cuda:  # the target reads them from another worker thread's stream
+            torch.cuda.current_stream(batch.device).synchronize()
+        if len(batch) != len(jobs):
+            raise BackendError(
+                f"generator {generator.name!r} returned {len(batch)} for {len(jobs)}"
+            )
+        return [RenderedPixels(pixels) for pixels in batch]
+    return [
+        RenderedPixels(pixels_of(rendered.image), rendered.understood, rendered.extra)
+        for rendered in run_render_batch(generator, jobs)
+    ]
+
+
+def run_measure_pixels_batch(target: TargetModel, jobs: Sequence[PixelJob]) -> list[np.ndarray]:
+    """Batching core of the probe path: one forward pass over pixel jobs of one layer and image
+    size, as tensors for a ``PixelTarget``, else through PIL images."""
+    layer = jobs[0].layer
+    if isinstance(target, PixelTarget):
+        rows = target.activations_from_pixels(torch.stack([job.pixels for job in jobs]), layer)
+    else:
+        rows = target.activations([image_of(job.pixels) for job in jobs], layer)
+    return [np.asarray(row, dtype=np.float32) for row in rows]
+
+
+def worker_lane(device: str, kind: str) -> str:
+    """Which worker thread runs a backend: on a CUDA device each kind (``generator``,
+    ``target``, ``editor``) has its own, on its own stream, so the target measures one batch
+    while the generator renders the next; elsewhere (the CPU's cores are shared anyway) one."""
+    return f"{device}/{kind}" if device.startswith("cuda") else device
+
+
+def _use_own_stream(device: str) -> None:
+    """Thread initialiser: give a CUDA worker thread a stream of its own."""
+    torch.cuda.set_stream(torch.cuda.Stream(torch.device(device)))
+
+
 class DeviceWorkers:
-    """One worker thread per device: model work on a device runs in order, off the event loop."""
+    """Worker threads per device lane (``worker_lane``): model work of a lane runs in order, off
+    the event loop."""
 
     def __init__(self) -> None:
         self._executors: dict[str, ThreadPoolExecutor] = {}
 
-    def for_device(self, device: str) -> ThreadPoolExecutor:
-        """The device's worker (created on first use)."""
-        if device not in self._executors:
-            self._executors[device] = ThreadPoolExecutor(1, thread_name_prefix=f"line-{device}")
-        return self._executors[device]
+    def for_device(self, device: str, kind: str = "model") -> ThreadPoolExecutor:
+        """The worker of ``kind``'s lane on ``device`` (created on first use)."""
+        lane = worker_lane(device, kind)
+        if lane not in self._executors:
+            if lane == device:
+                worker = ThreadPoolExecutor(1, thread_name_prefix=f"line-{lane}")
+            else:
+                worker = ThreadPoolExecutor(
+                    1,
+                    thread_name_prefix=f"line-{lane}",
+                    initializer=_use_own_stream,
+                    initargs=(device,),
+                )
+            self._executors[lane] = worker
+        return self._executors[lane]
 
     def shutdown(self) -> None:
         """Stop every worker thread after its current batch."""
@@ -230,6 +307,14 @@ class Dispatcher(Protocol):
         """Edit one image."""
         ...
 
+    async def render_pixels(self, generator: ImageGenerator, job: RenderJob) -> RenderedPixels:
+        """Render one job to pixels (the probe path)."""
+        ...
+
+    async def measure_pixels(self, target: TargetModel, job: PixelJob) -> np.ndarray:
+        """One rendered image's float32 layer vector from its pixels (the probe path)."""
+        ...
+
     def queue_depths(self) -> dict[str, int]:
         """Jobs waiting or not yet answered, per backend name."""
         ...
@@ -263,7 +348,7 @@ class LocalDispatcher:
             self._batchers[key] = MicroBatcher(
                 backend,
                 run_batch,
-                self._workers.for_device(device),
+                self._workers.for_device(device, str(key[0]).removesuffix("-pixels")),
                 self._max_batch,
                 self._max_wait_ms,
                 on_batch=self._on_batch,
@@ -277,6 +362,27 @@ class LocalDispatcher:
             generator.name,
             generator.device,
             partial(run_render_batch, generator),
+        )
+        return await batcher.submit(job)
+
+    async def render_pixels(self, generator: ImageGenerator, job: RenderJob) -> RenderedPixels:
+        """Render one job to pixels in a batch of jobs with the same generator and settings."""
+        batcher = self._batcher(
+            ("generator-pixels", generator.name, job.settings),
+            generator.name,
+            generator.device,
+            partial(run_render_pixels_batch, generator),
+        )
+        return await batcher.submit(job)
+
+    async def measure_pixels(self, target: TargetModel, job: PixelJob) -> np.ndarray:
+        """One image's layer vector from its pixels, in a batch of the same target, layer and
+        image size."""
+        batcher = self._batcher(
+            ("target-pixels", target.name, job.layer, tuple(job.pixels.shape)),
+            target.name,
+            target.device,
+            partial(run_measure_pixels_batch, target),
         )
         return await batcher.submit(job)
 

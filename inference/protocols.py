@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported by the backends, not by every user of these protocols
+    import torch
 
 
 class BackendSpecError(ValueError):
@@ -74,6 +77,26 @@ class ImageGenerator(Protocol):
 
     def render(self, jobs: Sequence[RenderJob]) -> list[RenderedImage]:
         """Render one image per job, in order; every image depends only on its own job."""
+        ...
+
+
+@runtime_checkable
+class PixelGenerator(Protocol):
+    """A generator that renders straight to pixel tensors on its device (diffusers pipelines):
+    the probe path hands them to the target without a PIL image or a PNG in between."""
+
+    def render_pixels(self, jobs: Sequence[RenderJob]) -> torch.Tensor:
+        """A uint8 ``[n, 3, height, width]`` tensor, one image per job, equal to ``render``'s."""
+        ...
+
+
+@runtime_checkable
+class PixelTarget(Protocol):
+    """A target that reads pixel tensors on its device (torch models preprocessed as tensors)."""
+
+    def activations_from_pixels(self, pixels: torch.Tensor, layer: str) -> np.ndarray:
+        """Float32 ``[batch, units]`` for a uint8 ``[batch, 3, H, W]`` tensor, equal to
+        ``activations`` on the same pixels as PIL images."""
         ...
 
 

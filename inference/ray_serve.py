@@ -39,11 +39,14 @@ from inference.batching import (
     ActivationJob,
     BackendError,
     BatchRecord,
+    PixelJob,
+    RenderedPixels,
     run_activation_batch,
     run_render_batch,
 )
 from inference.config import ServeConfig, ServeConfigError, load_backends, load_bases
 from inference.metrics import ServerMetrics
+from inference.pixels import image_of, pixels_of
 from inference.protocols import (
     EditJob,
     ImageEditor,
@@ -327,6 +330,18 @@ class RayDispatcher:
     async def measure(self, target: TargetModel, job: ActivationJob) -> np.ndarray:
         """One image's float32 layer vector from a replica (batched there with others)."""
         return await self._call(target.name, "measure", MeasureRequest(target.name, job))
+
+    async def render_pixels(self, generator: ImageGenerator, job: RenderJob) -> RenderedPixels:
+        """Render one job on a replica; its image travels back as a PIL image (Ray's object
+        store), so the probe path here is the two-request path in one round trip."""
+        rendered = await self.render(generator, job)
+        return RenderedPixels(pixels_of(rendered.image), rendered.understood, rendered.extra)
+
+    async def measure_pixels(self, target: TargetModel, job: PixelJob) -> np.ndarray:
+        """One image's layer vector from a replica, sent as a PIL image of the pixels."""
+        return await self.measure(
+            target, ActivationJob(job.image_id, image_of(job.pixels), job.layer)
+        )
 
     async def edit(self, editor: ImageEditor, job: EditJob) -> RenderedImage:
         """Editors are not deployed on Ray replicas (``ServeConfig.check`` refuses them)."""

@@ -25,9 +25,12 @@ from inference.batching import (
     Dispatcher,
     LocalDispatcher,
     MicroBatcher,
+    PixelJob,
+    RenderedPixels,
     edit_backend,
 )
 from inference.metrics import ServerMetrics
+from inference.pixels import image_of
 from inference.protocols import (
     EditJob,
     EditSettings,
@@ -48,13 +51,15 @@ from inference.store import (
     image_id,
     upload_id,
 )
-from inference.wire import ActivationsResponse, BasisEntry, EditEntry, ImageEntry
+from inference.wire import ActivationsResponse, BasisEntry, EditEntry, ImageEntry, ProbeResponse
 
 log = logging.getLogger("line.server")
 
 MAX_SEED = 2**63 - 1
 CACHE_WRITE_BATCH = 4096
 """The most measured vectors one activation-cache write commits."""
+PNG_WRITERS = 2
+"""Threads that encode and write the PNGs of probed images in the background."""
 
 ResultT = TypeVar("ResultT")
 KeyT = TypeVar("KeyT")
@@ -144,8 +149,11 @@ class InferenceService:
         self._cache_writer: MicroBatcher[CacheWrite, None] = MicroBatcher(
             "activation-cache", self._write_vectors, self._io, CACHE_WRITE_BATCH, max_wait_ms=0
         )
+        # PNG encoding and writes of probed images, off the device threads and the cache thread
+        self._png_writers = ThreadPoolExecutor(PNG_WRITERS, thread_name_prefix="line-png")
         self._rendering: dict[str, asyncio.Task] = {}
         self._measuring: dict[tuple[str, str, str], asyncio.Task] = {}
+        self._background: set[asyncio.Task] = set()
         self.bases = bases or BasisRegistry()
         self._layer_units = {
             target.name: {layer.name: layer.units for layer in target.layers()}
@@ -373,17 +381,24 @@ class InferenceService:
 
     async def _render_and_store(self, generator: ImageGenerator, key: str, job: RenderJob) -> None:
         rendered = await self.dispatcher.render(generator, job)
-        metadata = {
-            "generator": generator.identity,
-            "prompt": job.prompt,
-            "seed": job.seed,
-            **asdict(job.settings),
-        }
-        if rendered.understood is not None:
-            metadata["understood"] = rendered.understood
-            log.debug("%s understood %s in %r", generator.name, rendered.understood, job.prompt)
+        metadata = _render_metadata(generator, job, rendered.understood)
         await self._in_io_thread(self.store.put, key, rendered.image, metadata)
         self.metrics.images_generated.labels(generator.name).inc()
+
+    def _put_pixels(self, key: str, pixels: Any, metadata: dict[str, object]) -> None:
+        """Encode and store a rendered image from its pixels (on a PNG writer thread)."""
+        self.store.put(key, image_of(pixels), metadata)
+
+    async def read_png(self, image_id_: str) -> bytes:
+        """A stored image's PNG bytes; an image still being rendered or written is waited for."""
+        check_image_id(image_id_)
+        pending = self._rendering.get(image_id_)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except Exception as error:
+                raise _as_service_error(error) from error
+        return await asyncio.to_thread(self.store.read_bytes, image_id_)
 
     async def upload_images(self, images: Sequence[bytes], names: Sequence[str]) -> list[str]:
         """Store user images (a control set's photos); ids hash their bytes."""
@@ -543,6 +558,19 @@ class InferenceService:
                 status=404,
             )
 
+    def _check_units(self, target: str, layer: str, units: Sequence[int] | None) -> list[int]:
+        """The units asked for (all of the layer's when ``None``), each checked against it."""
+        unit_count = self._target_layer(target, layer)
+        if units is None:
+            return list(range(unit_count))
+        bad = [unit for unit in units if not 0 <= unit < unit_count]
+        if bad:
+            raise ServiceError(
+                f"unit {bad[0]} is out of range: layer {layer!r} of {target!r} has "
+                f"{unit_count} units, indices 0 to {unit_count - 1}"
+            )
+        return list(units)
+
     async def activations(
         self,
         target: str,
@@ -551,32 +579,86 @@ class InferenceService:
         units: Sequence[int] | None = None,
     ) -> ActivationsResponse:
         """The layer's activations on stored images, for all units or the given ones."""
-        unit_count = self._target_layer(target, layer)
-        if units is None:
-            units = list(range(unit_count))
-        else:
-            bad = [unit for unit in units if not 0 <= unit < unit_count]
-            if bad:
-                raise ServiceError(
-                    f"unit {bad[0]} is out of range: layer {layer!r} of {target!r} has "
-                    f"{unit_count} units, indices 0 to {unit_count - 1}"
-                )
-            units = list(units)
+        units = self._check_units(target, layer, units)
         self._check_image_ids(image_ids)
+        values = await self._unit_values(target, layer, image_ids, units, {})
+        return ActivationsResponse(target=target, layer=layer, units=units, activations=values)
+
+    async def probe(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        target: str,
+        layer: str,
+        units: Sequence[int] | None = None,
+        generator: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> ProbeResponse:
+        """Render one image per (prompt, seed) and read the layer on them, in one round trip.
+
+        An image the store lacks goes from the generator to the target as pixels on the device;
+        its PNG is encoded and written in the background (its id is known up front, and a GET
+        of it waits for the write). Images already stored are measured like /v1/activations.
+        """
+        backend = self._generator(generator)
+        settings = self.resolve_settings(backend, width, height, steps, guidance)
+        self._check_prompts(prompts, seeds)
+        units = self._check_units(target, layer, units)
+        keys = [
+            image_id(backend.identity, prompt, seed, settings)
+            for prompt, seed in zip(prompts, seeds, strict=True)
+        ]
+        stored = {key: key in self._rendering or self.store.has(key) for key in keys}
+        renders = {
+            key: RenderJob(prompt, seed, settings)
+            for key, prompt, seed in zip(keys, prompts, seeds, strict=True)
+            if not stored[key]
+        }
+        for key in keys:
+            if stored[key]:
+                self.metrics.image_cache_hits.labels(backend.name).inc()
+        values = await self._unit_values(
+            target, layer, keys, units, {key: (backend, job) for key, job in renders.items()}
+        )
+        images = [
+            ImageEntry(id=key, prompt=prompt, seed=seed, cached=stored[key])
+            for key, prompt, seed in zip(keys, prompts, seeds, strict=True)
+        ]
+        return ProbeResponse(
+            images=images, target=target, layer=layer, units=units, activations=values
+        )
+
+    async def _unit_values(
+        self,
+        target: str,
+        layer: str,
+        keys: Sequence[str],
+        units: list[int],
+        renders: dict[str, tuple[ImageGenerator, RenderJob]],
+    ) -> np.ndarray:
+        """The units' values on images ``keys``: whole layer vectors from the cache, else
+        measured (rendered first, on the probe path, for the keys in ``renders``); a basis's
+        latents are computed from the vectors."""
         cache_key = target_identity(self.targets[target])
         layer_read, basis = self.bases.split(layer)  # a basis reads the cached layer vectors
-        cached = await self._in_io_thread(
-            self.cache.get_many, cache_key, layer_read, set(image_ids)
-        )
+        cached = await self._in_io_thread(self.cache.get_many, cache_key, layer_read, set(keys))
         waits = {}
-        for value in dict.fromkeys(image_ids):
-            if value in cached:
+        for value in dict.fromkeys(keys):
+            if value in cached and value not in renders:
                 self.metrics.activation_cache_hits.labels(target).inc()
                 continue
             key = (value, target, layer_read)
             task = self._measuring.get(key)
             if task is None:
-                task = asyncio.create_task(self._measure_and_cache(target, layer_read, value))
+                if value in renders:
+                    generator, job = renders[value]
+                    measuring = self._probe_and_cache(generator, job, target, layer_read, value)
+                else:
+                    measuring = self._measure_and_cache(target, layer_read, value)
+                task = asyncio.create_task(measuring)
                 _track_until_done(self._measuring, key, task)
             waits[value] = task
         if waits:
@@ -587,16 +669,63 @@ class InferenceService:
                 if isinstance(result, BaseException):
                     raise _as_service_error(result)
                 cached[value] = result
-        matrix = np.stack([cached[value] for value in image_ids])
+        matrix = np.stack([cached[value] for value in keys])
         if basis is None:
-            values = matrix[:, units]
-        else:  # latents or directions: one batched product on the target's device
-            device = self.targets[target].device
-            values = await asyncio.to_thread(basis.encode, matrix, units, device)
-        return ActivationsResponse(target=target, layer=layer, units=units, activations=values)
+            return matrix[:, units]
+        # latents or directions: one batched product on the target's device
+        device = self.targets[target].device
+        return await asyncio.to_thread(basis.encode, matrix, units, device)
+
+    async def _probe_and_cache(
+        self, generator: ImageGenerator, job: RenderJob, target: str, layer: str, key: str
+    ) -> np.ndarray:
+        """Render an image to pixels and measure it from them; its PNG and then its cached
+        vector are written in the background (the vector only once the PNG is stored, so a
+        crash in between leaves neither and the image is rendered again under the same id)."""
+        model = self.targets[target]
+        ready: asyncio.Future[RenderedPixels] = asyncio.get_running_loop().create_future()
+
+        async def render_then_store() -> None:
+            try:
+                rendered = await self.dispatcher.render_pixels(generator, job)
+            except BaseException as error:
+                ready.set_exception(error)
+                raise
+            ready.set_result(rendered)
+            metadata = _render_metadata(generator, job, rendered.understood)
+            await asyncio.get_running_loop().run_in_executor(
+                self._png_writers, self._put_pixels, key, rendered.pixels, metadata
+            )
+            self.metrics.images_generated.labels(generator.name).inc()
+
+        stored = asyncio.create_task(render_then_store())
+        stored.add_done_callback(_retrieve_exception)  # a failed render fails ``ready`` too
+        _track_until_done(self._rendering, key, stored)
+        rendered = await ready
+        vector = await self.dispatcher.measure_pixels(model, PixelJob(key, rendered.pixels, layer))
+        self.metrics.activations_computed.labels(target).inc()
+        write = CacheWrite(target_identity(model), layer, key, vector)
+        self._in_background(self._cache_once_stored(stored, write))
+        return vector
+
+    async def _cache_once_stored(self, stored: asyncio.Task, write: CacheWrite) -> None:
+        try:
+            await stored
+        except Exception:  # the PNG could not be written: cache nothing, render it again later
+            return
+        await self._cache_writer.submit(write)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` after the request returns; ``aclose`` waits for it."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _measure_and_cache(self, target: str, layer: str, key: str) -> np.ndarray:
         model = self.targets[target]
+        pending = self._rendering.get(key)
+        if pending is not None:  # rendered by a concurrent request right now
+            await asyncio.shield(pending)
         image = await self._in_io_thread(self.store.load, key)
         vector = await self.dispatcher.measure(model, ActivationJob(key, image, layer))
         await self._cache_writer.submit(CacheWrite(target_identity(model), layer, key, vector))
@@ -626,8 +755,13 @@ class InferenceService:
 
     async def aclose(self) -> None:
         """Stop the dispatcher, the cache writer and the store thread, and close the cache."""
+        if self._rendering or self._background:  # probed images' PNGs and vectors
+            await asyncio.gather(
+                *self._rendering.values(), *self._background, return_exceptions=True
+            )
         await self.dispatcher.aclose()
         await self._cache_writer.aclose()
+        self._png_writers.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self.cache.close()
 
@@ -654,6 +788,28 @@ def _track_until_done(
     """Keep ``task`` under ``key`` while it runs, so concurrent requests share it."""
     tasks[key] = task
     task.add_done_callback(lambda _done: tasks.pop(key, None))
+
+
+def _render_metadata(
+    generator: ImageGenerator, job: RenderJob, understood: list[str] | None
+) -> dict[str, object]:
+    """The provenance a rendered image is stored with."""
+    metadata: dict[str, object] = {
+        "generator": generator.identity,
+        "prompt": job.prompt,
+        "seed": job.seed,
+        **asdict(job.settings),
+    }
+    if understood is not None:
+        metadata["understood"] = understood
+        log.debug("%s understood %s in %r", generator.name, understood, job.prompt)
+    return metadata
+
+
+def _retrieve_exception(task: asyncio.Task) -> None:
+    """Mark a background task's exception as seen (its waiters report it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def target_identity(target: TargetModel) -> str:

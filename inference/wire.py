@@ -214,3 +214,28 @@ class BasisEntry(BaseModel):
     units: int = Field(description="How many latents or directions it has.")
     hash: str = Field(description="SHA-256 of its tensors and settings.")
     source: str
+
+
+class ProbeRequest(BaseModel):
+    """Render one image per (prompt, seed) pair and read a layer of a target on them."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[Text] = Field(description="One prompt per image.")
+    seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
+    generator: Text | None = Field(
+        None, description="Generator name; the server's first if absent."
+    )
+    target: Text
+    layer: Text
+    units: list[int] | None = Field(None, description="Unit indices; all units when absent.")
+    width: int | None = Field(None, ge=MIN_SIDE, description="As in POST /v1/images.")
+    height: int | None = Field(None, ge=MIN_SIDE, description="As in POST /v1/images.")
+    steps: int | None = Field(None, description="As in POST /v1/images.")
+    guidance: float | None = Field(None, description="As in POST /v1/images.")
+
+
+class ProbeResponse(ActivationsResponse):
+    """The images of a probe (as POST /v1/images gives them) and their activations (as POST
+    /v1/activations gives them), in request order."""
+
+    images: list[ImageEntry]

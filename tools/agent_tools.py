@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
@@ -61,10 +61,15 @@ def image_seed(run_seed: int, ctx: NeuronContext, concept: str, index: int) -> i
     return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
 
 
+def concept_prompts(ctx: NeuronContext, concept: str, count: int) -> tuple[list[str], list[int]]:
+    """The image prompts and seeds of ``count`` images of a concept for this neuron."""
+    seeds = [image_seed(ctx.run_seed, ctx, concept, index) for index in range(count)]
+    return [ctx.variant.image_prompt(concept, seed) for seed in seeds], seeds
+
+
 async def render_concept(ctx: NeuronContext, concept: str, count: int) -> dict[str, list]:
     """Render ``count`` images of a concept through the server; prompts, seeds and ids."""
-    seeds = [image_seed(ctx.run_seed, ctx, concept, index) for index in range(count)]
-    prompts = [ctx.variant.image_prompt(concept, seed) for seed in seeds]
+    prompts, seeds = concept_prompts(ctx, concept, count)
     images = await ctx.client.generate_images(prompts, seeds, generator=ctx.generator)
     return {"prompts": prompts, "seeds": seeds, "image_ids": [image.id for image in images]}
 
@@ -76,15 +81,32 @@ async def measure_concept(
     result = await ctx.client.activations(
         ctx.target, ctx.layer, rendered["image_ids"], units=[ctx.unit]
     )
-    activations = [float(value) for value in result.values[:, 0]]
+    return scored_entry(
+        ctx, concept, result.values[:, 0], rendered["image_ids"], rendered["prompts"],
+        rendered["seeds"], iteration, source,
+    )  # fmt: skip
+
+
+def scored_entry(
+    ctx: NeuronContext,
+    concept: str,
+    values: Iterable[float],
+    image_ids: Sequence[str],
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    iteration: int,
+    source: str,
+) -> ConceptEntry:
+    """A scoreboard entry of a concept's measured images, scored the variant's way."""
+    activations = [float(value) for value in values]
     score = score_activations(ctx.variant.settings.score, activations, ctx.control_activations)
     return ConceptEntry(
         concept=concept,
         score=score,
         activations=activations,
-        image_ids=list(rendered["image_ids"]),
-        prompts=list(rendered["prompts"]),
-        seeds=list(rendered["seeds"]),
+        image_ids=list(image_ids),
+        prompts=list(prompts),
+        seeds=list(seeds),
         iteration=iteration,
         source=source,
     )
@@ -93,9 +115,16 @@ async def measure_concept(
 async def evaluate_concept(
     ctx: NeuronContext, concept: str, iteration: int, source: str
 ) -> ConceptEntry:
-    """Render and measure a concept with the variant's number of images."""
-    rendered = await render_concept(ctx, concept, ctx.variant.settings.images_per_concept)
-    return await measure_concept(ctx, concept, rendered, iteration, source)
+    """Render and measure a concept with the variant's number of images, in one round trip to
+    the server (``POST /v1/probe``)."""
+    prompts, seeds = concept_prompts(ctx, concept, ctx.variant.settings.images_per_concept)
+    probed = await ctx.client.probe(
+        prompts, seeds, ctx.target, ctx.layer, units=[ctx.unit], generator=ctx.generator
+    )
+    return scored_entry(
+        ctx, concept, probed.values[:, 0], [image.id for image in probed.images], prompts, seeds,
+        iteration, source,
+    )  # fmt: skip
 
 
 # ----- the state the tools read and write -----------------------------------------------------

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, NoReturn, Protocol, Self, runtime_checkable
 
 import httpx
+from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
 
 from inference.wire import (
@@ -27,6 +28,8 @@ from inference.wire import (
     ImageEntry,
     ImagesRequest,
     ImagesResponse,
+    ProbeRequest,
+    ProbeResponse,
     UploadRequest,
     UploadResponse,
 )
@@ -104,6 +107,22 @@ class InferenceClient(Protocol):
         units: Sequence[int] | None = None,
     ) -> ActivationsResponse:
         """A layer of a target on stored images: a row per image, a column per unit."""
+        ...
+
+    async def probe(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        target: str,
+        layer: str,
+        units: Sequence[int] | None = None,
+        generator: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> ProbeResponse:
+        """Render one image per (prompt, seed) and read a layer on them in one round trip."""
         ...
 
     async def edit_images(
@@ -265,6 +284,36 @@ class LineClient:
         response = await self._request("POST", "/v1/activations", json=body)
         return ActivationsResponse.model_validate_json(response.content)
 
+    async def probe(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        target: str,
+        layer: str,
+        units: Sequence[int] | None = None,
+        generator: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> ProbeResponse:
+        """Render one image per (prompt, seed) and read a layer on them in one round trip."""
+        body = _body(
+            ProbeRequest,
+            prompts=list(prompts),
+            seeds=list(seeds),
+            target=target,
+            layer=layer,
+            units=None if units is None else list(units),
+            generator=generator,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance=guidance,
+        )
+        response = await self._request("POST", "/v1/probe", json=body)
+        return ProbeResponse.model_validate_json(response.content)
+
     async def edit_images(
         self,
         image_ids: Sequence[str],
@@ -312,10 +361,7 @@ class LineClient:
         return (await self._request("GET", "/metrics")).text
 
 
-def _body(
-    request: type[ImagesRequest | ActivationsRequest | EditsRequest | UploadRequest | BasisRequest],
-    **fields: Any,
-) -> dict[str, Any]:
+def _body(request: type[BaseModel], **fields: Any) -> dict[str, Any]:
     """A request body shaped by its wire model, unset options left out. Not validated here: the
     server checks it against its own limits and answers a bad one in its own words."""
     return request.model_construct(**fields).model_dump(exclude_none=True)

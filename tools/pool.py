@@ -25,7 +25,7 @@ from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from inference.wire import ActivationsResponse, EditEntry, ImageEntry
+from inference.wire import ActivationsResponse, EditEntry, ImageEntry, ProbeResponse
 from tools.client import InferenceClient, LineClient, LineServerError, LineServerUnavailable
 
 log = logging.getLogger("line.pool")
@@ -198,6 +198,35 @@ class ServerPool:
             self._recipes[image.id] = RenderRecipe(image.prompt, image.seed, options)
         member.images_rendered += sum(not image.cached for image in images)
         return images
+
+    async def probe(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        target: str,
+        layer: str,
+        units: Sequence[int] | None = None,
+        generator: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> ProbeResponse:
+        """Render and measure on the least busy server; remembers where each image lives."""
+        options = RenderOptions(generator, width, height, steps, guidance)
+
+        def probe(client: LineClient) -> Awaitable[ProbeResponse]:
+            return client.probe(
+                prompts, seeds, target, layer, units,
+                generator=generator, width=width, height=height, steps=steps, guidance=guidance,
+            )  # fmt: skip
+
+        member, answer = await self._with_failover(probe)
+        for image in answer.images:
+            self._owner[image.id] = member
+            self._recipes[image.id] = RenderRecipe(image.prompt, image.seed, options)
+        member.images_rendered += sum(not image.cached for image in answer.images)
+        return answer
 
     async def activations(
         self,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from inference.pixels import image_of, pixels_of
 from inference.protocols import BackendSpecError, LayerInfo, UnknownLayerError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,17 +50,6 @@ def imagenet_preprocess() -> PixelPreprocess:
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-
-
-def pixels_of(image: Image.Image) -> torch.Tensor:
-    """An RGB image as a uint8 ``[3, H, W]`` tensor (on the CPU)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def image_of(pixels: torch.Tensor) -> Image.Image:
-    """A uint8 ``[3, H, W]`` tensor (any device) as an RGB PIL image."""
-    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy(), mode="RGB")
 
 
 def reduce_to_units(output: object) -> torch.Tensor | None:

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from inference.app import create_app, start_server_thread
+from inference.pixels import pixels_of
 from inference.protocols import RenderJob
 from inference.service import BatchingConfig, ServiceLimits, open_service
-from inference.targets.torch_target import imagenet_preprocess, pixels_of
+from inference.targets.torch_target import imagenet_preprocess
 from tools.client import LineClient, LineServerError
 
 TARGET = "torchvision:resnet18:random"

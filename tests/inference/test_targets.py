@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from torchvision import models
 
+from inference.pixels import pixels_of
 from inference.protocols import UnknownLayerError
 from inference.registry import BackendSpecError, load_target
-from inference.targets.torch_target import imagenet_preprocess, pixels_of
+from inference.targets.torch_target import imagenet_preprocess
 
 
 def images(count: int = 3, size: int = 80) -> list[Image.Image]:
