@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import pickle
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -74,9 +76,9 @@ class TorchTarget:
 
     Preprocessing is batched tensor work on the model's device (``pixel_preprocess``: the
     weights' own transforms, else :func:`imagenet_preprocess`) unless a user module brings its
-    own PIL ``preprocess``, which then runs image by image on the CPU. PIL images and pixel
-    tensors go through the same path, so an image measured from its PNG and from the generator's
-    pixels gives the same activations.
+    own PIL ``preprocess``, which then runs on a pool of CPU threads, image by image. PIL images
+    and pixel tensors go through the same path, so an image measured from its PNG and from the
+    generator's pixels gives the same activations.
     """
 
     def __init__(
@@ -93,6 +95,9 @@ class TorchTarget:
         self.module = module.eval().to(device)
         self.preprocess = preprocess
         self.pixel_preprocess = None if preprocess else pixel_preprocess or imagenet_preprocess()
+        self._cpu_pool = ThreadPoolExecutor(
+            min(8, os.cpu_count() or 1), thread_name_prefix="line-preprocess"
+        )
         base = identity or name
         self.identity = base if preprocess else f"{base}#{PIXEL_PATH_VERSION}"
         self._layers, self._calls = self._discover_layers()
@@ -142,8 +147,11 @@ class TorchTarget:
 
     def preprocess_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Preprocess PIL images into one batch tensor on the model's device."""
-        if self.preprocess is not None:
-            tensors = [self.preprocess(image.convert("RGB")) for image in images]
+        if self.preprocess is not None:  # a user's PIL code: on a pool of CPU threads
+            preprocess = self.preprocess
+            tensors = list(
+                self._cpu_pool.map(lambda image: preprocess(image.convert("RGB")), images)
+            )
             return torch.stack(tensors).to(self.device)
         return self.preprocess_pixels([pixels_of(image) for image in images])
 
