@@ -36,7 +36,7 @@ from evals.cosy_eval import (
     target_layers,
     write_cosy_csv,
 )
-from evals.tables import markdown_table, text_table, write_rows
+from evals.tables import format_cell, markdown_table, text_table, write_rows
 from evals.variants import paired_wilcoxon
 from tools.client import InferenceClient
 from tools.controlset import ControlSet
@@ -212,7 +212,8 @@ def method_table(
         for layer, stats in summarize_cosy(method_rows).items():
             row: dict[str, object] = {"method": method, "layer": layer, **stats}
             for key in ("auc", "mad"):
-                row[key] = f"{stats[f'{key}_mean']:.3f} ± {stats[f'{key}_std']:.3f}"
+                mean, std = stats[f"{key}_mean"], stats[f"{key}_std"]
+                row[key] = f"{format_cell(mean, 3)} ± {format_cell(std, 3)}"
             if vocabulary is not None:
                 labels = [r["concept"] for r in method_rows if r["layer"] == layer]
                 row["new_concepts"] = concept_discovery(labels, vocabulary)
@@ -265,7 +266,8 @@ def table_columns(table: Sequence[dict]) -> list[tuple[str, str]]:
 
 
 def plot_method_comparison(rows: dict[str, list[dict]], path: Path) -> None:
-    """A PNG with two panels, AUC and MAD, each a box plot per method (and layer)."""
+    """A PNG with two panels, AUC and MAD (on a symmetric log scale), each a box plot per method
+    (and layer)."""
     groups = {
         f"{method}\n{layer}" if len({r["layer"] for rs in rows.values() for r in rs}) > 1
         else method: [r for r in method_rows if r["layer"] == layer]
@@ -276,7 +278,9 @@ def plot_method_comparison(rows: dict[str, list[dict]], path: Path) -> None:
     for axes, metric in zip(figure.subplots(1, 2), ("auc", "mad"), strict=True):
         axes.boxplot([[r[metric] for r in group] for group in groups.values()])
         axes.set_xticks(range(1, len(groups) + 1), list(groups))
-        axes.set_ylabel(f"CoSy {metric.upper()}")
+        axes.set_ylabel(f"CoSy {metric.upper()}" + (" (symlog)" if metric == "mad" else ""))
+        if metric == "mad":  # a near-constant control set makes MAD huge for some units
+            axes.set_yscale("symlog")
         axes.grid(alpha=0.3, axis="y")
     figure.suptitle("CoSy of each method's labels")
     figure.tight_layout()

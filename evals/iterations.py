@@ -55,6 +55,11 @@ def step_order(rounds: int, seeded: bool) -> list[str]:
     return [SEED_STEP] * seeded + [str(i) for i in range(1, rounds + 1)] + [SUMMARY_STEP]
 
 
+def step_rank(step: str) -> tuple[bool, int]:
+    """Sort key of a step: seeds and rounds by number, the summary last."""
+    return (step == SUMMARY_STEP, 0 if step == SUMMARY_STEP else int(step))
+
+
 def neuron_steps(history: dict, steps: Sequence[str]) -> NeuronSteps | None:
     """The steps of a finished neuron's history (``None`` unless done, labelled and measured)."""
     label = (history.get("result") or {}).get("label")
@@ -142,7 +147,7 @@ def plot_iterations(rows: Sequence[dict], path: Path) -> None:
     """Two panels: relative best score so far per step (a line per run) and the discovery rate
     per step (bars per run)."""
     runs = list(dict.fromkeys(row["run"] for row in rows))
-    steps = list(dict.fromkeys(row["step"] for row in rows))
+    steps = sorted({row["step"] for row in rows}, key=step_rank)
     figure = Figure(figsize=(10, 4), dpi=120)
     left, right = figure.subplots(1, 2)
     width = 0.8 / max(len(runs), 1)
@@ -153,7 +158,7 @@ def plot_iterations(rows: Sequence[dict], path: Path) -> None:
         offsets = [i - 0.4 + width * (index + 0.5) for i in x]
         right.bar(offsets, [row["discovery_rate"] for row in by_step.values()], width, label=run)
     for axes, ylabel in ((left, "best score so far / final best"), (right, "share of labels")):
-        axes.set_xticks(range(len(steps)), steps)
+        axes.set_xticks(range(len(steps)), steps, fontsize=10 if len(steps) <= 12 else 7)
         axes.set_xlabel("step (S: summary)")
         axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3, axis="y")

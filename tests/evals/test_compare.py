@@ -169,7 +169,7 @@ def test_method_table_and_tests_on_known_figures():
     b = [0.6, 0.75, 0.5, 0.72, 0.55, 0.6, 0.9]  # one more neuron than a: not paired
     table = method_table({"a": rows(a), "b": rows(b)}, vocabulary=["c0", "c1"])
     assert [(row["method"], row["neurons"]) for row in table] == [("a", 6), ("b", 7)]
-    assert table[0]["auc"] == f"{sum(a) / 6:.3f} ± {stats.tstd(a):.3f}"
+    assert table[0]["auc"] == f"{sum(a) / 6:.3g} ± {stats.tstd(a):.3g}"
     assert table[0]["new_concepts"] == pytest.approx(4 / 6)
     auc, mad = method_tests({"a": rows(a), "b": rows(b)})
     expected = stats.wilcoxon(a, b[:6])

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from agent.run_folder import RunFolder, RunSettings
 from cli.evals import eval_app
-from evals.iterations import iteration_rows
+from evals.iterations import iteration_rows, step_rank
 
 runner = CliRunner()
 
@@ -35,7 +35,7 @@ HISTORIES = [
             entry("star", 3.0, 3),
             entry("blue star", 5.0, 4, "summary"),
         ],
-    ),  # fmt: skip
+    ),
     # found in round 1; round 3 lost; the summary concept had been tried (no summary entry)
     history("x", [entry("x", 1.0, 1), entry("y", 1.0, 2)]),
     # final best 0: no relative score, but it counts for the discovery rate
@@ -58,6 +58,7 @@ def test_the_known_curve_of_a_hand_built_history():
         ("S", 2, 1.0, 1, pytest.approx(1 / 3)),
     ]
     assert {row["run"] for row in rows} == {"toy"}
+    assert sorted(["S", "10", "2", "0"], key=step_rank) == ["0", "2", "10", "S"]  # pooled runs
     assert notes == [
         "1 neurons not finished or unlabelled",
         "1 neurons whose final best score is not positive are left out of the relative best score",
