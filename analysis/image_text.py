@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from inference.generators.tiny_sd import ensure_tiny_sd
 from inference.registry import resolve_device
 
 if TYPE_CHECKING:  # transformers and torch are imported when a model is first loaded
@@ -42,6 +41,8 @@ def build_tiny_clip(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         CLIPTextConfig,
         CLIPTokenizer,
     )
+
+    from inference.generators.tiny_sd import ensure_tiny_sd  # torch and diffusers, on use
 
     sd_folder = ensure_tiny_sd()
     tokenizer = CLIPTokenizer.from_pretrained(str(sd_folder / "tokenizer"))

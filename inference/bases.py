@@ -29,12 +29,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # torch is imported where a basis is applied or written (not by the runner)
+    import torch
 
 BASIS_KINDS = ("sae", "directions")
 SAE_ARCHITECTURES = ("standard", "jumprelu", "topk")
@@ -121,6 +122,8 @@ class UnitBasis:
         return f"{self.kind} ({detail}): {self.size} {what} over {self.d_in}-wide vectors"
 
     def _weights(self, device: str) -> dict[str, torch.Tensor]:
+        import torch
+
         if device not in self._on_device:
             self._on_device[device] = {
                 name: torch.as_tensor(tensor, dtype=torch.float32).to(device)
@@ -133,6 +136,8 @@ class UnitBasis:
     ) -> np.ndarray:
         """The units (all, or the listed ones) of ``[images, d_in]`` layer vectors, as one
         batched matrix product on ``device`` (the CPU when that device is not usable here)."""
+        import torch
+
         if vectors.ndim != 2 or vectors.shape[1] != self.d_in:
             raise BasisError(
                 f"basis {self.source} reads {self.d_in}-wide vectors, got an array of shape "
@@ -176,6 +181,8 @@ class UnitBasis:
 def usable_device(device: str) -> str:
     """``device`` when this process can use it, else ``cpu`` (a Ray ingress without the GPU
     its replicas hold, say)."""
+    import torch
+
     if device.startswith("cuda"):
         return device if torch.cuda.is_available() else "cpu"
     if device == "mps":
@@ -252,6 +259,9 @@ def _file_format(path: Path) -> str:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    import torch
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -435,6 +445,9 @@ def write_sae(
     config: Mapping[str, Any],
 ) -> Path:
     """Write an SAE in SAELens's folder format (``cfg.json`` + ``sae_weights.safetensors``)."""
+    import torch
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     encoder = tensors["W_enc"]
@@ -450,6 +463,9 @@ def write_sae(
 
 def write_directions(path: str | Path, rows: np.ndarray, mean: np.ndarray | None = None) -> Path:
     """Write directions as ``.npy`` (rows only) or ``.safetensors`` (``directions``, ``mean``)."""
+    import torch
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":

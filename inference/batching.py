@@ -17,10 +17,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
 from inference.pixels import image_of, pixels_of
@@ -34,6 +33,9 @@ from inference.protocols import (
     RenderJob,
     TargetModel,
 )
+
+if TYPE_CHECKING:  # torch is imported where pixels are made (see inference.pixels)
+    import torch
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -109,6 +111,8 @@ def run_render_pixels_batch(
     if isinstance(generator, PixelGenerator):
         batch = generator.render_pixels(jobs)
         if batch.is_cuda:  # the target reads them from another worker thread's stream
+            import torch  # here, not at the top: see inference.pixels
+
             torch.cuda.current_stream(batch.device).synchronize()
         if len(batch) != len(jobs):
             raise BackendError(
@@ -126,6 +130,8 @@ def run_measure_pixels_batch(target: TargetModel, jobs: Sequence[PixelJob]) -> l
     size, as tensors for a ``PixelTarget``, else through PIL images."""
     layer = jobs[0].layer
     if isinstance(target, PixelTarget):
+        import torch  # here, not at the top: see inference.pixels
+
         rows = target.activations_from_pixels(torch.stack([job.pixels for job in jobs]), layer)
     else:
         rows = target.activations([image_of(job.pixels) for job in jobs], layer)
@@ -141,6 +147,8 @@ def worker_lane(device: str, kind: str) -> str:
 
 def _use_own_stream(device: str) -> None:
     """Thread initialiser: give a CUDA worker thread a stream of its own."""
+    import torch  # here, not at the top: see inference.pixels
+
     torch.cuda.set_stream(torch.cuda.Stream(torch.device(device)))
 
 
