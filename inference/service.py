@@ -166,12 +166,7 @@ class InferenceService:
         editors, and the bases the server applies."""
         return {
             "generators": [
-                {
-                    "name": generator.name,
-                    "device": generator.device,
-                    "default": generator.name == self.default_generator,
-                    "defaults": asdict(generator.default_settings()),
-                }
+                _backend_entry(generator, self.default_generator)
                 for generator in self.generators.values()
             ],
             "targets": [
@@ -184,13 +179,7 @@ class InferenceService:
                 for name, layers in self._layer_units.items()
             ],
             "editors": [
-                {
-                    "name": editor.name,
-                    "device": editor.device,
-                    "default": editor.name == self.default_editor,
-                    "defaults": asdict(editor.default_settings()),
-                }
-                for editor in self.editors.values()
+                _backend_entry(editor, self.default_editor) for editor in self.editors.values()
             ],
             "bases": self.bases.describe(),
         }
@@ -788,6 +777,16 @@ def _track_until_done(
     """Keep ``task`` under ``key`` while it runs, so concurrent requests share it."""
     tasks[key] = task
     task.add_done_callback(lambda _done: tasks.pop(key, None))
+
+
+def _backend_entry(backend: ImageGenerator | ImageEditor, default: str | None) -> dict[str, object]:
+    """How /v1/models lists a generator or an editor."""
+    return {
+        "name": backend.name,
+        "device": backend.device,
+        "default": backend.name == default,
+        "defaults": asdict(backend.default_settings()),
+    }
 
 
 def _render_metadata(
