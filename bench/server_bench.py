@@ -1,8 +1,8 @@
 """Server benchmark: raw generator throughput vs the batched server under concurrent clients.
 
 Raw: ``tiny-sd`` at 64x64 called directly at batch 1, 8 and ``max_batch``. Server: a real
-``line serve`` process (tiny-sd + torchvision:resnet18:random) under 1, 8 and 64 concurrent clients,
-each asking for 5 images of distinct prompts. Writes ``bench-results/server.json``.
+``line serve`` process (tiny-sd + ``TARGET``) under 1, 8 and 64 concurrent clients, each asking
+for 5 images of distinct prompts. Writes ``bench-results/server.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ from inference.protocols import RenderJob
 from inference.registry import GeneratorOptions, load_generator
 from tools.client import LineClient
 
+
+def env_ints(name: str, default: str) -> tuple[int, ...]:
+    """A comma-separated list of integers from the environment variable ``name``."""
+    return tuple(int(part) for part in os.environ.get(name, default).split(",") if part.strip())
+
+
 # Defaults are the figures the README reports; LINE_BENCH_* variables rerun it elsewhere (a GPU).
+GENERATOR = "tiny-sd"
+TARGET = os.environ.get("LINE_BENCH_TARGET", "torchvision:resnet18:random")
 DEVICE = os.environ.get("LINE_BENCH_DEVICE", "cpu")
 SIZE = int(os.environ.get("LINE_BENCH_SIZE", "64"))
 STEPS = int(os.environ.get("LINE_BENCH_STEPS", "1"))
@@ -49,6 +57,16 @@ def raw_throughput(generator, batch: int, min_seconds: float = 1.5) -> float:
     return images / (time.perf_counter() - started)
 
 
+def machine() -> str:
+    """The machine a benchmark ran on: architecture, cores, Python, the GPU when on CUDA."""
+    described = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        described += f", {torch.cuda.get_device_name(DEVICE)}"
+    return described
+
+
 def _metric_sum(text: str, name: str, backend: str) -> float:
     match = re.search(rf'{re.escape(name)}\{{backend="{re.escape(backend)}"\}} (\S+)', text)
     return float(match.group(1)) if match else 0.0
@@ -70,14 +88,14 @@ async def _load(url: str, clients: int, round_: str) -> dict[str, float]:
         )
         wall = time.perf_counter() - started
         after = await client.metrics_text()
-    count = _metric_sum(after, "line_batch_size_count", "tiny-sd") - _metric_sum(
-        before, "line_batch_size_count", "tiny-sd"
+    count = _metric_sum(after, "line_batch_size_count", GENERATOR) - _metric_sum(
+        before, "line_batch_size_count", GENERATOR
     )
-    total = _metric_sum(after, "line_batch_size_sum", "tiny-sd") - _metric_sum(
-        before, "line_batch_size_sum", "tiny-sd"
+    total = _metric_sum(after, "line_batch_size_sum", GENERATOR) - _metric_sum(
+        before, "line_batch_size_sum", GENERATOR
     )
-    busy = _metric_sum(after, "line_backend_busy_seconds_total", "tiny-sd") - _metric_sum(
-        before, "line_backend_busy_seconds_total", "tiny-sd"
+    busy = _metric_sum(after, "line_backend_busy_seconds_total", GENERATOR) - _metric_sum(
+        before, "line_backend_busy_seconds_total", GENERATOR
     )
     images = clients * IMAGES_PER_CLIENT
     return {
@@ -114,7 +132,7 @@ def start_server(store: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [
         sys.executable, "-m", "cli.app", "serve",
-        "--generator", "tiny-sd", "--target", "torchvision:resnet18:random",
+        "--generator", GENERATOR, "--target", TARGET,
         "--port", str(port), "--store", store, "--device", DEVICE,
         "--width", str(SIZE), "--height", str(SIZE), "--steps", str(STEPS),
         "--max-batch", str(MAX_BATCH), "--max-wait-ms", str(MAX_WAIT_MS),
@@ -139,7 +157,7 @@ def start_server(store: str) -> tuple[subprocess.Popen, str]:
 def run() -> dict:
     """Run the benchmark, print its table, write ``bench-results/server.json``."""
     options = GeneratorOptions(steps=STEPS, width=SIZE, height=SIZE)
-    generator = load_generator("tiny-sd", DEVICE, options)
+    generator = load_generator(GENERATOR, DEVICE, options)
     raw = {
         batch: statistics.median(raw_throughput(generator, batch) for _ in range(REPEATS))
         for batch in (1, 8, MAX_BATCH)
@@ -152,7 +170,7 @@ def run() -> dict:
             process.terminate()
             process.wait(timeout=30)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": machine(),
         "generator": f"tiny-sd {SIZE}x{SIZE}, {STEPS} step(s), {DEVICE}",
         "max_batch": MAX_BATCH,
         "max_wait_ms": MAX_WAIT_MS,
@@ -161,11 +179,7 @@ def run() -> dict:
         "server": rows,
         "server_over_raw": rows[-1]["server_over_raw_max_batch"],
     }
-    if DEVICE.startswith("cuda"):
-        import torch
-
-        result["machine"] += f", {torch.cuda.get_device_name()}"
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "server.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
     return result
