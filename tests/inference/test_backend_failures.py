@@ -70,5 +70,5 @@ async def test_a_failing_batch_fails_only_its_requests(tmp_path, tiny_sd):
 
 
 def test_service_needs_a_backend(tmp_path):
-    with pytest.raises(ValueError, match="at least one generator or target"):
+    with pytest.raises(ValueError, match="at least one generator, target or editor"):
         InferenceService([], [], ImageStore(tmp_path), ActivationCache(tmp_path / "a.sqlite"))
