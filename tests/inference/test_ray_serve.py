@@ -103,7 +103,7 @@ def test_the_api_answers_like_the_plain_server(ray_server, toy_world_server):
     assert "valid layers" in ray_answer.json()["detail"]
     health = httpx.get(f"{ray_url}/healthz").json()
     assert health == {"status": "ok", "generators": ["procedural:shapes"],
-                      "targets": ["planted:shapes"]}  # fmt: skip
+                      "targets": ["planted:shapes"], "editors": []}  # fmt: skip
 
 
 def test_more_gpus_than_the_cluster_has_is_refused_before_deploying(ray_server):
