@@ -4,9 +4,10 @@ research-script loop.
 ``tiny-sd`` at 64x64 and ``torchvision:resnet18:random`` behind a real ``line serve`` process; a
 scripted OpenAI-compatible LLM (``ProposerPolicy``) with 0 ms and 300 ms latency; 1, 8 and 64
 concurrent neurons with the paper's budget (10 proposals + a summary, 5 images per concept).
-Right after each run, in this process on the same device: the pipeline limit (generator and
-target back to back on pixel tensors at ``max_batch``, :mod:`bench.pipeline`) and the raw
-generator at ``max_batch``, so every ratio compares figures taken under the same machine load.
+Right before and right after each run, in this process on the same device (the server idle):
+the pipeline limit (generator and target back to back on pixel tensors at ``max_batch``,
+:mod:`bench.pipeline`) and the raw generator at ``max_batch``; a run's ratios are to the mean
+of the two, so they compare figures taken under the same machine load.
 The sequential baseline explains one neuron at a time with one generator call per concept and no
 server (the way research scripts run). Writes ``bench-results/e2e.json``.
 
@@ -45,6 +46,7 @@ from bench.server_bench import (
     machine,
     raw_throughput,
     start_server,
+    wait_until_idle,
 )
 from inference.protocols import RenderJob
 from inference.registry import GeneratorOptions, load_generator, load_target
@@ -154,17 +156,39 @@ def commit() -> dict[str, object]:
     return {"head": head, "uncommitted": changed}
 
 
+def limits(generator, target, server: subprocess.Popen) -> dict:
+    """The pipeline limit and the raw generator at ``max_batch``, once the server is idle (its
+    background PNG and cache writes done), so they do not share the device with it."""
+    wait_until_idle(server)
+    return {
+        "pipeline": pipeline_limit(generator, target, LAYER, MAX_BATCH).as_dict(),
+        "raw_images_per_s": raw_throughput(generator, MAX_BATCH),
+        "load_average": os.getloadavg()[0],  # other work on a shared machine shows here
+    }
+
+
+def compare_with_limits(row: dict, before: dict, after: dict) -> None:
+    """Add the limits measured right before and right after a run (their mean, since a shared
+    machine's load drifts) and the run's ratios to them."""
+    row["limits"] = {"before": before, "after": after}
+    row["pipeline_images_per_s"] = (
+        before["pipeline"]["images_per_s"] + after["pipeline"]["images_per_s"]
+    ) / 2
+    row["raw_images_per_s"] = (before["raw_images_per_s"] + after["raw_images_per_s"]) / 2
+    row["e2e_over_pipeline"] = row["images_per_s"] / row["pipeline_images_per_s"]
+    row["e2e_over_raw"] = row["images_per_s"] / row["raw_images_per_s"]
+
+
 def run() -> dict:
     """Run the benchmark, print its table, write ``bench-results/e2e.json``."""
     options = GeneratorOptions(steps=STEPS, width=SIZE, height=SIZE)
     generator = load_generator(GENERATOR, DEVICE, options)
     target = load_target(TARGET, DEVICE)
-    pipeline = pipeline_limit(generator, target, LAYER, MAX_BATCH).images_per_s
-    raw = raw_throughput(generator, MAX_BATCH)
     rows, sequential = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         process, url = start_server(os.path.join(scratch, "store"))
         try:
+            first = before = limits(generator, target, process)
             for latency in LATENCIES_MS:
                 with start_scripted_llm(ProposerPolicy(), latency_ms=latency) as llm:
                     for neurons in NEURON_COUNTS:
@@ -172,15 +196,12 @@ def run() -> dict:
                         seed = 1000 * latency + neurons
                         row = asyncio.run(_e2e(url, llm.url, neurons, seed, out))
                         row["llm_latency_ms"] = latency
-                        # the limits right after the run, under the same machine load
-                        limit = pipeline_limit(generator, target, LAYER, MAX_BATCH)
-                        row["pipeline"] = limit.as_dict()
-                        row["pipeline_images_per_s"] = limit.images_per_s
-                        row["raw_images_per_s"] = raw_throughput(generator, MAX_BATCH)
-                        row["e2e_over_pipeline"] = row["images_per_s"] / limit.images_per_s
-                        row["e2e_over_raw"] = row["images_per_s"] / row["raw_images_per_s"]
+                        after = limits(generator, target, process)
+                        compare_with_limits(row, before, after)
                         rows.append(row)
+                        before = after
                     sequential[latency] = sequential_baseline(llm.url, generator, target)
+                    before = limits(generator, target, process)
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -194,8 +215,8 @@ def run() -> dict:
         "commit": commit(),
         "setup": f"tiny-sd {SIZE}x{SIZE} {STEPS} step(s) + {TARGET} {LAYER}, {DEVICE}, "
         f"max_batch {MAX_BATCH}",
-        "pipeline_images_per_s_at_max_batch": pipeline,
-        "raw_images_per_s_at_max_batch": raw,
+        "pipeline_images_per_s_at_max_batch": first["pipeline"]["images_per_s"],
+        "raw_images_per_s_at_max_batch": first["raw_images_per_s"],
         "runs": rows,
         "sequential": {str(k): v for k, v in sequential.items()},
         "headline": {"neurons": headline["neurons"], "llm_latency_ms": headline["llm_latency_ms"]},
@@ -237,7 +258,7 @@ def format_table(result: dict) -> str:
             f"{base['images_per_s']:.1f} images/s"
         )
     lines.append(
-        f"\ne2e_over_pipeline ({result['headline']['neurons']} neurons, "
+        f"\ne2e_over_pipeline ({result['headline']['neurons']} neuron(s), "
         f"{result['headline']['llm_latency_ms']} ms LLM): {result['e2e_over_pipeline']:.2f}; "
         f"device busy {result['device_busy']:.0%} ({result['machine']}; commit "
         f"{result['commit']['head']})"

@@ -125,6 +125,31 @@ def paired_runs(generator, url: str, clients: int) -> dict[str, float]:
     return {key: statistics.median(run_[key] for run_ in runs) for key in runs[0]}
 
 
+def wait_until_idle(
+    process: subprocess.Popen,
+    idle_share: float = 0.05,
+    window_s: float = 0.5,
+    timeout_s: float = 30,
+) -> None:
+    """Wait until ``process`` uses under ``idle_share`` of a core over ``window_s`` (a server
+    finishing background work), at most ``timeout_s``; returns at once where /proc is missing."""
+    stat = Path(f"/proc/{process.pid}/stat")
+    ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def cpu_seconds() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks_per_s  # utime + stime
+
+    if not stat.exists():
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        used = cpu_seconds()
+        time.sleep(window_s)
+        if cpu_seconds() - used < idle_share * window_s:
+            return
+
+
 def start_server(store: str) -> tuple[subprocess.Popen, str]:
     """A real ``line serve`` process on a free port; returns once /healthz answers."""
     import httpx
