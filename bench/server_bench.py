@@ -73,9 +73,14 @@ def _metric_sum(text: str, name: str, backend: str) -> float:
 
 
 async def _load(url: str, clients: int, round_: str) -> dict[str, float]:
-    async with LineClient(url, retries=0, max_connections=max(clients, 1)) as client:
+    # image requests are not retried (a failure must show); /metrics reads are, on their own
+    # client, since a pooled connection the server closed while idle fails its first request
+    async with (
+        LineClient(url, retries=0, max_connections=max(clients, 1)) as client,
+        LineClient(url) as metrics,
+    ):
         await client.generate_images([f"warm {round_}"], [0])
-        before = await client.metrics_text()
+        before = await metrics.metrics_text()
         started = time.perf_counter()
         await asyncio.gather(
             *(
@@ -87,7 +92,7 @@ async def _load(url: str, clients: int, round_: str) -> dict[str, float]:
             )
         )
         wall = time.perf_counter() - started
-        after = await client.metrics_text()
+        after = await metrics.metrics_text()
     count = _metric_sum(after, "line_batch_size_count", GENERATOR) - _metric_sum(
         before, "line_batch_size_count", GENERATOR
     )
