@@ -33,7 +33,7 @@ from agent.runner import thread_id
 from evals.baseline import read_vocabulary
 from evals.cosy_eval import CosyNeuron, cosy_neurons
 from evals.tables import markdown_table, write_rows
-from inference.toyworld.vocabulary import describes_disjoint_objects, parse_attributes
+from inference.toyworld.vocabulary import describes_disjoint_objects
 from tools.client import InferenceClient, LineServerError
 from tools.controlset import (
     ControlSet,
@@ -92,14 +92,13 @@ def default_control_concepts(target: str) -> Path:
 
 
 def control_concept(label: str, concepts: Sequence[str], seed: int, neuron: str) -> str:
-    """A random concept unrelated to ``label``, fixed by ``seed`` and the neuron: where the label
-    names toy-world attributes, one that no object of the label's matches
+    """A random concept unrelated to ``label``, fixed by ``seed`` and the neuron: where label and
+    vocabulary name toy-world attributes, one that no object of the label's matches
     (``describes_disjoint_objects``: "purple" for "red", not "triangle"); else one that shares
     no word with the label."""
     words = set(label.lower().split())
-    if parse_attributes(label):
-        unrelated = [c for c in concepts if describes_disjoint_objects(label, c)]
-    else:
+    unrelated = [c for c in concepts if describes_disjoint_objects(label, c)]
+    if not unrelated:  # not toy-world text (or a vocabulary without toy concepts)
         unrelated = [c for c in concepts if not words & set(c.lower().split())]
     if not unrelated:
         raise AblationError(

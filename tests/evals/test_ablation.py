@@ -106,10 +106,9 @@ def test_control_concepts_are_unrelated_to_the_label():
     for seed in range(20):
         chosen = control_concept("red", concepts, seed, "planted#0")
         assert chosen in ("purple", "blue square")  # a red triangle is both red and a triangle
-    assert control_concept("golden retriever", ["dog", "retriever", "car"], 0, "n") in (
-        "dog",
-        "car",
-    )
+    everyday = ["dog", "retriever", "car"]
+    assert control_concept("golden retriever", everyday, 0, "n") in ("dog", "car")
+    assert control_concept("red", ["red car", "dog"], 0, "n") == "dog"  # no toy concepts to use
 
 
 def test_normalised_drop_counts_only_images_above_the_floor():
