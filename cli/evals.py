@@ -111,7 +111,8 @@ from tools.controlset import ControlSet, ControlSetError, control_activations
 from tools.server_session import RunSetupError, ServerSession, server_session
 
 eval_app = typer.Typer(
-    help="Evaluate explanations: CoSy, ground truth, variants, vocabulary baseline.",
+    help="Evaluate explanations: CoSy, method comparison, iterations, ground truth, vocabulary "
+    "baseline, variants, concept ablation, simulation scoring, fidelity.",
     no_args_is_help=True,
 )
 
