@@ -64,6 +64,7 @@ PNG_WRITERS = 2
 ResultT = TypeVar("ResultT")
 KeyT = TypeVar("KeyT")
 TaskT = TypeVar("TaskT")
+BackendT = TypeVar("BackendT")
 
 
 class ServiceError(Exception):
@@ -185,17 +186,7 @@ class InferenceService:
         }
 
     def _generator(self, name: str | None) -> ImageGenerator:
-        if name is None:
-            if self.default_generator is None:
-                raise ServiceError("this server has no generator; start it with --generator")
-            return self.generators[self.default_generator]
-        if name not in self.generators:
-            raise ServiceError(
-                f"unknown generator {name!r}; this server has: "
-                + (", ".join(self.generators) or "none (start it with --generator)"),
-                status=404,
-            )
-        return self.generators[name]
+        return _named_backend("generator", self.generators, self.default_generator, name, "")
 
     def _target_layer(self, target: str, layer: str) -> int:
         if target not in self.targets:
@@ -422,20 +413,10 @@ class InferenceService:
 
     # ----- edits ---------------------------------------------------------------------------
     def _editor(self, name: str | None) -> ImageEditor:
-        if name is None:
-            if self.default_editor is None:
-                raise ServiceError(
-                    "this server has no editor; start it with --editor (e.g. procedural:shapes "
-                    "for the toy world, or a diffusers image-editing pipeline)"
-                )
-            return self.editors[self.default_editor]
-        if name not in self.editors:
-            raise ServiceError(
-                f"unknown editor {name!r}; this server has: "
-                + (", ".join(self.editors) or "none (start it with --editor)"),
-                status=404,
-            )
-        return self.editors[name]
+        example = (
+            " (e.g. procedural:shapes for the toy world, or a diffusers image-editing pipeline)"
+        )
+        return _named_backend("editor", self.editors, self.default_editor, name, example)
 
     def resolve_edit_settings(
         self, editor: ImageEditor, steps: int | None, guidance: float | None
@@ -777,6 +758,23 @@ def _track_until_done(
     """Keep ``task`` under ``key`` while it runs, so concurrent requests share it."""
     tasks[key] = task
     task.add_done_callback(lambda _done: tasks.pop(key, None))
+
+
+def _named_backend(
+    kind: str, backends: dict[str, BackendT], default: str | None, name: str | None, example: str
+) -> BackendT:
+    """The ``kind`` a request names, or the server's default one; errors say what it has."""
+    if name is None:
+        if default is None:
+            raise ServiceError(f"this server has no {kind}; start it with --{kind}{example}")
+        return backends[default]
+    if name not in backends:
+        raise ServiceError(
+            f"unknown {kind} {name!r}; this server has: "
+            + (", ".join(backends) or f"none (start it with --{kind})"),
+            status=404,
+        )
+    return backends[name]
 
 
 def _backend_entry(backend: ImageGenerator | ImageEditor, default: str | None) -> dict[str, object]:
