@@ -266,13 +266,15 @@ class InferenceService:
             value = getattr(settings, side)
             if not 8 <= value <= limit or value % 8:
                 raise ServiceError(f"{side} must be a multiple of 8 from 8 to {limit}, got {value}")
-        if not 1 <= settings.steps <= self.limits.max_steps:
-            raise ServiceError(
-                f"steps must be from 1 to {self.limits.max_steps}, got {settings.steps}"
-            )
-        if not 0.0 <= settings.guidance <= 100.0:
-            raise ServiceError(f"guidance must be from 0 to 100, got {settings.guidance}")
+        self._check_steps_and_guidance(settings.steps, settings.guidance)
         return settings
+
+    def _check_steps_and_guidance(self, steps: int, guidance: float) -> None:
+        """Steps within the server's limit, guidance from 0 to 100 (renders and edits alike)."""
+        if not 1 <= steps <= self.limits.max_steps:
+            raise ServiceError(f"steps must be from 1 to {self.limits.max_steps}, got {steps}")
+        if not 0.0 <= guidance <= 100.0:
+            raise ServiceError(f"guidance must be from 0 to 100, got {guidance}")
 
     def _check_prompts(self, prompts: Sequence[str], seeds: Sequence[int]) -> None:
         if len(prompts) != len(seeds):
@@ -427,12 +429,7 @@ class InferenceService:
             steps=settings.steps if steps is None else steps,
             guidance=float(settings.guidance if guidance is None else guidance),
         )
-        if not 1 <= settings.steps <= self.limits.max_steps:
-            raise ServiceError(
-                f"steps must be from 1 to {self.limits.max_steps}, got {settings.steps}"
-            )
-        if not 0.0 <= settings.guidance <= 100.0:
-            raise ServiceError(f"guidance must be from 0 to 100, got {settings.guidance}")
+        self._check_steps_and_guidance(settings.steps, settings.guidance)
         return settings
 
     async def edit_images(
