@@ -297,9 +297,7 @@ class InferenceService:
                     f"prompt {index} has {len(prompt)} characters; the limit is "
                     f"{self.limits.max_prompt_chars}"
                 )
-        for index, seed in enumerate(seeds):
-            if not 0 <= seed <= MAX_SEED:
-                raise ServiceError(f"seed {index} is {seed}; seeds go from 0 to {MAX_SEED}")
+        _check_seeds(seeds)
 
     async def generate_images(
         self,
@@ -459,9 +457,7 @@ class InferenceService:
                 f"image_ids and seeds must have the same length (one seed per image), got "
                 f"{len(image_ids)} image ids and {len(seeds)} seeds"
             )
-        for index, seed in enumerate(seeds):
-            if not 0 <= seed <= MAX_SEED:
-                raise ServiceError(f"seed {index} is {seed}; seeds go from 0 to {MAX_SEED}")
+        _check_seeds(seeds)
         self._check_image_ids(image_ids)
         sources = {
             value: await self._in_io_thread(self.store.metadata, value)
@@ -755,6 +751,13 @@ def _track_until_done(
     """Keep ``task`` under ``key`` while it runs, so concurrent requests share it."""
     tasks[key] = task
     task.add_done_callback(lambda _done: tasks.pop(key, None))
+
+
+def _check_seeds(seeds: Sequence[int]) -> None:
+    """Every seed from 0 to ``MAX_SEED``."""
+    for index, seed in enumerate(seeds):
+        if not 0 <= seed <= MAX_SEED:
+            raise ServiceError(f"seed {index} is {seed}; seeds go from 0 to {MAX_SEED}")
 
 
 def _named_backend(
