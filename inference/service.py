@@ -576,16 +576,14 @@ class InferenceService:
         ]
         stored = {key: key in self._rendering or self.store.has(key) for key in keys}
         renders = {
-            key: RenderJob(prompt, seed, settings)
+            key: (backend, RenderJob(prompt, seed, settings))
             for key, prompt, seed in zip(keys, prompts, seeds, strict=True)
             if not stored[key]
         }
         for key in keys:
             if stored[key]:
                 self.metrics.image_cache_hits.labels(backend.name).inc()
-        values = await self._unit_values(
-            target, layer, keys, units, {key: (backend, job) for key, job in renders.items()}
-        )
+        values = await self._unit_values(target, layer, keys, units, renders)
         images = [
             ImageEntry(id=key, prompt=prompt, seed=seed, cached=stored[key])
             for key, prompt, seed in zip(keys, prompts, seeds, strict=True)
@@ -616,7 +614,8 @@ class InferenceService:
             key = (value, target, layer_read)
             task = self._measuring.get(key)
             if task is None:
-                if value in renders:
+                # rendered here unless a concurrent request stored it or began to meanwhile
+                if value in renders and value not in self._rendering and not self.store.has(value):
                     generator, job = renders[value]
                     measuring = self._probe_and_cache(generator, job, target, layer_read, value)
                 else:
