@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from inference.generators.diffusers_generator import torch_dtype
+from inference.generators.diffusers_generator import quantise, torch_dtype
+from inference.pixels import image_of
 from inference.protocols import (
     BackendSpecError,
     EditJob,
@@ -109,12 +109,10 @@ class DiffusersEditor:
                 generator=seeds,
                 num_inference_steps=settings.steps,
                 guidance_scale=settings.guidance,
-                output_type="np",
+                output_type="pt",
                 **options,
             )
-        arrays = np.asarray(output.images, dtype=np.float32)
-        pixels = np.clip(np.rint(arrays * 255.0), 0, 255).astype(np.uint8)
-        images = [Image.fromarray(array, mode="RGB") for array in pixels]
+        images = [image_of(pixels) for pixels in quantise(output.images)]
         resample = Image.Resampling.LANCZOS
         return [
             RenderedImage(image=image if image.size == size else image.resize(size, resample))

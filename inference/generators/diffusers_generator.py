@@ -45,6 +45,12 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def quantise(images: torch.Tensor) -> torch.Tensor:
+    """A pipeline's ``output_type="pt"`` images (``[n, 3, h, w]`` in [0, 1]) as uint8 pixels, on
+    their device: the values their PNGs hold."""
+    return (images.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
 class DiffusersGenerator:
     """Renders prompts with a diffusers text-to-image pipeline, one seed per image.
 
@@ -91,8 +97,7 @@ class DiffusersGenerator:
                 height=settings.height,
                 output_type="pt",
             )
-            images = output.images.float()  # [n, 3, h, w] in [0, 1], on the device
-            return (images * 255.0).round().clamp(0, 255).to(torch.uint8)
+            return quantise(output.images)
 
     def render(self, jobs: Sequence[RenderJob]) -> list[RenderedImage]:
         """Render one RGB image per job (the pixels of :meth:`render_pixels`)."""
