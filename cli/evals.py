@@ -78,7 +78,7 @@ from evals.fidelity import (
     fidelity_markdown,
     fidelity_summary_rows,
 )
-from evals.groundtruth import run_groundtruth_benchmark, summary_table
+from evals.groundtruth import figures_text, run_groundtruth_benchmark, summary_table
 from evals.iterations import analyse_runs, iterations_text, write_iterations
 from evals.simulation import (
     SIMULATION_COLUMNS,
@@ -105,6 +105,7 @@ from evals.variants import (
     write_comparison,
 )
 from inference.bases import unit_space
+from inference.toyworld.dissection import PROBE_SCENES
 from prompts.variant import PromptVariant, VariantError, load_variant
 from tools.client import LineServerError, LineServerUnavailable
 from tools.controlset import ControlSet, ControlSetError, control_activations
@@ -358,6 +359,13 @@ def groundtruth_command(
             "toyworld bases`) against their known concepts."
         ),
     ] = None,
+    heldout_scenes: Annotated[
+        int,
+        typer.Option(
+            help="Held-out probe scenes (disjoint from the dissection's) that test the labels' "
+            "predicates and the references' stability."
+        ),
+    ] = PROBE_SCENES,
     concurrency: Concurrency = 32,
     quiet: NoProgressBar = False,
 ) -> None:
@@ -380,19 +388,24 @@ def groundtruth_command(
                 on_progress=update,
                 baseline=baseline,
                 basis=basis,
+                heldout_scenes=heldout_scenes,
             )
     except (RunSetupError, EmbedderUnavailable) as error:
         exit_with_error(str(error))
     typer.echo(summary_table(result["summary"]))
     typer.echo(
-        "recovered: the label names exactly the truth's attributes; similarity: "
-        "all-MiniLM-L6-v2 cosine with the truth; vocab baseline: the same for the best concept "
-        "of the offline vocabulary; groups: distinct high-scoring meanings; verdict right: the "
-        "run's selective/not-selective verdict agrees with the truth; false claims: no-concept "
+        "recovered: the label names exactly the truth's attributes; jaccard: shared / all "
+        "attributes of label and truth; predicate AUC: how well the label's predicate on "
+        "held-out scenes ranks the unit (live units); similarity: all-MiniLM-L6-v2 cosine with "
+        "the truth; vocab: the same for the best concept of the offline vocabulary; groups: "
+        "distinct high-scoring meanings; verdict right: the run's selective/not-selective "
+        "verdict agrees with the truth (weak references left out); false claims: no-concept "
         "units whose label the verdict calls selective"
     )
+    typer.echo(figures_text(result["figures"]))
     typer.echo(f"rows: {result['rows_csv']}")
     typer.echo(f"summary: {result['summary_csv']}")
+    typer.echo(f"figures: {result['summary_json']}")
 
 
 async def _vocabulary_scores(

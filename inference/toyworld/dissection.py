@@ -13,10 +13,17 @@ a scene with the concept outranks one without; ties count one half). Candidates:
 
 A candidate needs at least :data:`MIN_SUPPORT` scenes with it and as many without it, and a
 text that the toy world's parser reads back to exactly its attributes, so that a label can be
-matched against it. A pair wins over its better half only when its AUC is higher by at least
-:data:`PAIR_MARGIN` (the simpler concept is preferred). The unit's reference concept is the best
-candidate when its AUC is at least :data:`SELECTIVE_AUC`; otherwise the unit is ``none``: not
-selective for any concept of the toy world.
+matched against it. Which scenes have a candidate is decided by the predicate of that text
+(:func:`label_predicate`), the same function that tests any label on scenes: a reference and a
+label naming the same concept mean the same scenes. A pair wins over its better half only when
+its AUC is higher by at least :data:`PAIR_MARGIN` (the simpler concept is preferred). The
+unit's reference concept is the best candidate when its AUC is at least :data:`SELECTIVE_AUC`;
+otherwise the unit is ``none``: not selective for any concept of the toy world; ``weak``
+(:attr:`DissectedUnit.verdict`) when that AUC is at least :data:`WEAK_AUC`, just under the cut.
+
+A second probe set (:data:`HELDOUT_PROBE_SEED`, :func:`heldout_readings`) is disjoint from the
+dissection's: labels are tested on it, and dissecting the layer again on it shows how stable
+the references are.
 
 Dissection needs scenes with known attributes, so it works for the toy world's targets only
 (``planted:shapes``, where it cross-checks the planted truth, and ``learned:shapes``).
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import combinations
@@ -37,7 +45,8 @@ from scipy.stats import rankdata
 from inference.protocols import BackendSpecError, TargetModel
 from inference.registry import load_target
 from inference.store import default_cache_dir
-from inference.toyworld.probes import ATTRIBUTES, OBJECT_ATTRIBUTES, Probe, probe_set
+from inference.toyworld.probes import ATTRIBUTES, MANY_OBJECTS, Probe, object_size, probe_set
+from inference.toyworld.scenes import COUNT_VALUES, SIZE_RANGES
 from inference.toyworld.vocabulary import (
     COLOURS,
     COUNTS,
@@ -45,10 +54,14 @@ from inference.toyworld.vocabulary import (
     SIZES,
     TEXTURES,
     parse_attributes,
+    parse_scene_text,
 )
 
 SELECTIVE_AUC = 0.85
 """A unit has a reference concept when its best candidate's AUC reaches this."""
+WEAK_AUC = 0.75
+"""A unit without a reference concept whose best candidate's AUC reaches this is ``weak``:
+close enough to the cut that a second probe set may decide either way."""
 PAIR_MARGIN = 0.02
 """A pair (AND/OR) must beat its better single attribute's AUC by this much to be chosen."""
 MIN_SUPPORT = 40
@@ -56,6 +69,9 @@ MIN_SUPPORT = 40
 PROBE_SCENES = 3000
 PROBE_SEED = 3000
 """The probe set's scenes are disjoint from the learned target's training and held-out scenes."""
+HELDOUT_PROBE_SEED = 4000
+"""A second probe set, disjoint from the dissection's: labels are tested on it, and the layer is
+dissected again on it to see how stable the references are."""
 DISSECTION_VERSION = "v1"
 TOY_WORLD_FAMILIES = ("planted", "learned")
 
@@ -94,6 +110,14 @@ class DissectedUnit:
     def selective(self) -> bool:
         """True when the unit has a reference concept."""
         return self.kind != "none"
+
+    @property
+    def verdict(self) -> str:
+        """``selective`` (a reference concept), ``weak`` (none, but the best candidate's AUC is
+        in [:data:`WEAK_AUC`, :data:`SELECTIVE_AUC`)) or ``none``."""
+        if self.selective:
+            return "selective"
+        return "weak" if self.auc >= WEAK_AUC else "none"
 
 
 _ORDER = {
@@ -139,9 +163,148 @@ def candidate_text(kind: str, attributes: Sequence[str]) -> str:
     return _words(attributes)
 
 
+class ProbeScenes:
+    """What predicates read off a probe set: every object's colour, shape, fill and size, and
+    every scene's background, as arrays (built once, evaluated for any number of concepts)."""
+
+    def __init__(self, probes: Sequence[Probe]) -> None:
+        objects = [(row, obj) for row, probe in enumerate(probes) for obj in probe.scene.objects]
+        self.count = len(probes)
+        self.owner = np.array([row for row, _obj in objects], dtype=np.int64)
+        self.colours = np.array([obj.colour for _row, obj in objects], dtype=str)
+        self.shapes = np.array([obj.shape for _row, obj in objects], dtype=str)
+        self.textures = np.array([obj.texture for _row, obj in objects], dtype=str)
+        self.sizes = np.array([size_name(obj.radius) for _row, obj in objects], dtype=str)
+        self.backgrounds = np.array([probe.scene.background for probe in probes], dtype=str)
+
+
+def size_name(radius: float) -> str:
+    """``small``, ``medium`` or ``large`` when a radius falls in that size range, else ``""``
+    (``small`` and ``large`` as :func:`inference.toyworld.probes.object_size` reads them)."""
+    named = object_size(radius)
+    if named is not None:
+        return named
+    low, high = SIZE_RANGES["medium"]
+    return "medium" if low <= radius <= high else ""
+
+
+@dataclass(frozen=True)
+class ObjectTest:
+    """Objects a concept asks for: each named field takes one of its values (none named: any
+    value), and how many such objects: at least one (``count`` None), ``many`` (at least
+    :data:`~inference.toyworld.probes.MANY_OBJECTS`) or exactly ``one`` to ``five``."""
+
+    colours: frozenset[str] = frozenset()
+    shapes: frozenset[str] = frozenset()
+    textures: frozenset[str] = frozenset()
+    sizes: frozenset[str] = frozenset()
+    count: str | None = None
+
+    def holds(self, scenes: ProbeScenes) -> np.ndarray:
+        """``[probes]`` bool: the scene has such objects."""
+        match = np.ones(scenes.owner.shape, dtype=bool)
+        for values, column in (
+            (self.colours, scenes.colours),
+            (self.shapes, scenes.shapes),
+            (self.textures, scenes.textures),
+            (self.sizes, scenes.sizes),
+        ):
+            if values:
+                match &= np.isin(column, sorted(values))
+        carriers = np.bincount(scenes.owner, weights=match, minlength=scenes.count)
+        if self.count is None:
+            return carriers >= 1
+        if self.count == "many":
+            return carriers >= MANY_OBJECTS
+        return carriers == COUNT_VALUES[self.count]
+
+
+@dataclass(frozen=True)
+class Conjunction:
+    """Object groups that must all be in the scene, and the scene's background colour."""
+
+    objects: tuple[ObjectTest, ...] = ()
+    background: str | None = None
+
+    def holds(self, scenes: ProbeScenes) -> np.ndarray:
+        """``[probes]`` bool: every group is there and the background is the one named."""
+        out = np.ones(scenes.count, dtype=bool)
+        for group in self.objects:
+            out &= group.holds(scenes)
+        if self.background is not None:
+            out &= scenes.backgrounds == self.background
+        return out
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """A concept as a test on scenes: it holds when any of its alternatives holds.
+
+    ``kind`` is ``single`` (one attribute), ``and`` (one alternative with several) or ``or``.
+    """
+
+    kind: str
+    alternatives: tuple[Conjunction, ...]
+
+    def holds(self, scenes: ProbeScenes) -> np.ndarray:
+        """``[probes]`` float 0/1: whether each scene has the concept."""
+        out = np.zeros(scenes.count, dtype=bool)
+        for alternative in self.alternatives:
+            out |= alternative.holds(scenes)
+        return out.astype(np.float64)
+
+
+_OR = re.compile(r"\bor\b", re.IGNORECASE)
+
+
+def _conjunction(text: str) -> tuple[Conjunction, int] | None:
+    """The conjunction one alternative of a text names, and how many attributes it names."""
+    spec = parse_scene_text(text)
+    groups = tuple(
+        ObjectTest(
+            frozenset(group.colours),
+            frozenset(group.shapes),
+            frozenset(group.textures),
+            frozenset(() if group.size is None else (group.size,)),
+            group.count,
+        )
+        for group in spec.groups
+        if group.attributes()
+    )
+    if not groups and spec.background is None:
+        return None
+    return Conjunction(groups, spec.background), len(spec.attributes)
+
+
+def label_predicate(text: str | None) -> Predicate | None:
+    """A label's predicate on scenes, read with the toy world's parser: ``" or "`` separates
+    alternatives (OR); within one, each object group the text names must be in the scene (its
+    attributes on one object; ``many``/a number: that many such objects) and the background it
+    names too (AND; one attribute: ``single``). ``None`` when the text names no toy-world
+    attribute ("no selective concept", an empty label)."""
+    parts = [found for part in _OR.split(text or "") if (found := _conjunction(part))]
+    if not parts:
+        return None
+    if len(parts) > 1:
+        return Predicate("or", tuple(conjunction for conjunction, _n in parts))
+    (conjunction, named), *_ = parts
+    return Predicate("single" if named == 1 else "and", (conjunction,))
+
+
+def concept_predicate(kind: str, attributes: Sequence[str]) -> Predicate | None:
+    """The predicate of a concept given by kind and attributes (a dissection candidate, a
+    reference, a planted truth): the predicate of its text (:func:`candidate_text`), so a
+    reference and a label that names the same concept test scenes the same way. ``None`` for
+    a unit with no concept."""
+    if kind == "none" or not attributes:
+        return None
+    return label_predicate(candidate_text(kind, attributes))
+
+
 def candidates(probes: Sequence[Probe]) -> tuple[list[Candidate], np.ndarray]:
     """The candidate concepts with enough support, and ``[probes, candidates]`` 0/1 labels."""
     n = len(probes)
+    scenes = ProbeScenes(probes)
     have = {a: np.array([a in p.attributes for p in probes]) for a in ATTRIBUTES}
 
     def supported(labels: np.ndarray) -> bool:
@@ -151,29 +314,24 @@ def candidates(probes: Sequence[Probe]) -> tuple[list[Candidate], np.ndarray]:
     found: list[Candidate] = []
     columns: list[np.ndarray] = []
 
-    def add(kind: str, attributes: tuple[str, ...], labels: np.ndarray) -> None:
+    def add(kind: str, attributes: tuple[str, ...]) -> None:
         text = candidate_text(kind, attributes)
-        if supported(labels) and parse_attributes(text) == set(attributes):
+        predicate = label_predicate(text)
+        if predicate is None or parse_attributes(text) != set(attributes):
+            return
+        labels = predicate.holds(scenes)
+        if supported(labels):
             found.append(Candidate(kind, attributes, text))
             columns.append(labels)
 
     singles = [a for a in ATTRIBUTES if int(have[a].sum()) >= MIN_SUPPORT]
     for attribute in singles:
-        add("single", (attribute,), have[attribute])
+        add("single", (attribute,))
     for a, b in combinations(singles, 2):
-        same_category = _category(a) == _category(b)
-        if not same_category:
-            if "many" in (a, b) and {a, b} - {"many"} <= OBJECT_ATTRIBUTES:
-                (carried,) = {a, b} - {"many"}
-                both = np.array([carried in p.many_of for p in probes])
-            elif a in OBJECT_ATTRIBUTES and b in OBJECT_ATTRIBUTES:
-                pair = frozenset((a, b))
-                both = np.array([pair in p.object_pairs for p in probes])
-            else:
-                both = have[a] & have[b]
-            add("and", (a, b), both)
-        add("or", (a, b), have[a] | have[b])
-    matrix = np.stack(columns, axis=1).astype(np.float64) if columns else np.zeros((n, 0))
+        if _category(a) != _category(b):
+            add("and", (a, b))
+        add("or", (a, b))
+    matrix = np.stack(columns, axis=1) if columns else np.zeros((n, 0))
     return found, matrix
 
 
@@ -228,6 +386,24 @@ def check_toy_world_target(spec: str) -> None:
         )
 
 
+def read_layers(
+    target: TargetModel,
+    probes: Sequence[Probe],
+    layers: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """``layer -> [probes, units]`` activations of the target on the probe scenes (batches of
+    64)."""
+    say = progress or (lambda _text: None)
+    readings: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    for start in range(0, len(probes), 64):
+        images = [probe.render() for probe in probes[start : start + 64]]
+        for layer in layers:
+            readings[layer].append(np.asarray(target.activations(images, layer)))
+        say(f"read {min(start + 64, len(probes))}/{len(probes)} scenes")
+    return {layer: np.concatenate(parts) for layer, parts in readings.items()}
+
+
 def dissect_target(
     target: TargetModel,
     layers: Sequence[str] | None = None,
@@ -241,15 +417,10 @@ def dissect_target(
     probes = probe_set(scenes, PROBE_SEED)
     found, labels = candidates(probes)
     say(f"{len(probes)} probe scenes, {len(found)} candidate concepts")
-    readings: dict[str, list[np.ndarray]] = {layer: [] for layer in wanted}
-    for start in range(0, len(probes), 64):
-        images = [probe.render() for probe in probes[start : start + 64]]
-        for layer in wanted:
-            readings[layer].append(np.asarray(target.activations(images, layer)))
-        say(f"read {min(start + 64, len(probes))}/{len(probes)} scenes")
+    readings = read_layers(target, probes, wanted, say)
     out: list[DissectedUnit] = []
     for layer in wanted:
-        out += dissect_layer(layer, np.concatenate(readings[layer]), found, labels)
+        out += dissect_layer(layer, readings[layer], found, labels)
     return out
 
 
@@ -301,3 +472,33 @@ def load_toy_world_target(spec: str) -> TargetModel:
         return load_target(spec, "cpu")
     except BackendSpecError as error:
         raise DissectionError(str(error)) from error
+
+
+def heldout_readings(
+    target: TargetModel,
+    layer: str,
+    scenes: int = PROBE_SCENES,
+    seed: int = HELDOUT_PROBE_SEED,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[Probe], np.ndarray]:
+    """The probe set ``seed`` (disjoint from the dissection's for any seed but
+    :data:`PROBE_SEED`) and the layer's ``[probes, units]`` activations on it, read once per
+    (target identity, layer, scenes, seed) and cached on disk."""
+    check_toy_world_target(target.name)
+    (layer,) = check_layers(target, [layer])
+    probes = probe_set(scenes, seed)
+    key = f"{DISSECTION_VERSION}|readings|{target.identity}|{layer}|{scenes}|{seed}"
+    path = (
+        default_cache_dir() / "dissection" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+    )
+    try:
+        activations = np.load(path, allow_pickle=False)
+        if activations.shape[0] != len(probes):
+            raise ValueError(f"{path} holds {activations.shape[0]} rows, not {len(probes)}")
+    except (OSError, ValueError):
+        activations = read_layers(target, probes, [layer], progress)[layer]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".part.npy")
+        np.save(partial, activations, allow_pickle=False)
+        partial.replace(path)
+    return probes, activations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 
@@ -20,17 +21,37 @@ from analysis.groundtruth import (
 from analysis.similarity import default_embedder
 from cli.evals import eval_app
 from evals.groundtruth import (
+    NO_INFORMATION_AUC,
     ROW_COLUMNS,
     SUMMARY_COLUMNS,
+    HeldOutProbes,
+    attribute_jaccard,
+    paired_test,
     run_groundtruth_benchmark,
+    run_verdict,
     summarize_groundtruth,
 )
 from inference.toyworld.dissection import cached_dissection, load_toy_world_target
-from inference.toyworld.truth import planted_ground_truth
+from inference.toyworld.truth import PLANTED_LAYER, planted_ground_truth
 from tools.server_session import RunSetupError
 
 TRUTH = {unit.unit: unit for unit in planted_ground_truth()}
 RED, BLUE_TRIANGLE, STAR_OR_CROSS, MANY_SMALL, NOISE, CONSTANT = 0, 1, 2, 3, 4, 17
+HELDOUT_SCENES = 600
+"""Held-out probes in these tests (the benchmark's default is 3000): enough for the planted
+single attributes, too few for some AND references to reach the dissection's support."""
+SUMMARY_KEYS = {
+    "recovery",
+    "baseline_recovery",
+    "attribute_jaccard",
+    "baseline_attribute_jaccard",
+    "predicate_auc",
+    "baseline_predicate_auc",
+    "reference_predicate_auc",
+    "predicate_test",
+    "verdict_agreement",
+    "reference_stability",
+}
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +171,108 @@ def test_summary_per_kind():
     assert summary["all"]["units"] == 3 and summary["all"]["runs"] == 6
 
 
+# --------------------------------------------------------------------------- predicate AUC
+
+
+@pytest.fixture(scope="module")
+def planted_heldout() -> HeldOutProbes:
+    return HeldOutProbes.read("planted:shapes", PLANTED_LAYER, HELDOUT_SCENES)
+
+
+def test_predicate_auc_ranks_each_planted_units_own_concept_first(planted_heldout):
+    """The metric's sanity test: on held-out scenes, every planted unit's concept scores
+    higher than any other planted unit's concept, near 1, and the same as its reference."""
+    concepts = [truth for truth in TRUTH.values() if truth.kind != "none"]
+    for truth in concepts:
+        own, note = planted_heldout.label_auc(truth.unit, truth.concept)
+        assert note == "" and own > 0.95, truth
+        reference, _note = planted_heldout.concept_auc(truth.unit, truth.kind, truth.attributes)
+        assert reference == own
+        for other in concepts:
+            if other.unit != truth.unit:
+                assert planted_heldout.label_auc(truth.unit, other.concept)[0] < own, other
+
+
+def test_predicate_auc_gives_partial_credit_and_ignores_wording(planted_heldout):
+    red, _ = planted_heldout.label_auc(RED, "red")
+    assert planted_heldout.label_auc(RED, "crimson shapes")[0] == red
+    extra_word, _ = planted_heldout.label_auc(RED, "red triangle")
+    assert 0.55 < extra_word < red  # one extra word costs some, not everything
+    half, _ = planted_heldout.label_auc(STAR_OR_CROSS, "star")
+    both, _ = planted_heldout.label_auc(STAR_OR_CROSS, "crosses or stars")
+    assert 0.55 < half < both
+    assert planted_heldout.label_auc(RED, "hexagon")[0] < 0.6
+
+
+def test_labels_without_a_predicate_score_no_information(planted_heldout):
+    for label in ("no selective concept", "", None):
+        assert planted_heldout.label_auc(RED, label) == (NO_INFORMATION_AUC, "no predicate")
+
+
+def test_a_constant_unit_is_not_live(planted_heldout):
+    assert not planted_heldout.live(CONSTANT)
+    assert planted_heldout.live(RED) and planted_heldout.live(NOISE)
+
+
+def test_reference_stability_compares_two_dissections(planted_heldout):
+    units = sorted(TRUTH)
+    share, changes = planted_heldout.stability(units)
+    changed = {change["unit"] for change in changes}
+    assert share == pytest.approx(1 - len(changed) / len(units))
+    for unit in units:
+        first, second = planted_heldout.references[unit], planted_heldout.redissected[unit]
+        same = (first.kind, sorted(first.attributes)) == (second.kind, sorted(second.attributes))
+        assert same == (unit not in changed)
+    # single attributes have ample support on 600 scenes: their references hold
+    assert not changed & {unit for unit, truth in TRUTH.items() if truth.kind == "single"}
+
+
+def test_paired_test_says_which_method_is_better():
+    rng = random.Random(0)
+    worse = [rng.uniform(0.5, 0.8) for _ in range(20)]
+    better = [value + rng.uniform(0.05, 0.15) for value in worse]
+    found = paired_test(better, worse)
+    assert found["n"] == 20 and found["differing"] == 20
+    assert found["mean_difference"] > 0.05 and found["p_value"] < 0.001
+    swapped = paired_test(worse, better)
+    assert swapped["mean_difference"] == pytest.approx(-found["mean_difference"])
+    assert swapped["p_value"] == pytest.approx(found["p_value"])
+    same = paired_test(worse, worse)
+    assert same["differing"] == 0 and same["p_value"] == 1.0
+    assert paired_test([], [])["p_value"] is None
+
+
+@pytest.mark.parametrize(
+    ("label", "share"),
+    [("navy triangles", 1.0), ("blue", 0.5), ("blue striped triangle", 2 / 3), ("red", 0.0)],
+)
+def test_attribute_jaccard_is_partial_credit(label, share):
+    truth = GroundTruth.of(TRUTH[BLUE_TRIANGLE])
+    assert attribute_jaccard(label, truth) == pytest.approx(share)
+    assert attribute_jaccard(label, GroundTruth.of(TRUTH[NOISE])) is None
+
+
+@pytest.mark.parametrize(
+    ("row", "verdict"),
+    [
+        ({"status": "done", "verdict": "weak", "selective": False}, "weak"),
+        ({"status": "done", "selective": "True"}, "selective"),
+        ({"status": "done", "verdict": "", "selective": False}, "none"),
+        ({"status": "failed", "verdict": "selective", "selective": True}, "none"),
+        ({"status": "done"}, None),
+    ],
+)
+def test_run_verdict_reads_the_three_way_verdict_or_the_selective_column(row, verdict):
+    assert run_verdict(row) == verdict
+
+
 # --------------------------------------------------------------------------- benchmark
 
 
 def test_groundtruth_command(cli, tmp_path):
     out = tmp_path / "gt"
-    args = ["groundtruth", "--units", "0,2,17", "--iterations", "8", "--out", str(out), "--quiet"]
+    args = ["groundtruth", "--units", "0,2,17", "--iterations", "8", "--out", str(out), "--quiet",
+            "--heldout-scenes", str(HELDOUT_SCENES)]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -175,6 +292,17 @@ def test_groundtruth_command(cli, tmp_path):
     assert list(next(iter(summary.values()))) == SUMMARY_COLUMNS
     assert summary["none"]["false_claims"] == "0.0"
     assert (out / "repeat-1" / "results.csv").is_file()
+
+    figures = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(figures)
+    assert figures["units_with_reference"] == 2 and figures["live_units_with_reference"] == 2
+    assert figures["live_units"] == 2  # the constant unit is not live
+    assert rows[CONSTANT]["live"] == "False"
+    assert figures["reference_predicate_auc"] > 0.95  # the planted concepts, on held-out scenes
+    assert figures["predicate_test"]["n"] == 2
+    assert float(rows[RED]["ceiling_predicate_auc"]) > 0.95
+    assert "predicate AUC on 600 held-out scenes" in result.output
+    assert str(out / "summary.json") in result.output
 
     again = CliRunner().invoke(cli, args)  # the finished run is resumed, not redone
     assert again.exit_code == 0, again.output
@@ -200,7 +328,12 @@ def test_groundtruth_command_rejects_bad_input(cli, tmp_path, args, message):
 
 def test_benchmark_repeats(tmp_path, embedder):
     result = run_groundtruth_benchmark(
-        tmp_path / "gt", repeats=2, iterations=2, units=[RED, CONSTANT], embedder=embedder
+        tmp_path / "gt",
+        repeats=2,
+        iterations=2,
+        units=[RED, CONSTANT],
+        embedder=embedder,
+        heldout_scenes=HELDOUT_SCENES,
     )
     assert [row["repeat"] for row in result["rows"]] == [1, 1, 2, 2]
     assert [path.name for path in result["runs"]] == ["repeat-1", "repeat-2"]
@@ -215,7 +348,11 @@ def test_verdict_is_right_on_planted_concept_and_no_concept_units(tmp_path, embe
     units (AND, OR, single); false claims are counted with it."""
     units = [RED, BLUE_TRIANGLE, STAR_OR_CROSS, NOISE, CONSTANT, 26]
     result = run_groundtruth_benchmark(
-        tmp_path / "gt", units=units, embedder=embedder, baseline=False
+        tmp_path / "gt",
+        units=units,
+        embedder=embedder,
+        baseline=False,
+        heldout_scenes=HELDOUT_SCENES,
     )
     verdicts = {row["unit"]: row["verdict_right"] for row in result["rows"]}
     assert verdicts == dict.fromkeys(units, True)
@@ -224,25 +361,52 @@ def test_verdict_is_right_on_planted_concept_and_no_concept_units(tmp_path, embe
 
 
 def test_learned_units_are_scored_against_the_dissection_reference(tmp_path, embedder):
+    """A weak reference gets no right or wrong verdict; LINE and the baseline are tested on
+    held-out scenes against the reference's own predicate AUC."""
     model = load_toy_world_target("learned:shapes")
     dissected = [u for u in cached_dissection(model) if u.layer == "conv4"]
     selective = next(u for u in dissected if u.selective)
-    silent = next(u for u in dissected if not u.selective)
+    weak = next(u for u in dissected if u.verdict == "weak")
+    silent = next(u for u in dissected if u.verdict == "none")
     result = run_groundtruth_benchmark(
         tmp_path / "learned",
         target="learned:shapes",
         layer="conv4",
-        units=[selective.unit, silent.unit],
+        units=[selective.unit, weak.unit, silent.unit],
         iterations=2,
         embedder=embedder,
+        heldout_scenes=HELDOUT_SCENES,
     )
     rows = {row["unit"]: row for row in result["rows"]}
     assert rows[selective.unit]["truth"] == selective.concept
     assert rows[selective.unit]["kind"] == selective.kind
-    assert rows[silent.unit]["kind"] == "none"
+    assert rows[silent.unit]["kind"] == "none" and rows[weak.unit]["kind"] == "none"
     assert rows[selective.unit]["baseline_label"]  # the vocabulary baseline labelled it too
     assert set(result["baseline_recovery"]) == set(result["recovery"])
-    assert 0.0 <= result["verdict_agreement"] <= 1.0
+    assert [rows[u.unit]["reference_verdict"] for u in (selective, weak, silent)] == [
+        "selective",
+        "weak",
+        "none",
+    ]
+    assert rows[weak.unit]["verdict_right"] is None
+    assert rows[selective.unit]["verdict_right"] is not None
+    assert rows[silent.unit]["verdict_right"] is not None
+    assert result["verdict_agreement"] == pytest.approx(
+        (rows[selective.unit]["verdict_right"] + rows[silent.unit]["verdict_right"]) / 2
+    )
+    figures = json.loads(result["summary_json"].read_text())
+    assert SUMMARY_KEYS <= set(figures)
+    assert figures["weak_references"] == 1 and figures["verdict_agreement_runs"] == 2
+    assert figures["units_with_reference"] == 1
+    ceiling = rows[selective.unit]["ceiling_predicate_auc"]
+    assert ceiling > 0.8  # the reference holds up on scenes it was not chosen on
+    assert figures["reference_predicate_auc"] == pytest.approx(ceiling)
+    assert figures["predicate_auc"] == pytest.approx(rows[selective.unit]["predicate_auc"])
+    assert figures["baseline_predicate_auc"] == pytest.approx(
+        rows[selective.unit]["baseline_predicate_auc"]
+    )
+    assert rows[silent.unit]["ceiling_concept"] == silent.best
+    assert 0.0 <= figures["reference_stability"] <= 1.0
 
 
 def test_groundtruth_of_a_target_outside_the_toy_world_says_why(tmp_path):

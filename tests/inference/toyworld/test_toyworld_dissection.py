@@ -8,18 +8,29 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from inference.registry import load_target
+from inference.store import default_cache_dir
 from inference.toyworld.dissection import (
+    HELDOUT_PROBE_SEED,
+    PROBE_SEED,
     SELECTIVE_AUC,
+    WEAK_AUC,
+    DissectedUnit,
     DissectionError,
+    ProbeScenes,
     auc_matrix,
     cache_path,
     cached_dissection,
     candidate_text,
     candidates,
+    concept_predicate,
     dissect_target,
+    heldout_readings,
+    label_predicate,
     load_toy_world_target,
+    size_name,
 )
-from inference.toyworld.probes import probe_set
+from inference.toyworld.probes import MANY_OBJECTS, OBJECT_ATTRIBUTES, probe_set
+from inference.toyworld.scenes import COUNT_VALUES
 from inference.toyworld.truth import PLANTED_LAYER, planted_ground_truth
 from inference.toyworld.vocabulary import parse_attributes
 
@@ -44,6 +55,127 @@ def test_every_candidate_text_parses_back_to_its_attributes():
         assert parse_attributes(candidate.concept) == set(candidate.attributes), candidate
     assert candidate_text("and", ("small", "many")) == "many small objects"
     assert candidate_text("or", ("star", "cross")) == "star or cross"
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return probe_set(600, 11)
+
+
+def test_candidate_predicates_mean_what_the_probes_record(probes):
+    """A candidate holds on a scene exactly when the probe's own record says so: an attribute
+    anywhere; two object attributes on one object; "many" with an object attribute: many
+    objects carry it; a background with anything: both in the scene; OR: either."""
+    found, labels = candidates(probes)
+
+    def recorded(kind, attributes, probe):
+        if kind == "single":
+            return attributes[0] in probe.attributes
+        if kind == "or":
+            return any(a in probe.attributes for a in attributes)
+        a, b = attributes
+        if "many" in attributes and {a, b} - {"many"} <= OBJECT_ATTRIBUTES:
+            return ({a, b} - {"many"}).pop() in probe.many_of
+        if a in OBJECT_ATTRIBUTES and b in OBJECT_ATTRIBUTES:
+            return frozenset(attributes) in probe.object_pairs
+        return a in probe.attributes and b in probe.attributes
+
+    for column, candidate in enumerate(found):
+        expected = [recorded(candidate.kind, candidate.attributes, p) for p in probes]
+        assert labels[:, column].tolist() == [float(x) for x in expected], candidate
+
+
+@pytest.mark.parametrize(
+    ("label", "kind", "attributes"),
+    [
+        ("navy triangles", "and", ("blue", "triangle")),
+        ("Crimson shapes", "single", ("red",)),
+        ("crosses or stars", "or", ("star", "cross")),
+        ("lots of tiny objects", "and", ("many", "small")),
+        ("red things on a blue backdrop", "and", ("red", "blue background")),
+    ],
+)
+def test_a_label_and_the_reference_it_names_hold_on_the_same_scenes(
+    probes, label, kind, attributes
+):
+    scenes = ProbeScenes(probes)
+    predicate = label_predicate(label)
+    reference = concept_predicate(kind, attributes)
+    assert predicate is not None and reference is not None
+    assert predicate.kind == reference.kind == kind
+    assert predicate.holds(scenes).tolist() == reference.holds(scenes).tolist()
+
+
+@pytest.mark.parametrize("label", ["no selective concept", "", None, "a photo", "objects"])
+def test_a_label_without_toy_world_attributes_has_no_predicate(label):
+    assert label_predicate(label) is None
+
+
+def test_label_predicates_read_counts_sizes_and_several_objects_off_the_scene(probes):
+    """Beyond the candidates: a number is an exact count of such objects, "medium" a size, and
+    each object group of a label must be in the scene."""
+    scenes = ProbeScenes(probes)
+
+    def objects(probe, **wanted):
+        return [
+            obj
+            for obj in probe.scene.objects
+            if all(
+                (size_name(obj.radius) if name == "size" else getattr(obj, name)) == value
+                for name, value in wanted.items()
+            )
+        ]
+
+    def expect(test):
+        return [float(test(p)) for p in probes]
+
+    three_red = label_predicate("three red circles")
+    assert three_red is not None and three_red.kind == "and"
+    assert three_red.holds(scenes).tolist() == expect(
+        lambda p: len(objects(p, colour="red", shape="circle")) == COUNT_VALUES["three"]
+    )
+    many_stars = label_predicate("many stars")
+    assert many_stars is not None
+    assert many_stars.holds(scenes).tolist() == expect(
+        lambda p: len(objects(p, shape="star")) >= MANY_OBJECTS
+    )
+    medium = label_predicate("medium objects")
+    assert medium is not None and medium.holds(scenes).sum() > 0
+    assert medium.holds(scenes).tolist() == expect(lambda p: bool(objects(p, size="medium")))
+    two_groups = label_predicate("a red circle and a blue square")
+    assert two_groups is not None
+    assert two_groups.holds(scenes).tolist() == expect(
+        lambda p: (
+            bool(objects(p, colour="red", shape="circle"))
+            and bool(objects(p, colour="blue", shape="square"))
+        )
+    )
+
+
+def test_the_weak_band_sits_just_under_the_selective_cut():
+    def unit(kind, auc):
+        return DissectedUnit("conv4", 0, "x", kind, [], auc, "red")
+
+    assert unit("single", 0.9).verdict == "selective"
+    assert unit("none", (WEAK_AUC + SELECTIVE_AUC) / 2).verdict == "weak"
+    assert unit("none", WEAK_AUC).verdict == "weak"
+    assert unit("none", WEAK_AUC - 0.01).verdict == "none"
+
+
+def test_heldout_readings_are_disjoint_from_the_dissection_probes_and_cached():
+    target = load_target("planted:shapes", "cpu")
+    probes, activations = heldout_readings(target, PLANTED_LAYER, scenes=70)
+    assert HELDOUT_PROBE_SEED != PROBE_SEED
+    assert activations.shape == (70, 28)
+    dissection_seeds = {p.seed for p in probe_set(70, PROBE_SEED)}
+    assert not dissection_seeds & {p.seed for p in probes}
+    read = np.asarray(target.activations([p.render() for p in probes], PLANTED_LAYER))
+    assert np.array_equal(activations, read)
+    assert list((default_cache_dir() / "dissection").glob("*.npy"))
+    again_probes, again = heldout_readings(target, PLANTED_LAYER, scenes=70)  # from the cache
+    assert np.array_equal(again, activations) and again_probes == probes
+    with pytest.raises(DissectionError, match="valid layers"):
+        heldout_readings(target, "conv9", scenes=10)
 
 
 @pytest.fixture(scope="module")
