@@ -4,7 +4,9 @@ and the selectivity verdict against the dissection's and the planted truth's.
 - ``learned:shapes``, its largest layer: units with a reference concept, LINE's recovery of them
   (``paper`` with ``offline:vocab`` over a vocabulary of every toy-world attribute), the
   vocabulary baseline's recovery of the same units, and how often the run's verdict (selective
-  or not) agrees with the dissection;
+  or not) agrees with the dissection (weak references left out); then the label-predicate AUC
+  on held-out scenes of LINE, the baseline and the reference, the paired test, the attribute
+  Jaccard and the references' stability (:func:`evals.groundtruth.groundtruth_figures`);
 - ``planted:shapes``: the verdict on all 28 planted units (goal: right on every one).
 
 Run alone with ``python -m bench.learned_bench``; writes ``bench-results/learned.json``.
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evals.groundtruth import run_groundtruth_benchmark
+from evals.groundtruth import figures_text, run_groundtruth_benchmark
 from inference.registry import load_target
 from inference.toyworld.dissection import candidate_text
 from inference.toyworld.probes import ATTRIBUTES
@@ -58,6 +60,8 @@ def run() -> dict[str, Any]:
     planted = run_groundtruth_benchmark(RESULTS / "planted-groundtruth", baseline=False)
     planted_s = time.monotonic() - started
     planted_right = sum(row["verdict_right"] is True for row in planted["rows"])
+    figures = learned["figures"]
+    test = figures["predicate_test"] or {}
     numbers = {
         "learned_layer": layer,
         "learned_units": len(rows),
@@ -65,6 +69,18 @@ def run() -> dict[str, Any]:
         "line_recovery": learned["recovery"].get("all"),
         "vocab_baseline_recovery": learned["baseline_recovery"].get("all"),
         "verdict_agreement": learned["verdict_agreement"],
+        "weak_references": figures["weak_references"],
+        "line_attribute_jaccard": figures["attribute_jaccard"],
+        "vocab_baseline_attribute_jaccard": figures["baseline_attribute_jaccard"],
+        "live_units_with_reference": figures["live_units_with_reference"],
+        "line_predicate_auc": figures["predicate_auc"],
+        "vocab_baseline_predicate_auc": figures["baseline_predicate_auc"],
+        "reference_predicate_auc": figures["reference_predicate_auc"],
+        "line_predicate_auc_of_reference": figures["predicate_auc_of_reference"],
+        "predicate_test_p": test.get("p_value"),
+        "predicate_test_n": test.get("n"),
+        "predicate_mean_difference": test.get("mean_difference"),
+        "reference_stability": figures["reference_stability"],
         "learned_seconds": round(learned_s, 1),
         "planted_units": len(planted["rows"]),
         "planted_verdict_right": planted_right,
@@ -90,6 +106,24 @@ def run() -> dict[str, Any]:
         f"{sum(row['kind'] != 'none' for row in planted['rows'])} | "
         f"{share(numbers['planted_recovery'])} | - | {planted_right}/{len(planted['rows'])} |"
     )
+    print()
+    print(
+        "| predicate AUC: LINE | vocab baseline | reference | LINE / reference | paired p (n) "
+        "| attribute Jaccard: LINE | vocab baseline | reference stability |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {share(numbers['line_predicate_auc'])} | "
+        f"{share(numbers['vocab_baseline_predicate_auc'])} | "
+        f"{share(numbers['reference_predicate_auc'])} | "
+        f"{share(numbers['line_predicate_auc_of_reference'])} | "
+        f"{'-' if test.get('p_value') is None else format(test['p_value'], '.2g')} "
+        f"({test.get('n', '-')}) | {share(numbers['line_attribute_jaccard'])} | "
+        f"{share(numbers['vocab_baseline_attribute_jaccard'])} | "
+        f"{share(numbers['reference_stability'])} |"
+    )
+    print()
+    print(figures_text(figures))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "learned.json").write_text(json.dumps(numbers, indent=2))
     return numbers
