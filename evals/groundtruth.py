@@ -722,7 +722,7 @@ def groundtruth_figures(
         "reference_stability": stability,
         "reference_changes": changes,
         "heldout_probes": {"scenes": heldout.count, "seed": heldout.seed},
-        "reference_probes": {"seed": PROBE_SEED},
+        "reference_probes": {"scenes": PROBE_SCENES, "seed": PROBE_SEED},
         "selective_auc": SELECTIVE_AUC,
         "weak_auc": WEAK_AUC,
     }
@@ -735,13 +735,12 @@ def figures_text(figures: Mapping[str, Any]) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     def test(found: Mapping[str, Any] | None) -> str:
-        if not found:
+        if not found or not found["n"]:
             return ""
+        p_value = "-" if found["p_value"] is None else f"{found['p_value']:.2g}"
         return (
-            f"; LINE - baseline {found['mean_difference']:+.3f}, {found['test']} "
-            f"p={number(found['p_value'], 4)} (n={found['n']}, {found['differing']} differ)"
-            if found["n"]
-            else ""
+            f"; LINE - baseline {found['mean_difference']:+.3f}, {found['test']} p={p_value} "
+            f"(n={found['n']}, {found['differing']} differ)"
         )
 
     lines = []
