@@ -15,7 +15,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from tools.agent_tools import ALL_TOOLS
-from tools.scoreboard import MAX_CONCEPT_CHARS, MAX_CONCEPT_WORDS, check_concept, normalise_concept
+from tools.scoreboard import MAX_CONCEPT_WORDS, normalise_concept, validate_concept
 
 
 class UnusableAnswer(ValueError):
@@ -51,12 +51,14 @@ def extract_tool_call(
     required: Mapping[str, Sequence[str]] | None = None,
     *,
     check_concept_arg: bool = True,
+    max_concept_words: int = MAX_CONCEPT_WORDS,
 ) -> tuple[str, dict[str, Any]]:
     """The first tool call of an answer as ``(name, args)``, or :class:`UnusableAnswer`.
 
     Unusable: no tool call, malformed arguments (not JSON, not an object), a tool not in
     ``allowed_names``, missing required arguments (``required``, by default the agent tools'
-    contract), or, with ``check_concept_arg``, a ``concept`` that is empty or too long.
+    contract), or, with ``check_concept_arg``, a ``concept`` that is not a short noun phrase
+    (:func:`tools.scoreboard.validate_concept`: empty, too long, digits, punctuation, chat).
     """
     allowed = list(allowed_names)
     required = CONTRACT_REQUIRED_ARGS if required is None else required
@@ -83,7 +85,7 @@ def extract_tool_call(
         raise UnusableAnswer(f"{name} needs the argument(s) {', '.join(missing)}; call it again")
     if check_concept_arg and "concept" in args:
         try:
-            check_concept(args["concept"])
+            validate_concept(args["concept"], max_concept_words)
         except ValueError as error:
             raise UnusableAnswer(f"{name}: {error}") from error
     return name, args
@@ -91,11 +93,12 @@ def extract_tool_call(
 
 _THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|$)", re.IGNORECASE | re.DOTALL)
 _LABELLED = re.compile(
-    r"^(?:the\s+|my\s+)?(?:final\s+|new\s+|proposed\s+|next\s+)?"
+    r"(?:^|\b)(?:the\s+|my\s+)?(?:final\s+|new\s+|proposed\s+|next\s+)?"
     r"(?:concept|answer|proposal|label|explanation)"
     r"\s*(?:is)?\s*[:=\-–—]\s*(?P<rest>.*)$",
     re.IGNORECASE,
 )
+_QUOTED = re.compile(r"[\"“«*`]+(?P<inner>[^\"”»*`\n]{1,80})[\"”»*`]+")
 _BULLET = re.compile(r"^(?:[-*•+>#]+|\d+[.)])\s*")
 _MARKUP = re.compile(r"[*_`]+")
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.IGNORECASE)
@@ -107,39 +110,57 @@ def _clean_line(line: str) -> str:
     return line
 
 
-def _as_concept(text: str) -> str | None:
+def _as_concept(text: str, max_words: int) -> str:
+    """The concept a piece of text is, or ``ValueError`` saying why it is none."""
     text = text.strip().strip("\"'“”‘’«»").strip()
     text = _ARTICLE.sub("", normalise_concept(text))
     text = normalise_concept(text.strip("\"'“”‘’«»()[]"))
-    if not re.search(r"[^\W\d_]", text):
-        return None
-    if len(text) > MAX_CONCEPT_CHARS or len(text.split()) > MAX_CONCEPT_WORDS:
-        return None
-    return text
+    return validate_concept(text, max_words)
 
 
-def extract_concept_from_text(text: str | None) -> str | None:
-    """A concept from a plain-text answer (for models that cannot call tools), or None.
-
-    Takes a ``Concept: ...`` (or ``Answer:``, ``Label:``) line if there is one, else the first
-    meaningful line; strips markdown, bullets, quotes, articles and end punctuation; at most
-    8 words. ``"Concept: **Red fruit**."`` gives ``"red fruit"``.
-    """
-    if not text:
-        return None
-    lines = [_clean_line(line) for line in _THINK_BLOCK.sub("", str(text)).splitlines()]
-    lines = [line for line in lines if line]
+def _candidates(lines: list[str]) -> list[str]:
+    """Where a concept may sit in a plain-text answer, most explicit first: after a
+    ``Concept:`` label, in quotes or bold on a line, then the first line that is no header."""
+    found: list[str] = []
     for index, line in enumerate(lines):
-        match = _LABELLED.match(line)
+        match = _LABELLED.search(_clean_line(line))
         if match:
             rest = match["rest"].strip() or (lines[index + 1] if index + 1 < len(lines) else "")
-            concept = _as_concept(_clean_line(rest))
-            if concept:
-                return concept
-    for line in lines:
-        if line.endswith(":"):
-            continue
-        concept = _as_concept(line)
-        if concept:
-            return concept
-    return None
+            found.append(_clean_line(rest))
+    found += [match["inner"] for line in lines for match in _QUOTED.finditer(line)]
+    first = next((_clean_line(line) for line in lines if not line.endswith(":")), None)
+    if first:
+        found.append(first)
+    return found
+
+
+def concept_from_text(text: str | None, max_words: int = MAX_CONCEPT_WORDS) -> str:
+    """A concept from a plain-text answer (for models that cannot call tools), or
+    :class:`UnusableAnswer` whose reason says what was wrong with the answer.
+
+    Takes a ``Concept: ...`` (or ``Answer:``, ``Label:``) line if there is one, else a quoted or
+    bold phrase, else the first line that is no header; strips markdown, bullets, quotes,
+    articles and end punctuation; the result must be a short noun phrase of at most
+    ``max_words`` words (:func:`tools.scoreboard.validate_concept`). Chat text, digits, scores
+    and sentences are refused, not cut into a label. ``"Concept: **Red fruit**."`` gives
+    ``"red fruit"``.
+    """
+    lines = [line.strip() for line in _THINK_BLOCK.sub("", str(text or "")).splitlines()]
+    lines = [line for line in lines if _clean_line(line)]
+    if not lines:
+        raise UnusableAnswer("the answer is empty; give one short noun phrase such as 'red fruit'")
+    reason = None
+    for candidate in _candidates(lines):
+        try:
+            return _as_concept(candidate, max_words)
+        except ValueError as error:
+            reason = reason or str(error)
+    raise UnusableAnswer(reason or "the answer holds no concept; give one such as 'red fruit'")
+
+
+def extract_concept_from_text(text: str | None, max_words: int = MAX_CONCEPT_WORDS) -> str | None:
+    """:func:`concept_from_text`, or None when the answer holds no usable concept."""
+    try:
+        return concept_from_text(text, max_words)
+    except UnusableAnswer:
+        return None

@@ -13,6 +13,7 @@ in LangGraph's ``ToolNode``; the tools themselves are in :mod:`tools.agent_tools
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from langchain_core.messages import (
@@ -33,11 +34,11 @@ from langgraph.types import Send
 
 from agent.answers import (
     UnusableAnswer,
-    extract_concept_from_text,
+    concept_from_text,
     extract_tool_call,
     required_args_of,
 )
-from agent.providers import LLMReply
+from agent.providers import LLMReply, count_tokens, trim_to_fit
 from agent.state import NeuronState, RunContext
 from analysis.selectivity import label_verdict
 from tools.agent_tools import (
@@ -50,6 +51,7 @@ from tools.agent_tools import (
     evaluate_concept,
 )
 from tools.scoreboard import (
+    MAX_CONCEPT_WORDS,
     Scoreboard,
     check_concept,
     format_score_lines,
@@ -89,9 +91,24 @@ def _reply_accounting(
     return log, reply.counters()
 
 
-def _reask_messages(reply_message: AIMessage, reason: str) -> list:
-    """Messages that tell the LLM why its answer could not be used."""
-    text = f"That answer could not be used: {reason}. Please answer again as asked."
+REASK_ECHO_CHARS = 300
+"""How much of an unusable plain-text answer a re-ask quotes back to the model."""
+
+
+def _reask_messages(
+    reply_message: AIMessage, reason: str, max_words: int = MAX_CONCEPT_WORDS
+) -> list:
+    """Messages that tell the LLM why its answer could not be used: its answer (long text cut
+    to :data:`REASK_ECHO_CHARS`) and the reason, with the answer format restated."""
+    text = (
+        f"That answer could not be used: {reason}. Please answer again as asked: one concept, "
+        f"a short noun phrase of at most {max_words} words, with no numbers, scores, quotes or "
+        "explanation."
+    )
+    content = reply_message.content
+    if isinstance(content, str) and len(content) > REASK_ECHO_CHARS:
+        cut = f"{content[:REASK_ECHO_CHARS]} [... {len(content) - REASK_ECHO_CHARS} characters]"
+        reply_message = reply_message.model_copy(update={"content": cut})
     calls = getattr(reply_message, "tool_calls", None) or []
     if calls:
         return [reply_message, *(ToolMessage(text, tool_call_id=call["id"]) for call in calls)]
@@ -115,11 +132,17 @@ async def _ask_for_concept(
 ) -> tuple[dict | None, list[dict], dict[str, int]]:
     """Ask until a usable concept comes back (at most ``max_reasks`` re-asks).
 
-    The answer tool checks each answer (``propose_concept`` refuses a concept already tried).
-    Returns its checked answer (``None`` if every answer was unusable), log rows and counters.
+    An answer is a call of ``tool`` or, for models without tools, a concept in plain text; the
+    concept must be a short noun phrase (:func:`tools.scoreboard.validate_concept`, at most the
+    variant's ``max_concept_words``) and the answer tool checks it further (``propose_concept``
+    refuses a concept already tried). A re-ask replaces the previous one: the question, the
+    last answer and why it failed, so the conversation never grows past one exchange and fits
+    a small context window however often the model misses. Returns the checked answer
+    (``None`` if every answer was unusable), log rows and counters.
     """
     logs: list[dict] = []
     counters: dict[str, int] = {}
+    max_words = ctx.variant.settings.max_concept_words
     conversation = list(messages)
     for attempt in range(ctx.variant.settings.max_reasks + 1):
         reply = await ctx.llm.invoke(conversation, tools=[tool])
@@ -128,15 +151,15 @@ async def _ask_for_concept(
             counters[key] = counters.get(key, 0) + value
         try:
             try:
-                _name, args = extract_tool_call(reply.message, [tool.name])
+                _name, args = extract_tool_call(
+                    reply.message, [tool.name], max_concept_words=max_words
+                )
                 call_id = reply.message.tool_calls[0]["id"] or "answer"
             except UnusableAnswer:
                 if getattr(reply.message, "tool_calls", None):
                     raise
-                text = extract_concept_from_text(str(reply.message.content or ""))
-                if text is None:
-                    raise
                 # a plain-text answer gives the concept only; other arguments stay empty
+                text = concept_from_text(reply.message.text, max_words)
                 required = required_args_of([tool])[tool.name]
                 args, call_id = {**dict.fromkeys(required, ""), "concept": text}, "text-answer"
             answer = await _checked_answer(tool, args, call_id)
@@ -144,7 +167,7 @@ async def _ask_for_concept(
             log["unusable"] = str(error)
             logs.append(log)
             counters["reasks"] = counters.get("reasks", 0) + 1
-            conversation += _reask_messages(reply.message, str(error))
+            conversation = [*messages, *_reask_messages(reply.message, str(error), max_words)]
             continue
         logs.append(log)
         return answer, logs, counters
@@ -239,6 +262,25 @@ def _budget_left(state: NeuronState) -> str | None:
     return None
 
 
+def _fit_conversation(ctx: RunContext, state: NeuronState, messages: list, budget: int) -> list:
+    """The agentic conversation as sent: all of it while it fits ``budget`` tokens; else the
+    system prompt, the task, a note with the scoreboard so far (standing in for the
+    experiments left out) and the latest turns that fit (whole: a tool result keeps its
+    call). The state keeps the whole conversation."""
+    if count_tokens(messages) <= budget:
+        return messages
+    board = Scoreboard.from_dicts(state.get("entries", []))
+    scores = format_score_lines(board.top(ctx.variant.settings.scoreboard_size)) or "(none yet)"
+    tried = format_tried_lines(board.tried()) or "(none yet)"
+    note = HumanMessage(
+        "Earlier experiments are left out to fit the context window. The scoreboard so far "
+        f"(concept: score, best first):\n{scores}\n\nConcepts already tried (never repeat "
+        f"one):\n{tried}"
+    )
+    kept = trim_to_fit(messages, max(0, budget - count_tokens([note])), keep_first=2)
+    return [*kept[:2], note, *kept[2:]]
+
+
 async def agent(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
     """One agent turn: the LLM reads the conversation and may call tools."""
     ctx = runtime.context
@@ -257,9 +299,13 @@ async def agent(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
             HumanMessage(ctx.variant.render("task", **values)),
         ]
         update["messages"] = messages
-    reply = await ctx.llm.invoke(messages, tools=AGENTIC_TOOLS)
+    fit = functools.partial(_fit_conversation, ctx, state)
+    reply = await ctx.llm.invoke(messages, tools=AGENTIC_TOOLS, fit=fit)
     log, counters = _reply_accounting("agent", 0, messages[-1:], reply)
     counters["agent_turns"] = 1
+    if reply.left_out:
+        log["left_out"] = reply.left_out
+        counters["trimmed_turns"] = 1
     message = reply.message
     if not isinstance(message, AIMessage):
         message = AIMessage(content=str(message.content))

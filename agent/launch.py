@@ -9,8 +9,14 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from agent.providers import LLMClient, LLMConfigError, build_llm_client, check_llm_ready
-from agent.run_folder import RunFolder, RunSettings
+from agent.providers import (
+    LLMClient,
+    LLMConfigError,
+    build_llm_client,
+    check_llm_ready,
+    probe_llm_endpoint,
+)
+from agent.run_folder import ConfigChange, RunFolder, RunSettings
 from agent.runner import RunProgress, run_neurons
 from analysis.groundtruth import attribute_match
 from analysis.polysemanticity import GROUP_COLUMNS, with_group_columns
@@ -49,11 +55,11 @@ def settings_from_options(
     generator: str | None = None,
     llm: str | None = None,
     llm_base_url: str | None = None,
-    prompts: str,
+    prompts: str | None = None,
     out: Path | None = None,
     server: str | list[str] | None = None,
-    concurrency: int,
-    seed: int,
+    concurrency: int | None = None,
+    seed: int = 0,
     temperature: float | None = None,
     iterations: int | None = None,
     resume: Path | None = None,
@@ -61,11 +67,17 @@ def settings_from_options(
     score: str | None = None,
     llm_cache: Path | None = None,
     basis: str | None = None,
+    llm_context: int | None = None,
+    allow_variant_change: bool = False,
 ) -> tuple[RunSettings, RunFolder]:
-    """Resolve and check the options of ``line run`` (nothing heavy is loaded here).
+    """Resolve and check the options of ``line run`` (nothing heavy is loaded here), including
+    the pre-flight of the LLM endpoint (:func:`preflight_llm`).
 
     With ``basis`` (``sae:PATH``, ``directions:PATH``) the units are the basis's: the layer
     becomes the unit space ``layer@<basis key>`` and the config records the basis and its hash.
+    With ``resume``, a new LLM, base URL, context window, concurrency or server list replaces
+    the recorded one and goes into the config's ``history``; a prompt variant that changed since
+    the run started is refused unless ``allow_variant_change``.
     """
     if isinstance(server, list | tuple):
         server = list(dict.fromkeys(server)) or None
@@ -77,8 +89,23 @@ def settings_from_options(
             settings = folder.read_settings()
         except FileNotFoundError as error:
             raise RunSetupError(str(error)) from error
-        if server:
-            settings.server = server
+        if prompts is not None and prompts != settings.prompts and not allow_variant_change:
+            raise RunSetupError(
+                f"{resume} was run with the prompt variant {settings.prompts!r}, not {prompts!r}; "
+                "a resumed run keeps its variant (pass --allow-variant-change to switch, and the "
+                "change is recorded), or start a new run"
+            )
+        changes = {
+            "llm": llm, "llm_base_url": llm_base_url, "llm_context": llm_context,
+            "concurrency": concurrency, "server": server or None,
+            "prompts": prompts if allow_variant_change else None,
+        }  # fmt: skip
+        for name, value in changes.items():
+            if value is not None and value != getattr(settings, name):
+                settings.history.append(
+                    ConfigChange(setting=name, old=getattr(settings, name), new=value)
+                )
+                setattr(settings, name, value)
     else:
         if target is None or layer is None or units is None or llm is None or out is None:
             missing = [
@@ -107,10 +134,11 @@ def settings_from_options(
             generator=generator,
             llm=llm,
             llm_base_url=llm_base_url,
-            prompts=prompts,
+            llm_context=llm_context,
+            prompts=prompts or "paper",
             variant_overrides={k: v for k, v in overrides.items() if v is not None},
             seed=seed,
-            concurrency=concurrency,
+            concurrency=64 if concurrency is None else concurrency,
             server=server,
             control=control,
             llm_cache=str(llm_cache) if llm_cache else None,
@@ -132,11 +160,27 @@ def settings_from_options(
             )
     if settings.concurrency < 1:
         raise RunSetupError("--concurrency must be at least 1")
+    if settings.llm_context is not None and settings.llm_context < 256:
+        raise RunSetupError("--llm-context must be at least 256 tokens")
     try:
         variant = load_variant(settings.prompts, **settings.variant_overrides)
         check_llm_ready(settings.llm, settings.llm_base_url)
     except (VariantError, LLMConfigError) as error:
         raise RunSetupError(str(error)) from error
+    fingerprint = variant.fingerprint()
+    if resume is not None and settings.variant_fingerprint not in ("", fingerprint):
+        if not allow_variant_change:
+            raise RunSetupError(
+                f"the prompt variant {settings.prompts!r} changed since {resume} started "
+                f"(fingerprint {settings.variant_fingerprint} then, {fingerprint} now): its "
+                "finished neurons were explained with the old prompts. Restore the variant, "
+                "start a new run, or pass --allow-variant-change to go on with the edited one "
+                "(recorded in config.json and shown in the report)"
+            )
+        settings.history.append(
+            ConfigChange(setting="variant", old=settings.variant_fingerprint, new=fingerprint)
+        )
+    preflight_llm(settings)
     if variant.settings.score != "mean" and not settings.control:
         raise RunSetupError(
             f"score {variant.settings.score!r} compares with a control set; pass --control "
@@ -147,8 +191,21 @@ def settings_from_options(
             ControlSet.resolve(settings.control)
         except ControlSetError as error:
             raise RunSetupError(str(error)) from error
-    settings.variant_fingerprint = variant.fingerprint()
+    settings.variant_fingerprint = fingerprint
     return settings, folder
+
+
+def preflight_llm(settings: RunSettings) -> int | None:
+    """Ask the run's LLM endpoint whether it answers (:func:`agent.providers.probe_llm_endpoint`),
+    in seconds and before any run folder exists; returns the context window to fit requests to
+    (``--llm-context`` when given, else what the server states, else None)."""
+    try:
+        endpoint = probe_llm_endpoint(settings.llm, settings.llm_base_url)
+    except LLMConfigError as error:
+        raise RunSetupError(str(error)) from error
+    if settings.llm_context is not None:
+        return settings.llm_context
+    return endpoint.context_window if endpoint else None
 
 
 def read_basis(spec: str) -> UnitBasis:
@@ -159,14 +216,16 @@ def read_basis(spec: str) -> UnitBasis:
         raise RunSetupError(str(error)) from error
 
 
-def make_llm_client(settings: RunSettings) -> LLMClient:
-    """The run's LLM client: the provider's chat model behind limits, retries and a cache."""
+def make_llm_client(settings: RunSettings, context_window: int | None = None) -> LLMClient:
+    """The run's LLM client: the provider's chat model behind limits, retries and a cache,
+    fitting every request to ``context_window`` (default: the run's ``--llm-context``)."""
     variant = load_variant(settings.prompts, **settings.variant_overrides)
     return build_llm_client(
         settings.llm,
         base_url=settings.llm_base_url,
         temperature=variant.settings.temperature,
         cache_dir=settings.llm_cache,
+        context_window=context_window or settings.llm_context,
     )
 
 
@@ -198,7 +257,9 @@ def execute_run(
     returns the results rows.
 
     ``groups`` adds the polysemanticity columns to ``results.csv`` (loads the embedding model).
+    The LLM endpoint and the servers are checked before the run folder is made.
     """
+    context_window = preflight_llm(settings)
     with server_session(
         settings.server_urls,
         settings.target,
@@ -214,7 +275,7 @@ def execute_run(
         control = ControlSet.resolve(settings.control) if settings.control else None
 
         async def explain() -> list[dict]:
-            llm = make_llm_client(settings)
+            llm = make_llm_client(settings, context_window)
             async with session.connect(patience_s=SERVER_PATIENCE_S) as client:
                 return await run_neurons(
                     settings, folder, client, llm, variant, on_progress, control=control

@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import tempfile
@@ -42,12 +43,15 @@ from langchain_core.messages import (
     message_to_dict,
     messages_from_dict,
 )
+from langchain_core.messages.utils import count_tokens_approximately, trim_messages
 from langchain_core.outputs import ChatGeneration
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
 from agent.offline import OfflineVocabProposer
 from tools.retry import FaultKind, RetryPolicy, classify_fault, status_code_of
+
+log = logging.getLogger("line.llm")
 
 OPENAI_COMPATIBLE = "openai-compatible"
 OFFLINE = "offline"
@@ -255,6 +259,139 @@ def check_llm_ready(
     return parsed
 
 
+# --------------------------------------------------------------------------- pre-flight
+
+PROBE_TIMEOUT_S = 5.0
+"""How long pre-flight waits for an LLM endpoint to answer."""
+CONTEXT_KEYS = (
+    "max_model_len",  # vLLM
+    "n_ctx",  # llama.cpp servers
+    "loaded_context_length",  # LM Studio
+    "context_length",
+    "context_window",
+    "max_context_length",
+)
+"""Fields in which servers state the context window they run a model with."""
+
+
+@dataclass(frozen=True)
+class LLMEndpoint:
+    """What an LLM endpoint said about itself before a run: where it is, the models it lists
+    and the context window it runs with (None when it does not say)."""
+
+    url: str
+    models: tuple[str, ...] = ()
+    context_window: int | None = None
+    context_from: str = ""
+    """Where the context window was read (``GET /v1/models``, ``GET /props``)."""
+
+
+def _find_context(data: Any) -> int | None:
+    """The first positive whole number under one of :data:`CONTEXT_KEYS`, searched depth
+    first through dicts and lists."""
+    if isinstance(data, Mapping):
+        for key in CONTEXT_KEYS:
+            value = data.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        children: Any = data.values()
+    elif isinstance(data, list):
+        children = data
+    else:
+        return None
+    for child in children:
+        found = _find_context(child)
+        if found:
+            return found
+    return None
+
+
+def _unreachable(url: str, error: BaseException) -> LLMConfigError:
+    return LLMConfigError(
+        f"cannot reach the LLM server at {url} ({type(error).__name__}: {error}); start it "
+        "(python -m llama_cpp.server, llama-server, vllm serve, ollama serve, LM Studio) or fix "
+        "--llm-base-url"
+    )
+
+
+def _get_json(client: httpx.Client, url: str, what: str) -> Any:
+    """GET a JSON document; a failure to connect, a refused key or a missing page says what
+    to fix."""
+    try:
+        response = client.get(url)
+    except httpx.HTTPError as error:
+        raise _unreachable(url, error) from error
+    if response.status_code in (401, 403):
+        raise LLMConfigError(
+            f"the LLM server at {url} refused the API key (HTTP {response.status_code}): set "
+            f"{OPENAI_COMPATIBLE_KEY_ENV} (openai-compatible) or the provider's key variable"
+        )
+    if response.status_code == 404:
+        raise LLMConfigError(f"the LLM server has no {url} (HTTP 404): {what}")
+    if response.status_code >= 400:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def probe_llm_endpoint(
+    spec: str | LLMSpec,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> LLMEndpoint | None:
+    """Pre-flight of a local or OpenAI-compatible LLM: ask its endpoint for its model list
+    (``GET <base>/models``; Ollama's ``/api/tags``) and the context window it runs with, so a
+    wrong URL or a server that is down fails in seconds, before any run folder or model.
+
+    The window is read where servers state it: vLLM's ``max_model_len`` in the model list,
+    llama.cpp's ``n_ctx`` (``GET /props``, ``GET /v1/models``), LM Studio's
+    ``loaded_context_length``. Returns None where nothing is asked: the offline proposer, and
+    hosted APIs without a base URL (their key is checked by :func:`check_llm_ready`).
+    Raises :class:`LLMConfigError` saying what to fix.
+    """
+    parsed = check_llm_ready(spec, base_url, api_key)
+    if parsed.is_offline:
+        return None
+    url = resolve_base_url(parsed, base_url)
+    if parsed.provider == "ollama":
+        root = (url or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434").rstrip("/")
+        root = root if re.match(r"^https?://", root) else f"http://{root}"
+        with httpx.Client(timeout=timeout_s) as client:
+            tags = _get_json(client, f"{root}/api/tags", "is this an Ollama server?") or {}
+        names = tuple(str(m.get("name", "")) for m in tags.get("models", []) or [])
+        wanted = {parsed.model, f"{parsed.model}:latest"}
+        if names and not wanted & set(names):
+            raise LLMConfigError(
+                f"Ollama at {root} has no model {parsed.model!r} (it has: {', '.join(names)}); "
+                f"run: ollama pull {parsed.model}"
+            )
+        return LLMEndpoint(root, names)
+    if parsed.provider not in (OPENAI_COMPATIBLE, "openai") or not url:
+        return None
+    url = url.rstrip("/")
+    key = resolve_api_key(parsed, api_key)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(timeout=timeout_s, headers=headers) as client:
+        listed = _get_json(client, f"{url}/models", "check the base URL ends in /v1") or {}
+        entries = listed.get("data") if isinstance(listed, Mapping) else None
+        entries = [entry for entry in entries or [] if isinstance(entry, Mapping)]
+        names = tuple(str(entry.get("id", "")) for entry in entries)
+        mine = [entry for entry in entries if entry.get("id") == parsed.model] or entries[:1]
+        context, where = _find_context(mine), "GET /v1/models"
+        if context is None:  # llama.cpp's server states the window it runs with in /props
+            root = re.sub(r"/v1$", "", url)
+            try:
+                props = client.get(f"{root}/props")
+                found = _find_context(props.json()) if props.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                found = None
+            context, where = found, "GET /props"
+    return LLMEndpoint(url, names, context, where if context else "")
+
+
 def build_chat_model(
     spec: str | LLMSpec,
     *,
@@ -406,8 +543,42 @@ def classify_error(error: BaseException) -> FaultKind | None:
     return classify_fault(error)
 
 
-def _advice(fault: FaultKind | None, error: BaseException) -> str:
+_CONTEXT_OVERFLOW = re.compile(
+    r"context (?:length|window|size)|maximum context|exceeds? (?:the )?(?:available )?context|"
+    r"too many tokens|n_ctx|prompt is too long|input is too long",
+    re.IGNORECASE,
+)
+
+
+_STATED_WINDOW = re.compile(
+    r"(?:maximum context length is|context window of|context length of|n_ctx\W{0,3}=?\s*)"
+    r"\s*(\d{3,7})",
+    re.IGNORECASE,
+)
+
+
+def is_context_overflow(error: BaseException) -> bool:
+    """Whether an LLM error says the request did not fit the model's context window."""
+    return bool(_CONTEXT_OVERFLOW.search(str(error)))
+
+
+def context_window_of(error: BaseException | None) -> int | None:
+    """The context window a "does not fit" error states (llama.cpp, vLLM, OpenAI word it
+    "maximum context length is N tokens"), or None."""
+    if error is None or not is_context_overflow(error):
+        return None
+    match = _STATED_WINDOW.search(str(error))
+    return int(match[1]) if match else None
+
+
+def _advice(fault: FaultKind | None, error: BaseException, tools: bool = True) -> str:
     status = status_code_of(error)
+    if is_context_overflow(error):
+        return (
+            "the request did not fit the model's context window: give the window with "
+            "--llm-context N (the size the server runs with), or start the server with a "
+            "larger one (llama.cpp: --n_ctx / -c, Ollama: num_ctx, vLLM: --max-model-len)"
+        )
     if fault == FaultKind.RATE_LIMITED:
         return "the provider keeps rate-limiting: lower the LLM concurrency or retry later"
     if fault == FaultKind.SERVER_ERRORS:
@@ -420,8 +591,10 @@ def _advice(fault: FaultKind | None, error: BaseException) -> str:
         return "the API key was refused: check the key in your environment"
     if status == 404:
         return "model or endpoint not found: check the model name and that the base URL ends in /v1"
+    if status == 400 and tools and re.search(r"tool|function", str(error), re.IGNORECASE):
+        return "the request's tools were refused: check the model and server support tool calling"
     if status == 400:
-        return "the request was refused: check the model supports tool calling and these settings"
+        return "the server refused the request: check the model name and the LLM settings"
     return "check the error message above and the LLM settings"
 
 
@@ -456,6 +629,8 @@ class LLMReply:
     attempts: int = 1
     faults: Mapping[FaultKind, int] = field(default_factory=dict)
     """Transient faults retried before the answer came, per kind."""
+    left_out: int = 0
+    """Messages of the conversation left out to fit the context window (``fit``)."""
 
     @property
     def total_tokens(self) -> int:
@@ -471,6 +646,49 @@ class LLMReply:
             "output_tokens": self.output_tokens,
             **{kind.value: self.faults.get(kind, 0) for kind in FaultKind},
         }
+
+
+CHARS_PER_TOKEN = 3.0
+"""Characters per token the request estimate assumes: fewer than the usual 4, so the estimate
+errs on the long side for small models' tokenizers, chat templates and JSON tool schemas."""
+CONTEXT_MARGIN_TOKENS = 64
+"""Tokens of the context window kept free for what the estimate misses (template markup)."""
+MIN_ANSWER_TOKENS = 48
+"""The fewest tokens an answer may be left: a request leaving less is refused before sending."""
+
+
+FitMessages = Callable[[list[BaseMessage], int], list[BaseMessage]]
+"""Shortens a conversation to a token budget (see :func:`trim_to_fit`)."""
+
+
+def count_tokens(
+    messages: Sequence[MessageLikeRepresentation], tools: Sequence[Any] | None = None
+) -> int:
+    """A cautious estimate of a request's prompt tokens (messages and tool schemas)."""
+    return count_tokens_approximately(
+        messages, chars_per_token=CHARS_PER_TOKEN, tools=list(tools) if tools else None
+    )
+
+
+def trim_to_fit(
+    messages: Sequence[BaseMessage], max_tokens: int, keep_first: int = 2
+) -> list[BaseMessage]:
+    """The first ``keep_first`` messages (system prompt and task) and the latest others that
+    fit ``max_tokens`` in all, cut before an AI message so no tool result loses its call
+    (LangChain's ``trim_messages``). Everything when it all fits."""
+    messages = list(messages)
+    if count_tokens(messages) <= max_tokens:
+        return messages
+    head, rest = messages[:keep_first], messages[keep_first:]
+    room = max(0, max_tokens - count_tokens(head))
+    tail = trim_messages(
+        rest,
+        max_tokens=room,
+        token_counter=lambda chunk: count_tokens(chunk),
+        strategy="last",
+        start_on="ai",
+    )
+    return [*head, *tail]
 
 
 def _as_sent(message: BaseMessage) -> BaseMessage:
@@ -497,13 +715,22 @@ class LLMClient:
         retry: RetryPolicy | None = None,
         attempt_timeout_s: float | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        context_window: int | None = None,
+        max_output_tokens: int | None = None,
     ) -> None:
         """``spec`` names the model in errors; ``attempt_timeout_s`` bounds one attempt on our
         side as well (for providers whose own timeout is unreliable); ``sleep`` makes backoff
-        testable."""
+        testable. With ``context_window`` (tokens) every request is fitted to it: its answer
+        may take what the prompt leaves (at most ``max_output_tokens``, by default a quarter
+        of the window), and a prompt that leaves too little is refused before it is sent."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.model = model
+        self.context_window = context_window
+        self.max_output_tokens = max_output_tokens
+        self.send_max_tokens = False
+        """Send the answer's limit as ``max_tokens`` too (OpenAI-compatible servers such as
+        llama-cpp-python read only that field, not ``max_completion_tokens``)."""
         self.spec = str(spec) if spec is not None else None
         self.retry = retry or RetryPolicy()
         self.attempt_timeout_s = attempt_timeout_s
@@ -511,18 +738,82 @@ class LLMClient:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._sleep = sleep
 
+    def answer_reserve(self) -> int:
+        """Tokens kept for the answer when the context window is known (else 0)."""
+        if not self.context_window:
+            return 0
+        return self.max_output_tokens or max(MIN_ANSWER_TOKENS, self.context_window // 4)
+
+    def message_budget(self, tools: Sequence[Any] | None = None) -> int | None:
+        """Prompt tokens the messages of a request may take (the window less the tools, the
+        answer's reserve and a margin); None when the context window is unknown."""
+        if not self.context_window:
+            return None
+        spent = self.answer_reserve() + CONTEXT_MARGIN_TOKENS + (count_tokens([], tools) or 0)
+        return max(0, self.context_window - spent)
+
+    def _answer_tokens(self, request: list[BaseMessage], tools: Sequence[Any] | None) -> int:
+        """The answer's token limit for this request, or :class:`LLMCallError` when the prompt
+        leaves it too little room in the context window."""
+        assert self.context_window
+        prompt = count_tokens(request, tools)
+        room = self.context_window - prompt - CONTEXT_MARGIN_TOKENS
+        if room < MIN_ANSWER_TOKENS:
+            raise LLMCallError(
+                f"{self.spec or 'the LLM'}: the request needs about {prompt} tokens, more than "
+                f"the model's context window of {self.context_window} tokens allows (with "
+                f"{MIN_ANSWER_TOKENS} for the answer); use a model or server with a larger "
+                "context (--llm-context N), fewer iterations or a smaller scoreboard",
+                attempts=0,
+                fault=None,
+                faults={},
+            )
+        return min(self.answer_reserve(), room)
+
     async def invoke(
         self,
         messages: Sequence[MessageLikeRepresentation],
         tools: Sequence[Any] | None = None,
         tool_choice: Any = None,
+        fit: FitMessages | None = None,
     ) -> LLMReply:
-        """Ask the model once (retrying transient faults); raises :class:`LLMCallError`."""
-        request = [_as_sent(message) for message in convert_to_messages(messages)]
+        """Ask the model once (retrying transient faults); raises :class:`LLMCallError`.
+
+        With a context window (given, or learnt from a server's "maximum context length"
+        error, after which the request is fitted and sent once more), the answer's length is
+        bounded to what the prompt leaves, and ``fit`` (messages, token budget -> messages)
+        may shorten the conversation first.
+        """
+        asked = [_as_sent(message) for message in convert_to_messages(messages)]
+        window = self.context_window
+        try:
+            return await self._invoke_once(asked, tools, tool_choice, fit)
+        except LLMCallError as failure:
+            learnt = context_window_of(failure.__cause__)
+            if learnt is None or (window is not None and learnt >= window):
+                raise
+            log.warning("%s: the server's context window is %d tokens", self.spec, learnt)
+            self.context_window = learnt
+            return await self._invoke_once(asked, tools, tool_choice, fit)
+
+    async def _invoke_once(
+        self,
+        asked: list[BaseMessage],
+        tools: Sequence[Any] | None,
+        tool_choice: Any,
+        fit: FitMessages | None,
+    ) -> LLMReply:
+        request = asked
+        if self.context_window and fit is not None:
+            request = fit(asked, self.message_budget(tools) or 0)
         runnable: Any = self.model
         if tools:
             choice = {} if tool_choice is None else {"tool_choice": tool_choice}
             runnable = self.model.bind_tools(tools, **choice)
+        if self.context_window:
+            limit = self._answer_tokens(request, tools)
+            extra = {"extra_body": {"max_tokens": limit}} if self.send_max_tokens else {}
+            runnable = runnable.bind(max_tokens=limit, **extra)
         faults: Counter[FaultKind] = Counter()
         attempts = 0
 
@@ -539,11 +830,13 @@ class LLMClient:
         try:
             answer: BaseMessage = await retrying(attempt)
         except Exception as error:
-            raise self._failure(error, attempts, faults) from error
+            raise self._failure(error, attempts, faults, bool(tools)) from error
         if not isinstance(answer, AIMessage):
             answer = AIMessage(content=getattr(answer, "content", str(answer)))
+        kept = {id(message) for message in request}
+        left_out = sum(id(message) not in kept for message in asked)
         if answer.response_metadata.get(CACHE_HIT):
-            return LLMReply(answer, cached=True, attempts=0)
+            return LLMReply(answer, cached=True, attempts=0, left_out=left_out)
         usage: Mapping[str, Any] = answer.usage_metadata or {}
         return LLMReply(
             message=answer,
@@ -551,10 +844,15 @@ class LLMClient:
             output_tokens=int(usage.get("output_tokens", 0) or 0),
             attempts=attempts,
             faults=dict(faults),
+            left_out=left_out,
         )
 
     def _failure(
-        self, error: BaseException, attempts: int, faults: Mapping[FaultKind, int]
+        self,
+        error: BaseException,
+        attempts: int,
+        faults: Mapping[FaultKind, int],
+        tools: bool = True,
     ) -> LLMCallError:
         fault = classify_error(error)
         what = f"{type(error).__name__}: {str(error)[:300] or 'no message'}"
@@ -568,11 +866,11 @@ class LLMClient:
                 "Retry later or use another model"
             )
         elif fault is None:
-            text = f"the LLM call failed: {what}. {_advice(fault, error)}"
+            text = f"the LLM call failed: {what}. {_advice(fault, error, tools)}"
         else:
             text = (
                 f"the LLM call failed after {attempts} attempts "
-                f"({fault.replace('_', ' ')}): {what}. {_advice(fault, error)}"
+                f"({fault.replace('_', ' ')}): {what}. {_advice(fault, error, tools)}"
             )
         return LLMCallError(text, attempts=attempts, fault=fault, faults=faults)
 
@@ -588,9 +886,10 @@ def build_llm_client(
     max_concurrency: int = 16,
     retry: RetryPolicy | None = None,
     cache_dir: str | Path | None = None,
+    context_window: int | None = None,
 ) -> LLMClient:
     """Check a spec, build its chat model (with an :class:`LLMResponseCache` in ``cache_dir``)
-    and wrap it in an :class:`LLMClient`."""
+    and wrap it in an :class:`LLMClient` (that fits every request to ``context_window``)."""
     model = build_chat_model(
         spec,
         base_url=base_url,
@@ -600,10 +899,14 @@ def build_llm_client(
         api_key=api_key,
         cache=LLMResponseCache(cache_dir) if cache_dir is not None else None,
     )
-    return LLMClient(
+    client = LLMClient(
         model,
         spec=spec,
         max_concurrency=max_concurrency,
         retry=retry,
         attempt_timeout_s=timeout_s + 10,
+        context_window=context_window,
+        max_output_tokens=max_tokens,
     )
+    client.send_max_tokens = parse_llm_spec(spec).provider == OPENAI_COMPATIBLE
+    return client

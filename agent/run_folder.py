@@ -76,6 +76,15 @@ class EvaluationFiles:
         return self.csv.is_file()
 
 
+class ConfigChange(BaseModel):
+    """One setting changed when a run was resumed (``config.json``'s ``history``)."""
+
+    setting: str
+    old: Any = None
+    new: Any = None
+    at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
 class RunSettings(BaseModel):
     """``config.json``: everything needed to rerun or resume a run."""
 
@@ -85,6 +94,8 @@ class RunSettings(BaseModel):
     generator: str | None = None
     llm: str
     llm_base_url: str | None = None
+    llm_context: int | None = None
+    """The LLM's context window in tokens (``--llm-context``); None: read from the server."""
     prompts: str = "paper"
     variant_overrides: dict[str, Any] = Field(default_factory=dict)
     variant_fingerprint: str = ""
@@ -96,6 +107,8 @@ class RunSettings(BaseModel):
     basis: str | None = None  # sae:PATH or directions:PATH; ``layer`` is then layer@<basis key>
     basis_hash: str | None = None  # SHA-256 of the basis's tensors (inference.bases)
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    history: list[ConfigChange] = Field(default_factory=list)
+    """Settings changed on ``--resume`` (LLM, base URL, concurrency, servers, the variant)."""
 
     @property
     def server_urls(self) -> list[str]:

@@ -25,8 +25,8 @@ from cli.options import (
     NoProgressBar,
     OpenAICompatibleURL,
     OptionalLLMSpec,
-    PromptVariantName,
     RunStore,
+    exit_status,
     exit_with_error,
     warn,
 )
@@ -257,7 +257,16 @@ def run(
     ] = None,
     llm: OptionalLLMSpec = None,
     llm_base_url: LLMBaseURL = None,
-    prompts: PromptVariantName = "paper",
+    llm_context: Annotated[
+        int | None,
+        typer.Option(
+            help="The LLM's context window in tokens; every request is fitted to it "
+            "[default: what the server states (vLLM, llama.cpp, LM Studio), else not fitted]."
+        ),
+    ] = None,
+    prompts: Annotated[
+        str | None, typer.Option(help="Prompt variant name or folder [default: paper].")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder to create.")] = None,
     server: Annotated[
         list[str] | None,
@@ -266,13 +275,28 @@ def run(
             "(least outstanding requests). Without it one is started."
         ),
     ] = None,
-    concurrency: Concurrency = 64,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Neurons explained at once [default: 64].")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Run seed (image seeds derive from it).")] = 0,
     temperature: Annotated[float | None, typer.Option(help="Override the variant's.")] = None,
     iterations: Annotated[int | None, typer.Option(help="Override the variant's.")] = None,
     device: LocalServerDevice = "auto",
     store: LocalServerStore = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the run in this folder; --llm, --llm-base-url, --llm-context, "
+            "--concurrency and --server may change (recorded in config.json)."
+        ),
+    ] = None,
+    allow_variant_change: Annotated[
+        bool,
+        typer.Option(
+            help="--resume: go on although the prompt variant changed since the run started "
+            "(recorded; the report says so)."
+        ),
+    ] = False,
     control: Annotated[
         str | None,
         typer.Option(
@@ -297,13 +321,19 @@ def run(
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
     as_json: JSONOutput = False,
 ) -> None:
-    """Explain neurons: propose, render, measure, refine, for many neurons at once."""
+    """Explain neurons: propose, render, measure, refine, for many neurons at once.
+
+    Exit status: 0 every neuron done; 3 the run finished with failed neurons (--resume retries
+    them); 2 the run could not start (bad options, unreachable LLM or server); 1 an unexpected
+    error.
+    """
     try:
         settings, folder = settings_from_options(
             target=target, layer=layer, units=units, generator=generator, llm=llm,
             llm_base_url=llm_base_url, prompts=prompts, out=out, server=server,
             concurrency=concurrency, seed=seed, temperature=temperature, iterations=iterations,
             resume=resume, control=control, score=score, llm_cache=llm_cache, basis=basis,
+            llm_context=llm_context, allow_variant_change=allow_variant_change,
         )  # fmt: skip
         with run_progress(quiet or as_json) as update:
             rows = execute_run(
@@ -314,12 +344,13 @@ def run(
     index = _write_report(folder, store, echo=not as_json) if report_html else None
     if as_json:
         _print_json(folder, index, rows)
-        return
+        raise typer.Exit(exit_status(rows))
     if not quiet:
         _print_results(rows, folder)
     typer.echo(f"run folder: {folder.path}")
     if index is not None:
         typer.echo(f"report: {index}")
+    raise typer.Exit(exit_status(rows))
 
 
 @app.command()
@@ -335,7 +366,10 @@ def demo(
     quiet: NoProgressBar = False,
     as_json: JSONOutput = False,
 ) -> None:
-    """Explain every planted unit of the offline toy world and compare with the ground truth."""
+    """Explain every planted unit of the offline toy world and compare with the ground truth.
+
+    Exit status as for `line run`: 0 every neuron done, 3 some failed, 2 could not start.
+    """
     try:
         with run_progress(quiet or as_json) as update:
             rows, folder = run_demo(out, llm, llm_base_url, concurrency, on_progress=update)
@@ -344,7 +378,7 @@ def demo(
     index = _write_report(folder, echo=not as_json)
     if as_json:
         _print_json(folder, index, rows)
-        return
+        raise typer.Exit(exit_status(rows))
     _print_results(rows, folder, extra=("truth", "match", "groups"))
     matched = [row for row in rows if row["match"] in (True, False)]
     typer.echo(
@@ -355,6 +389,7 @@ def demo(
     typer.echo(f"run folder: {folder.path}")
     if index is not None:
         typer.echo(f"report: {index}")
+    raise typer.Exit(exit_status(rows))
 
 
 @app.command()

@@ -43,10 +43,24 @@ JSONOutput = Annotated[
 ]
 
 
+EXIT_DONE = 0
+"""Every neuron of the run is done (or dead: it fires on nothing, which is an answer too)."""
+EXIT_COULD_NOT_START = 2
+"""Nothing ran: bad options, an unreachable LLM or inference server, a refused resume."""
+EXIT_NEURONS_FAILED = 3
+"""The run finished, but some neurons failed (``--resume`` retries them)."""
+
+
 def exit_with_error(message: str) -> NoReturn:
-    """Print ``error: message`` in red on stderr and exit with status 2 (a usage error)."""
+    """Print ``error: message`` in red on stderr and exit with status 2 (a usage error, or a
+    run that could not start: :data:`EXIT_COULD_NOT_START`)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_COULD_NOT_START)
+
+
+def exit_status(rows: list[dict]) -> int:
+    """The exit status of a finished run: :data:`EXIT_DONE` only when no neuron failed."""
+    return EXIT_NEURONS_FAILED if any(row.get("status") == "failed" for row in rows) else EXIT_DONE
 
 
 def warn(message: str) -> None:

@@ -7,6 +7,7 @@ name or a folder path.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import string
@@ -23,6 +24,23 @@ TEMPLATES = {
     "paper": ("system", "proposal", "summary", "image_prompt"),
     "agentic": ("system", "task", "summary", "image_prompt"),
 }
+_IMAGE = frozenset({"concept", "angle", "lighting"})
+PLACEHOLDERS: dict[str, dict[str, frozenset[str]]] = {
+    "paper": {
+        "system": frozenset(),
+        "proposal": frozenset({"iteration", "iterations", "scoreboard", "tried"}),
+        "summary": frozenset({"scoreboard"}),
+        "image_prompt": _IMAGE,
+    },
+    "agentic": {
+        "system": frozenset({"max_concepts", "max_images"}),
+        "task": frozenset({"max_concepts", "max_images", "scoreboard"}),
+        "summary": frozenset({"scoreboard"}),
+        "image_prompt": _IMAGE,
+    },
+}
+"""The ``$placeholders`` each template of a strategy may use: the values every step that
+renders it provides. Anything else is refused when the variant loads, before a run starts."""
 
 
 class VariantError(ValueError):
@@ -41,6 +59,9 @@ class VariantSettings(BaseModel):
     seed_top_classes: int = Field(5, ge=0)
     seed_random_classes: int = Field(5, ge=0)
     max_reasks: int = Field(3, ge=0, description="re-asks when an answer is unusable")
+    max_concept_words: int = Field(
+        8, ge=1, le=8, description="longest concept (in words) an LLM answer may give"
+    )
     score: Literal["mean", "mad", "auc"] = "mean"
     max_concepts: int = Field(15, ge=1, description="agentic budget")
     max_images: int = Field(100, ge=1, description="agentic budget")
@@ -116,4 +137,25 @@ def load_variant(name_or_path: str, **overrides: object) -> PromptVariant:
                 + ", ".join(sorted(p.name for p in folder.iterdir()))
             )
         templates[template] = path.read_text().strip() + "\n"
+        check_placeholders(folder.name, settings.strategy, template, templates[template])
     return PromptVariant(folder.name, folder, settings, templates)
+
+
+def check_placeholders(variant: str, strategy: str, template: str, text: str) -> None:
+    """Every ``$placeholder`` of a template is one its step fills, and every ``$`` is one
+    (``$$`` writes a dollar sign); else a :class:`VariantError` naming the typo."""
+    parsed = string.Template(text)
+    known = PLACEHOLDERS[strategy][template]
+    if not parsed.is_valid():
+        raise VariantError(
+            f"template {template}.txt of variant {variant!r} has a '$' that starts no "
+            "placeholder; write $$ for a dollar sign"
+        )
+    for name in parsed.get_identifiers():
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise VariantError(
+                f"template {template}.txt of variant {variant!r} uses ${name}, which is not one "
+                f"of its placeholders ({', '.join(f'${k}' for k in sorted(known)) or 'none'})"
+                + (f"; did you mean ${close[0]}?" if close else "")
+            )

@@ -6,6 +6,8 @@ and ``GET /v1/models``. What it answers is decided by a policy:
 
 - :class:`ProposerPolicy` acts like a sensible LLM by running the offline proposer's decision
   logic on the request's messages and tools, and answers with real OpenAI ``tool_calls``;
+- :class:`ChatDebrisPolicy` answers like a small chat model that often ignores the answer
+  format (chat text, scores, fragments, rambling) before a usable answer;
 - :class:`ScriptedReplies` plays a fixed queue of :class:`Reply` objects (text, tool calls or
   faults: 429 with Retry-After, 500, a dropped connection, a hang, an empty answer, malformed
   arguments, an unknown tool, a 10,000-character concept), then hands over to another policy.
@@ -17,13 +19,17 @@ The server counts requests by reply kind (:class:`ScriptedLLMStats`). Start one 
     ...
     server.stop()
 
-or from a shell: ``python -m testing.scripted_llm --port 8001 [--vocab FILE] [--latency-ms 50]``.
+or from a shell: ``python -m testing.scripted_llm --port 8001 [--mode offline-proposer|chat-debris]
+[--context-window 2048] [--vocab FILE] [--latency-ms 50]``. Neither mode is an LLM: both answer
+with the offline proposer's decisions, so prompt variants cannot be compared with them, and the
+tokens they report are estimates.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import json
 import math
@@ -237,6 +243,72 @@ class ProposerPolicy:
         return Reply.text_reply(str(decisions[0].args["concept"]))
 
 
+CHAT_DEBRIS = (
+    "i'm right, i was too quick: 0.175",
+    "in the sentence",
+    "no",
+    "3d paper (not available until now",
+    'i am": 10/25 = 3.4%',
+    "name",
+    "Sure! I think the best concept would be one that scores higher than the others.",
+)
+"""Answers a small chat model gave instead of a concept (SmolLM2-135M at a 2048-token
+context): chat, scores, fragments, words about the task."""
+RAMBLE = (
+    "Let me think about this step by step. The scores above show which concepts the unit "
+    "responds to, and the strongest ones seem to share something, although it is hard to say "
+    "what exactly without seeing the images. "
+) * 12
+"""An overlong answer (about 2,600 characters) that holds no concept."""
+
+
+@dataclass
+class ChatDebrisPolicy:
+    """Answers like a small chat model that often ignores the answer format, to test that
+    debris never becomes a label and that re-asks and long conversations fit a small context.
+
+    Each question (the request's first two messages) gets between 0 and ``max_debris``
+    unusable answers before a usable one (the number is fixed by the question's text):
+    debris from :data:`CHAT_DEBRIS` or :data:`RAMBLE`, in plain text. A usable answer is the
+    offline proposer's, as a tool call or, every other time, as plain text
+    (``Concept: red``). Agentic turns call tools like the proposer but carry :data:`RAMBLE` as
+    their text, so the conversation outgrows a small context window, and now and then a tool
+    call whose concept is debris.
+    """
+
+    max_debris: int = 2
+    vocabulary: Vocabulary | str | Path | None = None
+    _proposer: ProposerPolicy = field(init=False, repr=False)
+    _asked: Counter[str] = field(init=False, repr=False, default_factory=Counter)
+    _turns: int = field(init=False, repr=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._proposer = ProposerPolicy(self.vocabulary)
+
+    def respond(self, request: dict[str, Any]) -> Reply:
+        """Debris or a usable answer, as described above."""
+        messages = request.get("messages") or []
+        names = request_tool_names(request)
+        proper = self._proposer.respond(request)
+        if GENERATE_TOOL in names:  # an agentic turn
+            self._turns += 1
+            if self._turns % 5 == 0 and proper.tool_calls:
+                debris = CHAT_DEBRIS[self._turns // 5 % len(CHAT_DEBRIS)]
+                return Reply.tool_call(proper.tool_calls[0].name, RAMBLE, concept=debris)
+            return Reply(proper.kind, RAMBLE, proper.tool_calls) if proper.tool_calls else proper
+        question = json.dumps(messages[:2], sort_keys=True, default=str)
+        key = hashlib.sha256(question.encode()).hexdigest()
+        self._asked[key] += 1
+        if self._asked[key] <= int(key[:8], 16) % (self.max_debris + 1):
+            pick = int(key[8:16], 16) + self._asked[key]
+            text = RAMBLE if pick % 4 == 0 else CHAT_DEBRIS[pick % len(CHAT_DEBRIS)]
+            return Reply.text_reply(text)
+        if proper.tool_calls and int(key[16:18], 16) % 2:
+            concept = json.loads(proper.tool_calls[0].arguments).get("concept", "")
+            return Reply.text_reply(f"Concept: {concept}")
+        return proper
+
+
 @dataclass
 class ScriptedReplies:
     """Plays ``replies`` in order, then asks ``then`` (by default a :class:`ProposerPolicy`)."""
@@ -288,6 +360,10 @@ class ScriptedLLMStats:
     by_kind: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    max_prompt_tokens: int = 0
+    """The longest prompt asked (estimated tokens): what a context window must hold."""
+    overflows: int = 0
+    """Requests refused for not fitting the context window."""
     log: list[dict[str, Any]] = field(default_factory=list)
 
     def count(self, kind: str) -> int:
@@ -351,12 +427,18 @@ def _prompt_text(request: Mapping[str, Any]) -> str:
 
 
 def create_scripted_llm_app(
-    policy: ReplyPolicy, latency_ms: float = 0, stats: ScriptedLLMStats | None = None
+    policy: ReplyPolicy,
+    latency_ms: float = 0,
+    stats: ScriptedLLMStats | None = None,
+    context_window: int | None = None,
 ) -> FastAPI:
     """The FastAPI app: ``POST /v1/chat/completions`` (JSON or SSE) and ``GET /v1/models``.
 
     ``latency_ms`` delays every answer; ``app.state.stats`` holds the request counts and
-    ``app.state.stopping`` (a ``threading.Event``) ends hangs early when set.
+    ``app.state.stopping`` (a ``threading.Event``) ends hangs early when set. With
+    ``context_window`` it acts like a llama.cpp server of that context: ``GET /props`` states
+    it (``n_ctx``), and a request whose prompt (estimated tokens) plus ``max_tokens`` exceeds
+    it is refused with llama.cpp's HTTP 400 "maximum context length" error.
     """
     app = FastAPI(title="LINE scripted LLM", version="1")
     app.state.stats = stats if stats is not None else ScriptedLLMStats()
@@ -371,13 +453,33 @@ def create_scripted_llm_app(
             "data": [{"id": "scripted", "object": "model", "created": 0, "owned_by": "line"}],
         }
 
+    @app.get("/props", response_model=None)
+    async def props() -> Response:
+        """The context window, as llama.cpp's server states it (404 without one)."""
+        if context_window is None:
+            return JSONResponse({"error": "not found"}, 404)
+        return JSONResponse({"default_generation_settings": {"n_ctx": context_window}})
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """Answer a chat-completions request with the policy's reply."""
         number = next(counter)
         payload = body.model_dump()
-        reply = policy.respond(payload)
         record: ScriptedLLMStats = app.state.stats
+        asked = estimate_tokens(_prompt_text(payload))
+        record.max_prompt_tokens = max(record.max_prompt_tokens, asked)
+        completion = payload.get("max_completion_tokens") or payload.get("max_tokens") or 0
+        if context_window is not None and asked + completion > context_window:
+            record.requests += 1
+            record.overflows += 1
+            refusal = (
+                f"This model's maximum context length is {context_window} tokens. However, you "
+                f"requested {asked + completion} tokens ({asked} in the messages, {completion} "
+                "in the completion). Please reduce the length of the messages or completion."
+            )
+            error = {"message": refusal, "type": "invalid_request_error", "code": None}
+            return JSONResponse({"error": error}, 400)
+        reply = policy.respond(payload)
         record.requests += 1
         record.streamed += int(body.stream)
         record.by_kind[reply.kind] += 1
@@ -531,13 +633,27 @@ class ScriptedLLMServer:
         self.stop()
 
 
-def start_scripted_llm(policy: ReplyPolicy, latency_ms: float = 0) -> ScriptedLLMServer:
+def start_scripted_llm(
+    policy: ReplyPolicy, latency_ms: float = 0, context_window: int | None = None
+) -> ScriptedLLMServer:
     """Serve a policy on 127.0.0.1 (a free port) on a background thread."""
 
     stats = ScriptedLLMStats()
-    app = create_scripted_llm_app(policy, latency_ms=latency_ms, stats=stats)
+    app = create_scripted_llm_app(
+        policy, latency_ms=latency_ms, stats=stats, context_window=context_window
+    )
     running = start_server_thread(app)
     return ScriptedLLMServer(f"{running.url}/v1", stats, app, running)
+
+
+MODES = {
+    "offline-proposer": "the offline proposer's decisions behind HTTP, not an LLM: prompts do "
+    "not change what it answers, and its token counts are estimates (a quarter of the "
+    "characters)",
+    "chat-debris": "the offline proposer behind a small chat model's manners: chat text, "
+    "scores, fragments and rambling before a usable answer",
+}
+"""What ``python -m testing.scripted_llm --mode`` serves."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -550,10 +666,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--vocab", default=None, help="vocabulary file (default: toy world)")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--parallel-calls", type=int, default=1)
+    parser.add_argument(
+        "--mode",
+        choices=sorted(MODES),
+        default="offline-proposer",
+        help="; ".join(f"{name}: {about}" for name, about in MODES.items()),
+    )
+    parser.add_argument(
+        "--context-window", type=int, default=None, help="act like a llama.cpp server of N tokens"
+    )
     args = parser.parse_args(argv)
-    policy = ProposerPolicy(args.vocab, parallel_calls=args.parallel_calls)
-    app = create_scripted_llm_app(policy, latency_ms=args.latency_ms)
-    print(f"scripted LLM on http://{args.host}:{args.port}/v1 (model name: anything)")
+    policy: ReplyPolicy
+    if args.mode == "chat-debris":
+        policy = ChatDebrisPolicy(vocabulary=args.vocab)
+    else:
+        policy = ProposerPolicy(args.vocab, parallel_calls=args.parallel_calls)
+    app = create_scripted_llm_app(
+        policy, latency_ms=args.latency_ms, context_window=args.context_window
+    )
+    print(
+        f"scripted LLM ({args.mode}: {MODES[args.mode]}) on http://{args.host}:{args.port}/v1 "
+        "(model name: anything)"
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

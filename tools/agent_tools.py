@@ -33,6 +33,7 @@ from tools.scoreboard import (
     Scoreboard,
     check_concept,
     format_score_lines,
+    validate_concept,
 )
 from tools.scoring import score_activations
 
@@ -183,15 +184,17 @@ class ReadScoreboardArgs(BaseModel):
 # an answer cannot be used, and the graph sends that reason back with a re-ask.
 async def _propose_concept(concept: str, runtime: NeuronToolRuntime) -> tuple[str, dict[str, str]]:
     """Propose the next concept to test on the unit."""
-    concept = check_concept(concept)
+    concept = validate_concept(concept, runtime.context.variant.settings.max_concept_words)
     if Scoreboard.from_dicts(runtime.state.get("entries", [])).has(concept):
         raise ValueError(f"{concept!r} was already tried; propose a new one")
     return f"'{concept}' will be tested", {"concept": concept}
 
 
-async def _submit_explanation(concept: str, summary: str) -> tuple[str, dict[str, str]]:
+async def _submit_explanation(
+    concept: str, summary: str, runtime: NeuronToolRuntime
+) -> tuple[str, dict[str, str]]:
     """Give the final concept that explains the unit, with a one-sentence summary."""
-    concept = check_concept(concept)
+    concept = validate_concept(concept, runtime.context.variant.settings.max_concept_words)
     return f"'{concept}' is the explanation", {"concept": concept, "summary": summary.strip()}
 
 
@@ -219,7 +222,7 @@ def _reply(runtime: NeuronToolRuntime, text: str, **update: Any) -> Command:
 async def _generate_images(concept: str, runtime: NeuronToolRuntime, n: int = 5) -> Command:
     """Render n synthetic photographs of a concept."""
     ctx, state = runtime.context, runtime.state
-    concept = check_concept(concept)
+    concept = validate_concept(concept, ctx.variant.settings.max_concept_words)
     if not 1 <= n <= MAX_IMAGES_PER_CALL:
         raise ValueError(f"n must be a whole number from 1 to {MAX_IMAGES_PER_CALL}, got {n!r}")
     left = ctx.variant.settings.max_images - state.get("counters", {}).get("images", 0)

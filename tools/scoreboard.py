@@ -40,6 +40,73 @@ def check_concept(text: object) -> str:
     return concept
 
 
+# A concept is a short noun phrase: letters, spaces and hyphens (a possessive "'s" and "&"
+# pass). What a small chat model puts around or instead of one is refused with a reason.
+_CONCEPT_CHARS = re.compile(r"[^\W\d_]+(?:['’]s)?(?:[- ][^\W\d_]+(?:['’]s)?)*|&")
+_CHAT_WORDS = frozenset(
+    "i i'm im i've i'd i'll me my mine myself you you're your yours we we're our us "
+    "yes no nope ok okay sure sorry thanks thank hello hi hey please maybe "
+    "here's there's let's it's that's what's don't doesn't isn't can't won't "
+    "am is are was were be been being do does did have has had would shall should could "
+    "might".split()
+)
+"""Words of chat or of a sentence (pronouns, replies, contractions, verbs of being and
+auxiliaries that are no nouns): a noun phrase has none of them."""
+_FUNCTION_WORDS = frozenset(
+    "a an the and or nor but of in on at to for with without from by into onto over under "
+    "about above below between than then as like not only very just also this that these "
+    "those it its some any all each every none nothing something anything".split()
+)
+"""Words that cannot end a phrase or make one on their own ("in the", "red and")."""
+_LEADING_PREPOSITIONS = frozenset(
+    "of in on at to for with without from by into onto over under about above below "
+    "between than as like not".split()
+)
+_META_WORDS = frozenset(
+    "concept concepts name names answer answers label labels word words phrase phrases "
+    "sentence sentences text unit units neuron neurons score scores example examples "
+    "proposal explanation unknown".split()
+)
+"""Words about the task rather than about images: a concept made of only these (and
+function words) says nothing about what the unit sees."""
+
+
+def validate_concept(text: object, max_words: int = MAX_CONCEPT_WORDS) -> str:
+    """A concept fit to render, or ``ValueError`` saying why not (written to be sent back).
+
+    Stricter than :func:`check_concept`, for what an LLM proposes: a short noun phrase of at
+    most ``max_words`` words made of letters, spaces and hyphens; no digits, colons, quotes,
+    brackets or other punctuation; no chat text (pronouns, replies, verbs such as "is"); not
+    starting with a preposition or ending with a function word; not only words about the
+    task ("name", "concept", "the answer"). ``"red fruit"``, ``"stars or crosses"`` and
+    ``"red on a blue background"`` pass; ``"i'm right: 0.175"``, ``"in the sentence"`` and
+    ``"no"`` do not.
+    """
+    concept = check_concept(text)
+    hint = "give only a short noun phrase such as 'red fruit'"
+    words = concept.replace("’", "'").split()
+    if re.search(r"\d", concept):
+        raise ValueError(f"{concept!r} contains digits; {hint}, without numbers or scores")
+    if not _CONCEPT_CHARS.fullmatch(concept.replace(" & ", " and ")):
+        bad = sorted({c for c in concept if not (c.isalpha() or c in " -'’&")})
+        shown = " ".join(repr(c) for c in bad) or "an apostrophe"
+        raise ValueError(f"{concept!r} contains {shown}; {hint}, without punctuation or quotes")
+    chat = [word for word in words if word in _CHAT_WORDS or word.endswith(("n't", "'m", "'re"))]
+    if chat:
+        raise ValueError(
+            f"{concept!r} reads as chat or a sentence ({chat[0]!r}); {hint}, nothing else"
+        )
+    if len(words) > max_words:
+        raise ValueError(
+            f"the concept has {len(words)} words; give at most {max_words} words, e.g. 'red fruit'"
+        )
+    if words[0] in _LEADING_PREPOSITIONS or words[-1] in _FUNCTION_WORDS:
+        raise ValueError(f"{concept!r} is not a complete noun phrase; {hint}")
+    if all(word in _META_WORDS or word in _FUNCTION_WORDS for word in words):
+        raise ValueError(f"{concept!r} names no visual concept; {hint}")
+    return concept
+
+
 @dataclass
 class ConceptEntry:
     """One tried concept with its images, activations and score."""

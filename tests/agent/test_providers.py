@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -19,6 +19,7 @@ from pydantic import Field, PrivateAttr
 from agent import providers
 from agent.answers import (
     UnusableAnswer,
+    concept_from_text,
     extract_concept_from_text,
     extract_tool_call,
     required_args_of,
@@ -32,7 +33,9 @@ from agent.providers import (
     build_chat_model,
     check_llm_ready,
     classify_error,
+    count_tokens,
     parse_llm_spec,
+    trim_to_fit,
 )
 from tools.retry import FaultKind, RetryPolicy, classify_fault, retry_after_s
 
@@ -485,3 +488,90 @@ def test_clients_built_in_turn_work_across_event_loops():
                 client.invoke([HumanMessage("red: 1.0000")], tools=[PROPOSE_CONCEPT])
             )
             assert reply.message.tool_calls[0]["name"] == "propose_concept"
+
+
+# ----- small local models: context windows, debris, the real cause of an error ----------------
+
+
+class RecordingModel(FlakyModel):
+    """A FlakyModel that keeps the keyword arguments of each call (``max_tokens``)."""
+
+    seen: list[dict[str, Any]] = Field(default_factory=list)
+
+    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        self.seen.append(kwargs)
+        return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+
+def _bad_request(message: str) -> openai.BadRequestError:
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx.Response(400, request=request)
+    return openai.BadRequestError(message, response=response, body=None)
+
+
+async def test_a_context_overflow_is_named_as_such_not_as_tool_calling():
+    overflow = _bad_request(
+        "This model's maximum context length is 2048 tokens, you requested 2071"
+    )
+    client = LLMClient(FlakyModel(errors=[overflow]), spec="smol", context_window=2048)
+    with pytest.raises(LLMCallError) as error:
+        await client.invoke([HumanMessage("hi")])
+    assert "context window" in str(error.value) and "--llm-context" in str(error.value)
+    assert "tool calling" not in str(error.value)
+    other = LLMClient(FlakyModel(errors=[_bad_request("bad value for temperature")]))
+    with pytest.raises(LLMCallError, match="refused the request") as error:
+        await other.invoke([HumanMessage("hi")], tools=[propose_concept])
+    assert "tool calling" not in str(error.value)
+
+
+async def test_every_request_is_fitted_to_the_context_window():
+    model = RecordingModel()
+    client = LLMClient(model, context_window=2048)
+    await client.invoke([HumanMessage("short question")], tools=[propose_concept])
+    assert model.seen[-1]["max_tokens"] == 512  # a quarter of the window for the answer
+    long = "word " * 1000  # about 1,700 estimated tokens
+    await client.invoke([HumanMessage(long)])
+    room = 2048 - count_tokens([HumanMessage(long)]) - providers.CONTEXT_MARGIN_TOKENS
+    assert model.seen[-1]["max_tokens"] == room < 512
+    calls = model._calls
+    with pytest.raises(LLMCallError, match="context window of 2048 tokens") as error:
+        await client.invoke([HumanMessage("word " * 1400)])
+    assert error.value.attempts == 0 and model._calls == calls  # refused before sending
+    unbounded = RecordingModel()
+    await LLMClient(unbounded).invoke([HumanMessage("hi")])
+    assert "max_tokens" not in unbounded.seen[-1]  # no window known: nothing imposed
+
+
+def test_trimming_keeps_the_task_and_whole_tool_exchanges():
+    head = [SystemMessage("system " * 20), HumanMessage("task " * 20)]
+    turns = []
+    for index in range(30):
+        call = {"name": "generate_images", "args": {"concept": f"c{index}"}, "id": f"t{index}"}
+        turns += [
+            AIMessage(content="thinking " * 30, tool_calls=[call]),
+            ToolMessage(f"generated images of c{index}", tool_call_id=f"t{index}"),
+        ]
+    kept = trim_to_fit([*head, *turns], 600)
+    assert kept[:2] == head and count_tokens(kept) <= 600
+    assert len(kept) < len(head) + len(turns) and isinstance(kept[2], AIMessage)
+    assert kept[-1] == turns[-1]  # the latest exchange survives
+    assert trim_to_fit([*head, *turns[:2]], 10_000) == [*head, *turns[:2]]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("i'm right, i was too quick: 0.175", "digits"), ("in the sentence", "noun phrase"),
+     ("no", "chat"), ("name", "no visual concept"), ("", "empty"),
+     ("Let me think. " * 50, "too long")],
+)  # fmt: skip
+def test_chat_debris_in_plain_text_is_refused_with_its_reason(text, reason):
+    with pytest.raises(UnusableAnswer, match=reason):
+        concept_from_text(text)
+    assert extract_concept_from_text(text) is None
+
+
+def test_a_concept_is_found_where_chatty_models_put_it():
+    assert concept_from_text("Sure! Here is a new concept: red fruit") == "red fruit"
+    assert concept_from_text('I propose "blue star" because it scored well') == "blue star"
+    with pytest.raises(UnusableAnswer, match="at most 2 words"):
+        concept_from_text("small red striped circle", max_words=2)

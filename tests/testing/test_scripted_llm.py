@@ -12,8 +12,19 @@ from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
 from agent.answers import UnusableAnswer, extract_tool_call
-from agent.providers import LLMCallError, LLMClient, LLMResponseCache, build_chat_model
+from agent.providers import (
+    LLMCallError,
+    LLMClient,
+    LLMConfigError,
+    LLMResponseCache,
+    build_chat_model,
+    probe_llm_endpoint,
+)
+from inference.app import free_port
 from testing.scripted_llm import (
+    CHAT_DEBRIS,
+    RAMBLE,
+    ChatDebrisPolicy,
     ProposerPolicy,
     Reply,
     ScriptedReplies,
@@ -35,8 +46,8 @@ def scripted():
     """Start scripted servers; all are stopped after the test."""
     servers = []
 
-    def start(policy, latency_ms: float = 0):
-        server = start_scripted_llm(policy, latency_ms=latency_ms)
+    def start(policy, latency_ms: float = 0, context_window=None):
+        server = start_scripted_llm(policy, latency_ms=latency_ms, context_window=context_window)
         servers.append(server)
         return server
 
@@ -242,3 +253,60 @@ async def test_unreachable_server_fails_with_advice():
     with pytest.raises(LLMCallError, match="check the base URL") as error:
         await client.invoke(PROMPT)
     assert error.value.faults["connection_errors"] == 2
+
+
+async def test_chat_debris_mode_answers_debris_then_a_usable_concept(scripted):
+    server = scripted(ChatDebrisPolicy(max_debris=2))
+    client = client_for(server)
+    answers = []
+    for question in range(12):
+        prompt = [SystemMessage("You interpret a neuron."), HumanMessage(f"question {question}")]
+        for _ in range(3):
+            reply = await client.invoke(prompt, tools=[PROPOSE_CONCEPT])
+            answers.append(reply.message)
+            if reply.message.tool_calls or reply.message.text.startswith("Concept:"):
+                break
+        else:
+            pytest.fail("more than max_debris unusable answers to one question")
+    texts = [message.text for message in answers if not message.tool_calls]
+    assert any(text in CHAT_DEBRIS or text == RAMBLE for text in texts)  # debris came
+    assert any(text.startswith("Concept: ") for text in texts)  # and plain-text concepts
+    assert any(message.tool_calls for message in answers)  # and tool calls
+
+
+async def test_a_context_window_is_stated_and_enforced_like_llama_cpp(scripted):
+    server = scripted(ProposerPolicy(), context_window=512)
+    endpoint = probe_llm_endpoint("openai-compatible:smol", server.url)
+    assert endpoint.context_window == 512 and endpoint.context_from == "GET /props"
+    assert endpoint.models == ("scripted",)
+    too_long = [HumanMessage("word " * 600)]
+    unfitted = client_for(server, context_window=4096)  # told a larger window than the server's
+    with pytest.raises(LLMCallError, match="context window of 512 tokens") as error:
+        await unfitted.invoke(too_long)  # the server's error taught it 512: refitted, too long
+    assert "--llm-context" in str(error.value) and "tool calling" not in str(error.value)
+    assert server.stats.overflows == 1 and unfitted.context_window == 512
+    fitted = client_for(server, context_window=512)  # refused before sending
+    with pytest.raises(LLMCallError, match="context window of 512 tokens"):
+        await fitted.invoke(too_long)
+    assert server.stats.overflows == 1
+    reply = await fitted.invoke(PROMPT, tools=[PROPOSE_CONCEPT])
+    assert reply.message.tool_calls
+
+
+def test_preflight_of_an_unreachable_llm_fails_in_seconds():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    started = time.monotonic()
+    with pytest.raises(LLMConfigError, match=f"cannot reach the LLM server at {url}"):
+        probe_llm_endpoint("openai-compatible:smol", url)
+    assert time.monotonic() - started < 5
+    assert probe_llm_endpoint("offline:vocab") is None
+
+
+async def test_a_window_the_server_only_states_in_its_error_is_learnt_and_fitted(scripted):
+    server = scripted(ProposerPolicy(), context_window=512)  # like llama-cpp-python's server
+    client = client_for(server)
+    assert client.context_window is None
+    conversation = [HumanMessage("word " * 600), *PROMPT]
+    reply = await client.invoke(conversation, fit=lambda messages, budget: messages[-2:])
+    assert client.context_window == 512 and server.stats.overflows == 1
+    assert reply.left_out == 1 and reply.message.text

@@ -14,6 +14,7 @@ from tools.scoreboard import (
     format_tried_lines,
     parse_score_lines,
     parse_tried_lines,
+    validate_concept,
 )
 from tools.scoring import auc_score, mad_score, score_activations
 from tools.server_session import RunSetupError, check_layer_units
@@ -76,3 +77,26 @@ def test_scores():
     assert mad_score([3.0], np.array([1.0, 1.0])) == 0.0
     with pytest.raises(ValueError, match="needs a control set"):
         score_activations("auc", [1.0])
+
+
+@pytest.mark.parametrize(
+    "concept",
+    ["red fruit", "many small red objects", "stars or crosses", "striped red objects",
+     "red on a blue background", "blue triangle on a white background", "a photo of red",
+     "dog's head", "t-shirt", "black and white", "red close-up"],
+)  # fmt: skip
+def test_concepts_the_offline_proposer_and_people_write_pass(concept):
+    assert validate_concept(concept) == concept
+
+
+@pytest.mark.parametrize(
+    ("debris", "reason"),
+    [("i'm right, i was too quick: 0.175", "digits"), ("in the sentence", "noun phrase"),
+     ("no", "chat"), ("3d paper (not available until now", "digits"),
+     ('i am": 10/25 = 3.4%', "digits"), ("name", "no visual concept"),
+     ("the answer", "no visual concept"), ("concept: red", "':'"), ("sure, here", "','"),
+     ("it is red", "chat"), ("red and", "noun phrase"), ("one two three four", "at most 3")],
+)  # fmt: skip
+def test_chat_debris_is_not_a_concept(debris, reason):
+    with pytest.raises(ValueError, match=reason):
+        validate_concept(debris, max_words=3)
