@@ -1,9 +1,13 @@
 """The LangGraph state machines that explain one neuron: ``paper`` and ``agentic``.
 
 paper:    [seed: control-set classes] -> propose -> evaluate -> ... (iterations)
-          -> summarize -> score_summary -> finish
+          -> summarize -> score_summary -> confirm -> finish
 agentic:  agent -> tools, one call after the other (-> malformed) -> agent ... (until the
           budget is spent or the agent stops) -> summarize -> ... finish
+
+The search (everything before ``confirm``) only explores; ``confirm`` re-checks its best
+concepts on fresh images against the control set and chooses the label
+(:mod:`analysis.confirmation`).
 
 Every node returns a partial state update, checkpointed after it runs, so an interrupted run
 resumes at the node it stopped in and no finished step is repeated. The LLM's tool calls run
@@ -14,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from typing import Any
 
+import numpy as np
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -40,7 +46,14 @@ from agent.answers import (
 )
 from agent.providers import LLMReply, count_tokens, trim_to_fit
 from agent.state import NeuronState, RunContext
-from analysis.selectivity import label_verdict
+from analysis.confirmation import (
+    ConfirmedCandidate,
+    ablations,
+    choose_label,
+    duplicates,
+    missing_union,
+)
+from analysis.selectivity import Verdict
 from tools.agent_tools import (
     AGENTIC_TOOLS,
     GENERATE_IMAGES,
@@ -48,7 +61,9 @@ from tools.agent_tools import (
     PROPOSE_CONCEPT,
     SUBMIT_EXPLANATION,
     agentic_tool_node,
+    confirmation_seeds,
     evaluate_concept,
+    probe_concept,
 )
 from tools.scoreboard import (
     MAX_CONCEPT_WORDS,
@@ -57,9 +72,12 @@ from tools.scoreboard import (
     format_score_lines,
     format_tried_lines,
 )
+from tools.scoring import auc_interval, auc_score
 
 MAX_NUDGES = 2  # reminders when the agent stops calling tools too early
 MIN_CONCEPTS = 3  # ...that is, before measuring this many concepts
+ABLATION_ROUNDS = 3  # confirmation: how often the contenders' parts are added and re-checked
+MAX_CONTENDERS = 3  # ...of at most this many contenders (the best AUCs within the margin)
 
 
 def _message_record(message: BaseMessage) -> dict[str, Any]:
@@ -424,30 +442,118 @@ async def score_summary(state: NeuronState, runtime: Runtime[RunContext]) -> dic
     }
 
 
-async def finish(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
-    """The final label: the best-scoring concept of the whole history, with the verdict on
-    whether it stands out (:func:`analysis.selectivity.label_verdict`)."""
+async def confirm(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """Re-check the search's best distinct concepts on fresh images and choose the label
+    (:mod:`analysis.confirmation`).
+
+    The top ``confirm_candidates`` concepts of the history are rendered on
+    ``confirm_images`` seeds shared by every candidate and never used in the search, and scored
+    by their AUC against the run's control set. Then, up to :data:`ABLATION_ROUNDS` times, the
+    parts of the best :data:`MAX_CONTENDERS` contenders (within the margin of the best) that
+    are not measured yet (the
+    label without each attribute, an OR's alternatives) are measured too; when two candidates
+    that share no attribute both fire, their OR is measured as well (a unit that fires on either
+    is not explained by one of them). Then the rule chooses.
+    """
+    ctx = runtime.context
+    settings = ctx.variant.settings
+    control = ctx.control_activations
+    if control is None or len(control) == 0:
+        raise RuntimeError(
+            "confirmation needs the unit's activations on a control set, and the run has none"
+        )
     board = Scoreboard.from_dicts(state.get("entries", []))
-    best = board.best()
-    summary = state.get("summary") or {}
-    if best is None:
+    ranked = [entry for entry in board.ranked() if math.isfinite(entry.score)]
+    search_scores = {entry.concept: entry.score for entry in reversed(ranked)}
+    top = list(dict.fromkeys(entry.concept for entry in ranked))[: settings.confirm_candidates]
+    if not top:
         raise RuntimeError(
             "no concept could be measured for this neuron (every LLM answer was unusable); "
             "check the LLM and run again with --resume"
         )
-    verdict = label_verdict(
-        state.get("entries", []), best.concept, runtime.context.control_activations
+    seeds = confirmation_seeds(ctx.run_seed, settings.confirm_images)
+    measured: dict[str, ConfirmedCandidate] = {}
+
+    async def measure(concept: str, source: str) -> None:
+        values, image_ids, prompts = await probe_concept(ctx, concept, seeds)
+        rank = top.index(concept) if concept in top else len(top) + len(measured)
+        measured[concept] = ConfirmedCandidate(
+            concept=concept,
+            source=source,
+            auc=auc_score(values, control),
+            auc_low=math.nan,
+            auc_high=math.nan,
+            mean=float(np.mean(values)),
+            search_score=search_scores.get(concept),
+            search_rank=rank,
+            activations=values,
+            image_ids=image_ids,
+            seeds=list(seeds),
+            prompts=prompts,
+        )
+
+    await asyncio.gather(*(measure(concept, "search") for concept in top))
+    for _round in range(ABLATION_ROUNDS):
+        twins = duplicates(list(measured.values()))
+        distinct = [c for c in measured.values() if c.concept not in twins]
+        best = max(candidate.auc for candidate in distinct)
+        contenders = sorted(
+            (c for c in distinct if c.auc >= best - settings.confirm_margin),
+            key=lambda c: (-c.auc, c.search_rank),
+        )[:MAX_CONTENDERS]
+        parts = {
+            part: f"ablation of '{candidate.concept}'"
+            for candidate in contenders
+            for part in ablations(candidate.concept)
+            if part not in measured
+        }
+        if not parts:
+            break
+        await asyncio.gather(*(measure(part, source) for part, source in parts.items()))
+    union = missing_union(list(measured.values()))
+    if union is not None:
+        await measure(*union)
+    candidates = sorted(measured.values(), key=lambda c: c.search_rank)
+    choice = choose_label(candidates, settings.confirm_margin)
+    chosen = measured[choice.label]
+    chosen.auc, chosen.auc_low, chosen.auc_high = await asyncio.to_thread(
+        auc_interval, chosen.activations, control
     )
+    confirmation = {
+        "label": choice.label,
+        "reason": choice.reason,
+        "best": choice.best,
+        "margin": choice.margin,
+        "images_per_candidate": len(seeds),
+        "control_images": len(control),
+        "candidates": [candidate.to_dict() for candidate in candidates],
+    }
+    images = len(seeds) * len(candidates)
+    return {"confirmation": confirmation, "counters": {"confirmation_images": images}}
+
+
+async def finish(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
+    """The final label: the confirmation's choice, its AUC on the confirmation images with the
+    interval, and the verdict from the same images (:class:`analysis.selectivity.Verdict`)."""
+    confirmation = state.get("confirmation") or {}
+    summary = state.get("summary") or {}
+    chosen = next(c for c in confirmation["candidates"] if c["concept"] == confirmation["label"])
+    verdict = Verdict(chosen["auc"], chosen["auc_low"], chosen["auc_high"])
     return {
         "result": {
-            "label": best.concept,
-            "score": best.score,
-            "label_source": best.source,
+            "label": chosen["concept"],
+            "score": chosen["auc"],
+            "score_low": chosen["auc_low"],
+            "score_high": chosen["auc_high"],
+            "mean_activation": chosen["mean"],
+            "search_score": chosen["search_score"],
+            "label_source": chosen["source"],
+            "choice": confirmation["reason"],
+            "candidates": len(confirmation["candidates"]),
             "summary_concept": summary.get("concept"),
             "summary_text": summary.get("text", ""),
+            "verdict": verdict.outcome,
             "selective": verdict.selective,
-            "selectivity": verdict.selectivity,
-            "selectivity_reference": verdict.reference,
         }
     }
 
@@ -457,9 +563,11 @@ def build_graph(strategy: str) -> StateGraph[NeuronState, RunContext, NeuronStat
     graph = StateGraph(NeuronState, context_schema=RunContext)
     graph.add_node("summarize", summarize)
     graph.add_node("score_summary", score_summary)
+    graph.add_node("confirm", confirm)
     graph.add_node("finish", finish)
     graph.add_edge("summarize", "score_summary")
-    graph.add_edge("score_summary", "finish")
+    graph.add_edge("score_summary", "confirm")
+    graph.add_edge("confirm", "finish")
     graph.add_edge("finish", END)
     if strategy == "paper":
         graph.add_node("seed", seed)

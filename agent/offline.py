@@ -6,8 +6,10 @@ tests. It reads the conversation the graph sends (``concept: score`` and ``- con
 earlier tool calls and tool results) and answers with the next concept of a vocabulary file:
 untried single entries first, in file order, then hypotheses built from the singles' scores:
 combinations of two promising entries ("blue triangle", "stars or crosses"), then the best
-entry with partners of other categories ("red circle", "dotted heart"), then rephrasings of the
-best entry that keep its meaning ("red close-up"), then everything else.
+entry with partners of other categories ("red circle", "dotted heart"), then everything else
+(remaining combinations, variations that change the scene: "large red", "red on a white
+background"). It spends no round on a rephrasing that cannot change what is rendered ("red
+close-up", "a photo of red"): re-measuring a concept on fresh images is the confirmation's job.
 
 The decision logic (:class:`VocabProposer`) works on a neutral transcript, so the scripted
 OpenAI-compatible test server (:mod:`testing.scripted_llm`) reuses it on wire-format messages.
@@ -57,17 +59,7 @@ READ_SCOREBOARD_TOOL = READ_SCOREBOARD.name
 CONCEPT_TOOLS = frozenset({PROPOSE_TOOL, SUBMIT_TOOL, GENERATE_TOOL, MEASURE_TOOL})
 
 CATEGORIES = ("colour", "shape", "texture", "size", "other")
-_SAME_MEANING_VARIATIONS = (
-    "{c} close-up",
-    "{c} pattern",
-    "bright {c}",
-    "dark {c}",
-    "a photo of {c}",
-    "{c} scene",
-)
-"""Rephrasings that add no attribute: they re-measure a concept on fresh images."""
 _VARIATIONS = (
-    *_SAME_MEANING_VARIATIONS,
     "{c} on a white background",
     "{c} on a black background",
     "a single {c}",
@@ -398,8 +390,8 @@ class VocabProposer:
         part scores best first; size and count entries only when one of them is the best
         entry (they lift almost any unit); (2) the best entry with partners of other categories
         ("blue" + shapes, then textures), best-scoring partners first: a conjunction whose
-        other half happened not to show in the singles; (3) rephrasings of the best entry that
-        keep its meaning; then everything else (remaining combinations, other variations).
+        other half happened not to show in the singles; then everything else (remaining
+        combinations, variations that change the scene).
         """
         for entry in self.vocabulary.entries:
             yield entry.concept, "next untried vocabulary entry"
@@ -415,8 +407,6 @@ class VocabProposer:
         bases = bases or self.vocabulary.concepts()
         if ranked:
             yield from self._hypotheses(ranked, evidence)
-        for template in _SAME_MEANING_VARIATIONS:
-            yield _vary(template, bases[0]), f"rephrasing of '{bases[0]}', the best so far"
         pairs = list(itertools.combinations(range(len(ranked)), 2))
 
         def mean(pair: tuple[int, int]) -> float:
@@ -440,7 +430,7 @@ class VocabProposer:
         for base in bases[3:]:
             for template in _VARIATIONS:
                 yield _vary(template, base), f"variation of '{base}'"
-        for number in itertools.count(2):
+        for number in itertools.count(2):  # the vocabulary is spent: keep the walk endless
             yield f"{bases[0]} variation {number}", f"variation of '{bases[0]}'"
 
     def _hypotheses(

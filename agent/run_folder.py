@@ -28,14 +28,21 @@ RESULT_COLUMNS = [
     "unit",
     "label",
     "score",
+    "score_low",
+    "score_high",
+    "verdict",
     "selective",
-    "selectivity",
+    "mean_activation",
+    "search_score",
+    "candidates",
+    "choice",
     "status",
     "reason",
     "summary",
     "llm_calls",
     "tokens",
     "images",
+    "confirmation_images",
     "reasks",
     "faults",
     *(kind.value for kind in FaultKind),
@@ -203,6 +210,13 @@ class RunFolder:
         try:
             import pandas as pd
 
-            pd.DataFrame(rows, columns=columns).to_parquet(self.results_parquet)
+            frame = pd.DataFrame(rows, columns=columns)
+            text = [column for column in frame.columns if frame[column].dtype == object]
+            for column in text:  # "" is the CSV's empty cell: a missing value, not a string
+                frame[column] = frame[column].map(lambda value: None if value == "" else value)
+            try:
+                frame.to_parquet(self.results_parquet)
+            except (ValueError, TypeError):  # a column mixing numbers and text: all as text
+                frame.astype(dict.fromkeys(text, "string")).to_parquet(self.results_parquet)
         except ImportError:
             pass

@@ -29,7 +29,7 @@ from prompts.variant import PromptVariant
 from tools.agent_tools import add_counters
 from tools.census import Census, take_census
 from tools.client import InferenceClient
-from tools.controlset import ControlSet, measure_control
+from tools.controlset import MIN_CONTROL_IMAGES, ControlSet, ControlSetError, measure_control
 
 log = logging.getLogger("line.run")
 
@@ -88,7 +88,7 @@ async def latest_attempt(graph: NeuronGraph, layer: str, unit: int) -> tuple[int
 def cannot_continue(snapshot: StateSnapshot) -> bool:
     """An attempt that stopped where running again gives the same failure: it reached the
     final step without a single measured concept (every LLM answer was unusable)."""
-    return tuple(snapshot.next) == ("finish",) and not snapshot.values.get("entries")
+    return tuple(snapshot.next) == ("confirm",) and not snapshot.values.get("entries")
 
 
 BUDGET_COUNTERS = ("agent_turns", "images")  # spent per attempt; a new attempt gets them afresh
@@ -158,6 +158,7 @@ def history_of(state: dict, status: str, reason: str = "") -> dict:
         "reason": reason,
         "result": state.get("result"),
         "summary": state.get("summary"),
+        "confirmation": state.get("confirmation"),
         "counters": state.get("counters", {}),
         "entries": state.get("entries", []),
         "llm_log": state.get("llm_log", []),
@@ -179,14 +180,21 @@ def result_row(settings: RunSettings, unit: int, state: dict, status: str, reaso
         "unit": unit,
         "label": result.get("label", ""),
         "score": result.get("score", ""),
+        "score_low": result.get("score_low", ""),
+        "score_high": result.get("score_high", ""),
+        "verdict": result.get("verdict", ""),
         "selective": result.get("selective", ""),
-        "selectivity": result.get("selectivity", ""),
+        "mean_activation": result.get("mean_activation", ""),
+        "search_score": result.get("search_score", ""),
+        "candidates": result.get("candidates", ""),
+        "choice": result.get("choice", ""),
         "status": status,
         "reason": reason,
         "summary": result.get("summary_text", ""),
         "llm_calls": counters.get("llm_calls", 0),
         "tokens": counters.get("input_tokens", 0) + counters.get("output_tokens", 0),
         "images": counters.get("images", 0),
+        "confirmation_images": counters.get("confirmation_images", 0),
         "reasks": counters.get("reasks", 0),
         "faults": sum(counters.get(key, 0) for key in FAULT_COUNTERS),
         **{key: counters.get(key, 0) for key in FAULT_COUNTERS},
@@ -206,22 +214,27 @@ async def run_neurons(
 ) -> list[dict]:
     """Explain every unit of the run concurrently; returns the results rows (in unit order).
 
-    With a control set, every unit is first read on it (once, batched): its classes seed the
-    paper strategy and its activations serve the MAD and AUC scores. A run in a unit basis
-    first takes its census (``tools.census``): dead units are marked ``dead``, not explained.
+    Every unit is first read on the control set (once, batched; without one, on
+    :meth:`ControlSet.random_concepts` of the run's generator): its classes seed the paper
+    strategy, and its activations serve the MAD and AUC scores and the confirmation. A run in a
+    unit basis first takes its census (``tools.census``): dead units are marked ``dead``, not
+    explained.
     """
     progress = RunProgress(total=len(settings.units))
-    control_by_unit: dict[int, np.ndarray] = {}
-    labels: list[str | None] = []
-    measured = None
-    if control is not None:
-        measured = await measure_control(
-            client, control, settings.target, settings.layer, settings.units, settings.generator
+    if control is None:
+        control = ControlSet.random_concepts(settings.generator, variant.image_prompt)
+    measured = await measure_control(
+        client, control, settings.target, settings.layer, settings.units, settings.generator
+    )
+    for skipped in measured.skipped:
+        log.warning("control image skipped: %s", skipped)
+    if len(measured.kept) < MIN_CONTROL_IMAGES:
+        raise ControlSetError(
+            f"control set {control.name!r} has {len(measured.kept)} usable images; the "
+            f"confirmation's AUC needs at least {MIN_CONTROL_IMAGES}: pass a larger --control"
         )
-        for skipped in measured.skipped:
-            log.warning("control image skipped: %s", skipped)
-        control_by_unit = {unit: measured.values[:, i] for i, unit in enumerate(settings.units)}
-        labels = measured.labels
+    control_by_unit = {unit: measured.values[:, i] for i, unit in enumerate(settings.units)}
+    labels = measured.labels
     census: Census | None = None
     if settings.basis:
         census = await take_census(
@@ -241,7 +254,7 @@ async def run_neurons(
             if census is not None and unit in dead:
                 reason = census.dead_reason(unit)
                 start = initial_state(settings.target, settings.layer, unit, variant)
-                dead_state = {**start, "result": {"selective": False}}  # it fires on nothing
+                dead_state = {**start, "result": {"selective": False, "verdict": "none"}}
                 history = history_of(dead_state, "dead", reason)
                 history["census"] = asdict(census.unit(unit))
                 folder.write_history(settings.layer, unit, history)

@@ -18,6 +18,7 @@ class NeuronState(ToolState, total=False):
     llm_log: Annotated[list[dict], operator.add]  # every LLM exchange with its tokens
     pending: dict | None  # paper: the proposal waiting to be rendered and measured
     summary: dict | None  # {"concept", "text"}
+    confirmation: dict | None  # the candidates re-checked on fresh images, and the choice
     result: dict | None  # the final label
 
 

@@ -66,6 +66,15 @@ class VariantSettings(BaseModel):
     max_concepts: int = Field(15, ge=1, description="agentic budget")
     max_images: int = Field(100, ge=1, description="agentic budget")
     max_llm_turns: int = Field(40, ge=1, description="agentic budget")
+    confirm_candidates: int = Field(
+        5, ge=1, le=20, description="top distinct search concepts re-checked on fresh images"
+    )
+    confirm_images: int = Field(
+        20, ge=2, le=256, description="fresh images per candidate in the confirmation"
+    )
+    confirm_margin: float = Field(
+        0.03, ge=0, le=0.5, description="AUC a simpler candidate may lose to the best and win"
+    )
     angles: list[str] = Field(default_factory=lambda: ["front view"])
     lighting: list[str] = Field(default_factory=lambda: ["daylight"])
 

@@ -68,6 +68,27 @@ def concept_prompts(ctx: NeuronContext, concept: str, count: int) -> tuple[list[
     return [ctx.variant.image_prompt(concept, seed) for seed in seeds], seeds
 
 
+def confirmation_seeds(run_seed: int, count: int) -> list[int]:
+    """The seeds of the confirmation images: the same for every candidate and every neuron of
+    a run (a paired comparison; a concept confirmed for one neuron costs the next nothing), and
+    from another key space than the search's :func:`image_seed`, so no search round used them."""
+    keys = (f"{run_seed}|confirmation|{index}" for index in range(count))
+    return [int(hashlib.sha256(key.encode()).hexdigest()[:15], 16) for key in keys]
+
+
+async def probe_concept(
+    ctx: NeuronContext, concept: str, seeds: Sequence[int]
+) -> tuple[list[float], list[str], list[str]]:
+    """Render a concept on the given seeds and read the unit, in one round trip
+    (``POST /v1/probe``): activations, image ids and prompts."""
+    prompts = [ctx.variant.image_prompt(concept, seed) for seed in seeds]
+    probed = await ctx.client.probe(
+        prompts, list(seeds), ctx.target, ctx.layer, units=[ctx.unit], generator=ctx.generator
+    )
+    values = [float(value) for value in probed.values[:, 0]]
+    return values, [image.id for image in probed.images], prompts
+
+
 async def render_concept(ctx: NeuronContext, concept: str, count: int) -> dict[str, list]:
     """Render ``count`` images of a concept through the server; prompts, seeds and ids."""
     prompts, seeds = concept_prompts(ctx, concept, count)
@@ -118,14 +139,9 @@ async def evaluate_concept(
 ) -> ConceptEntry:
     """Render and measure a concept with the variant's number of images, in one round trip to
     the server (``POST /v1/probe``)."""
-    prompts, seeds = concept_prompts(ctx, concept, ctx.variant.settings.images_per_concept)
-    probed = await ctx.client.probe(
-        prompts, seeds, ctx.target, ctx.layer, units=[ctx.unit], generator=ctx.generator
-    )
-    return scored_entry(
-        ctx, concept, probed.values[:, 0], [image.id for image in probed.images], prompts, seeds,
-        iteration, source,
-    )  # fmt: skip
+    _prompts, seeds = concept_prompts(ctx, concept, ctx.variant.settings.images_per_concept)
+    values, image_ids, prompts = await probe_concept(ctx, concept, seeds)
+    return scored_entry(ctx, concept, values, image_ids, prompts, seeds, iteration, source)
 
 
 # ----- the state the tools read and write -----------------------------------------------------

@@ -11,19 +11,41 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from inference.toyworld.controls import random_toy_scene_prompts
+from inference.toyworld.controls import random_toy_concepts, random_toy_scene_prompts
 from tools.client import InferenceClient, LineServerError
 
 log = logging.getLogger("line.control")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 TOY_CONTROL_SIZE = 200
+RANDOM_CONCEPT_CONTROL_SIZE = 100
+"""Images in the control set of a run without ``--control``
+(:meth:`ControlSet.random_concepts`)."""
+TOY_GENERATOR_FAMILY = "procedural:"
+EVERYDAY_CONCEPTS = (
+    "dog", "cat", "horse", "bird", "fish", "butterfly", "cow", "elephant", "lion", "rabbit",
+    "car", "bicycle", "bus", "airplane", "boat", "train", "truck", "motorcycle", "tractor",
+    "rocket", "chair", "table", "bed", "sofa", "lamp", "clock", "door", "window", "stairs",
+    "bookshelf", "apple", "banana", "bread", "pizza", "cake", "cup of coffee", "bowl of soup",
+    "cheese", "carrot", "strawberry", "tree", "flower", "mountain", "beach", "forest", "river",
+    "desert", "waterfall", "snowy field", "cloudy sky", "house", "bridge", "castle", "church",
+    "skyscraper", "street", "kitchen", "bedroom", "office", "classroom", "person", "child",
+    "face", "hand", "crowd", "soccer player", "chef", "musician", "dancer", "doctor",
+    "guitar", "piano", "book", "laptop", "telephone", "camera", "umbrella", "backpack", "shoe",
+    "hat", "ball", "kite", "bottle", "scissors", "key", "candle", "mirror", "vase", "basket",
+    "toy", "brick wall", "wooden floor", "metal fence", "glass jar", "woven fabric",
+    "stone path", "rope", "paper", "leaf", "feather",
+)  # fmt: skip
+"""Concepts of the control set of a run without ``--control`` for any generator outside the toy
+world: a hundred everyday objects, animals, scenes, people and materials."""
+MIN_CONTROL_IMAGES = 10
+"""Fewest usable control images a run accepts: the confirmation's AUC needs a spread."""
 CACHE_FORMAT = 1
 
 
@@ -110,6 +132,30 @@ class ControlSet:
         pairs = random_toy_scene_prompts(count, seed)
         name = "toy" if (count, seed) == (TOY_CONTROL_SIZE, 0) else f"toy:{count}"
         return cls(name, tuple(ControlImage(None, prompt=p, seed=s) for p, s in pairs))
+
+    @classmethod
+    def random_concepts(
+        cls,
+        generator: str | None,
+        image_prompt: Callable[[str, int], str],
+        count: int = RANDOM_CONCEPT_CONTROL_SIZE,
+    ) -> ControlSet:
+        """The control set of a run without ``--control``: ``count`` random concepts the run's
+        generator provides, each rendered through the variant's image prompt on a fixed seed,
+        so control images are composed like concept images. The toy world's generators give
+        random attribute phrases (:func:`random_toy_concepts`); any other generator the
+        everyday concepts of :data:`EVERYDAY_CONCEPTS`."""
+        if (generator or "").startswith(TOY_GENERATOR_FAMILY):
+            pairs = random_toy_concepts(count, 0)
+            name = f"random-concepts:toy:{count}"
+        else:
+            seeds = [seed for _prompt, seed in random_toy_concepts(count, 1)]
+            pairs = [
+                (EVERYDAY_CONCEPTS[i % len(EVERYDAY_CONCEPTS)], s) for i, s in enumerate(seeds)
+            ]
+            name = f"random-concepts:everyday:{count}"
+        images = [ControlImage(None, prompt=image_prompt(c, s), seed=s) for c, s in pairs]
+        return cls(name, tuple(images))
 
     @classmethod
     def resolve(cls, spec: str) -> ControlSet:

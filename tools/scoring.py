@@ -20,7 +20,7 @@ def mad_score(activations: Sequence[float], control: np.ndarray) -> float:
     return (float(np.mean(activations)) - float(np.mean(control))) / spread
 
 
-def auc_score(activations: Sequence[float], control: np.ndarray) -> float:
+def auc_score(activations: Sequence[float] | np.ndarray, control: np.ndarray) -> float:
     """P(concept activation > control activation), ties counting one half."""
     concept = np.asarray(activations, dtype=np.float64)[:, None]
     control = np.asarray(control, dtype=np.float64)[None, :]
@@ -36,3 +36,40 @@ def score_activations(
     if control is None or len(control) == 0:
         raise ValueError(f"score {kind!r} needs a control set; pass --control or use 'mean'")
     return mad_score(activations, control) if kind == "mad" else auc_score(activations, control)
+
+
+def _auc_statistic(concept: np.ndarray, control: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUC along ``axis`` of (batches of) two samples, for :func:`scipy.stats.bootstrap`."""
+    concept = np.moveaxis(concept, axis, -1)[..., :, None]
+    control = np.moveaxis(control, axis, -1)[..., None, :]
+    return np.mean((concept > control) + 0.5 * (concept == control), axis=(-2, -1))
+
+
+def auc_interval(
+    activations: Sequence[float],
+    control: np.ndarray,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(auc, low, high)``: :func:`auc_score` with its percentile bootstrap interval (both
+    samples resampled; fixed ``seed``, so the same data give the same interval)."""
+    from scipy.stats import bootstrap
+
+    concept = np.asarray(activations, dtype=np.float64)
+    reference = np.asarray(control, dtype=np.float64)
+    auc = auc_score(concept, reference)
+    if len(concept) < 2 or len(reference) < 2:
+        return auc, float("nan"), float("nan")
+    result = bootstrap(
+        (concept, reference),
+        _auc_statistic,
+        vectorized=True,
+        paired=False,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    return auc, float(interval.low), float(interval.high)

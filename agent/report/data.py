@@ -93,6 +93,41 @@ class GroupView:
 
 
 @dataclass
+class ConfirmationView:
+    """One candidate the confirmation re-checked on fresh images."""
+
+    concept: str
+    source: str
+    auc: float | None
+    mean: float | None
+    search_score: float | None
+    kept: bool
+    note: str
+    chosen: bool
+
+
+def confirmation_views(confirmation: Mapping[str, Any] | None) -> list[ConfirmationView]:
+    """The confirmation's candidates, best AUC first (the chosen one marked)."""
+    if not confirmation:
+        return []
+    chosen = confirmation.get("label")
+    views = [
+        ConfirmationView(
+            concept=str(row.get("concept") or ""),
+            source=str(row.get("source") or ""),
+            auc=finite(row.get("auc")),
+            mean=finite(row.get("mean")),
+            search_score=finite(row.get("search_score")),
+            kept=bool(row.get("kept")),
+            note=str(row.get("note") or ""),
+            chosen=row.get("concept") == chosen,
+        )
+        for row in confirmation.get("candidates") or []
+    ]
+    return sorted(views, key=lambda view: -(view.auc if view.auc is not None else -1.0))
+
+
+@dataclass
 class NeuronView:
     """Everything the report shows about one neuron."""
 
@@ -105,9 +140,19 @@ class NeuronView:
     score: float | None = None
     selective: bool | None = None
     """The verdict on the label (None: a run from before verdicts, or a failed neuron)."""
-    selectivity: float | None = None
-    selectivity_reference: str = ""
-    """What the verdict compared the label with: ``control`` or ``history``."""
+    verdict: str = ""
+    """``selective``, ``weak`` or ``none`` (:mod:`analysis.selectivity`); empty before verdicts."""
+    score_low: float | None = None
+    score_high: float | None = None
+    """The confirmed AUC's 95% interval."""
+    mean_activation: float | None = None
+    search_score: float | None = None
+    """The label's score in the search (None: an ablation the search never tried)."""
+    choice: str = ""
+    """Why the confirmation chose the label."""
+    confirmation: list[ConfirmationView] = field(default_factory=list)
+    confirmation_images: int = 0
+    control_images: int = 0
     label_source: str = ""
     summary_concept: str = ""
     summary_text: str = ""
@@ -422,6 +467,7 @@ def neuron_from_history(layer: str, unit: int, slug: str, history: Mapping[str, 
         status = "failed"
     summary = history.get("summary") or {}
     neuron = history.get("neuron") or {}
+    confirmed = history.get("confirmation") or {}
     return NeuronView(
         layer=layer,
         unit=unit,
@@ -431,8 +477,17 @@ def neuron_from_history(layer: str, unit: int, slug: str, history: Mapping[str, 
         label=str(result.get("label") or ""),
         score=finite(result.get("score")),
         selective=result.get("selective") if isinstance(result.get("selective"), bool) else None,
-        selectivity=float_or_none(result.get("selectivity")),
-        selectivity_reference=str(result.get("selectivity_reference") or ""),
+        verdict=str(result.get("verdict") or ""),
+        score_low=finite(result.get("score_low")),
+        score_high=finite(result.get("score_high")),
+        mean_activation=finite(result.get("mean_activation")),
+        search_score=finite(result.get("search_score")),
+        choice=str(result.get("choice") or ""),
+        confirmation=confirmation_views(confirmed),
+        confirmation_images=int(
+            (history.get("confirmation") or {}).get("images_per_candidate") or 0
+        ),
+        control_images=int((history.get("confirmation") or {}).get("control_images") or 0),
         label_source=str(result.get("label_source") or ""),
         summary_concept=str(result.get("summary_concept") or summary.get("concept") or ""),
         summary_text=str(result.get("summary_text") or summary.get("text") or ""),

@@ -28,7 +28,7 @@ from agent.report.data import (
 )
 from agent.report.plot import score_plot
 from agent.report.render import render
-from analysis.selectivity import NO_SELECTIVE_CONCEPT, SELECTIVE_Z, shown_label
+from analysis.selectivity import NO_SELECTIVE_CONCEPT, SELECTIVE_AUC, WEAK_AUC, shown_label
 
 PAGE_SIZE = 50
 """Rows per page of the index."""
@@ -428,5 +428,6 @@ def neuron_page(
         calls=logged_calls(neuron),
         more_calls=len(neuron.llm_log) - LLM_LOG_LIMIT,
         no_selective_concept=NO_SELECTIVE_CONCEPT,
-        selective_z=SELECTIVE_Z,
+        selective_auc=SELECTIVE_AUC,
+        weak_auc=WEAK_AUC,
     )

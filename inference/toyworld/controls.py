@@ -27,3 +27,16 @@ def random_toy_scene_prompts(n: int, seed: int = 0) -> list[tuple[str, int]]:
     rng = np.random.default_rng([seed, 7919])
     seeds = rng.choice(1_000_000, size=n, replace=False) + 1_000_000 * (seed + 1)
     return [(NEUTRAL_PROMPTS[i % len(NEUTRAL_PROMPTS)], int(s)) for i, s in enumerate(seeds)]
+
+
+def random_toy_concepts(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """``n`` (concept, seed) pairs of random toy-world concepts: a random subset of attributes
+    ("two striped green stars", "large objects on a white background", or a phrase naming
+    nothing), drawn like the probe scenes but from another stream. Rendered through a prompt
+    template they give control images composed like concept images (one or a few named objects),
+    so a label is compared with other concepts, not with busier scenes."""
+    from inference.toyworld.probes import random_prompt
+
+    rng = np.random.default_rng([seed, 6271])
+    seeds = rng.choice(1_000_000, size=n, replace=False) + 1_000_000 * (seed + 1)
+    return [(random_prompt(rng), int(s)) for s in seeds]

@@ -103,7 +103,7 @@ def scene_attributes(
     return frozenset(attributes), frozenset(pairs), many_of
 
 
-def _random_prompt(rng: np.random.Generator) -> str:
+def random_prompt(rng: np.random.Generator) -> str:
     """A prompt naming a random subset of attributes (or none: a random scene)."""
     if rng.random() < 0.2:
         return NEUTRAL_PROMPT
@@ -137,7 +137,7 @@ def iter_probes(count: int, seed: int) -> Iterator[Probe]:
     """The probes of :func:`probe_set`, one at a time."""
     rng = np.random.default_rng([seed, 104729])
     for index in range(count):
-        prompt = _random_prompt(rng)
+        prompt = random_prompt(rng)
         scene_seed = int(seed) * 10_000_000 + index
         scene = compose_scene(parse_scene_text(prompt), scene_seed)
         yield Probe(prompt, scene_seed, scene, *scene_attributes(scene))

@@ -19,6 +19,7 @@ from agent.run_folder import RunFolder
 from inference.app import create_app, free_port, start_server_thread
 from testing.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
 from testing.toy_service import toy_world_service
+from tools.controlset import RANDOM_CONCEPT_CONTROL_SIZE
 from tools.retry import FaultKind, RetryPolicy
 
 TOY = ["--target", "planted:shapes", "--layer", "planted", "--generator", "procedural:shapes"]
@@ -44,12 +45,16 @@ def stored_images(store) -> set[str]:
 
 
 def run_image_ids(folder: RunFolder, units) -> set[str]:
-    return {
-        image
-        for unit in units
-        for entry in history(folder, unit)["entries"]
-        for image in entry["image_ids"]
-    }
+    """Every image a neuron's history uses: its search entries' and its confirmation's."""
+    images: set[str] = set()
+    for unit in units:
+        neuron = history(folder, unit)
+        for entry in [
+            *neuron["entries"],
+            *(neuron.get("confirmation") or {}).get("candidates", []),
+        ]:
+            images.update(entry["image_ids"])
+    return images
 
 
 def assert_no_holes(folder: RunFolder, unit: int, iterations: int) -> None:
@@ -163,7 +168,9 @@ def test_runner_killed_and_resumed_repeats_no_step(tmp_path):
     used = run_image_ids(folder, units)
     rendered = metric(metrics, "line_images_generated_total")
     per_concept = len(history(folder, 0)["entries"][0]["image_ids"])
-    assert len(used) <= rendered <= len(used) + concurrency * per_concept
+    # ...besides the control set, rendered once for the whole run
+    control = RANDOM_CONCEPT_CONTROL_SIZE
+    assert len(used) + control <= rendered <= len(used) + control + concurrency * per_concept
 
 
 STORM = [
@@ -200,9 +207,10 @@ def test_a_misbehaving_llm_is_survived_and_every_fault_counted(toy_world_server,
 
 
 RESULTS_HEADER = [
-    "target", "layer", "unit", "label", "score", "selective", "selectivity", "status", "reason",
-    "summary", "llm_calls",
-    "tokens", "images", "reasks", "faults", "rate_limited", "server_errors", "timeouts",
+    "target", "layer", "unit", "label", "score", "score_low", "score_high", "verdict",
+    "selective", "mean_activation", "search_score", "candidates", "choice", "status", "reason",
+    "summary", "llm_calls", "tokens", "images", "confirmation_images", "reasks", "faults",
+    "rate_limited", "server_errors", "timeouts",
     "connection_errors", "tool_errors", "lost_rounds", "restarts",
 ]  # fmt: skip
 RETRIED_FAULTS = [

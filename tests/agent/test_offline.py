@@ -267,13 +267,17 @@ def test_size_and_count_modifiers_wait_while_a_plain_attribute_leads():
         assert not parse_attributes(concept) & {"large", "small", "many"}, after_singles
 
 
-@pytest.mark.parametrize("top", ["many small objects", "large objects"])
-def test_a_leading_size_entry_is_rephrased_not_combined(top):
+@pytest.mark.parametrize("top", ["many small objects", "large objects", "red"])
+def test_no_round_rephrases_a_concept_already_tried(top):
+    # a rephrasing ("red close-up", "a photo of red") renders what was rendered: no new evidence
     def score(concept: str) -> float:
         return 2.5 if parse_attributes(concept) == parse_attributes(top) else 0.3
 
-    after_singles = list(run_paper_scored(score, SINGLES + 5, OfflineVocabProposer()))[SINGLES:]
-    assert all(parse_attributes(c) == parse_attributes(top) for c in after_singles), after_singles
+    tried = list(run_paper_scored(score, SINGLES + 8, OfflineVocabProposer()))
+    after_singles = tried[SINGLES:]
+    assert all(parse_attributes(c) != parse_attributes(top) for c in after_singles), after_singles
+    attribute_sets = [frozenset(parse_attributes(c)) for c in tried]
+    assert len(set(attribute_sets)) == len(attribute_sets), tried
 
 
 @pytest.mark.parametrize(

@@ -148,5 +148,9 @@ def test_a_learned_target_runs_end_to_end_with_a_verdict(tmp_path):
     rows = RunFolder(out).read_results()
     assert [row["status"] for row in rows] == ["done"] * 3
     assert all(row["selective"] in ("True", "False") for row in rows)
-    assert all(row["selectivity"] not in ("", "nan") for row in rows)
+    assert all(row["verdict"] in ("selective", "weak", "none") for row in rows)
+    assert all(0.0 <= float(row["score"]) <= 1.0 for row in rows)  # the confirmed AUC
+    assert all(
+        float(row["score_low"]) <= float(row["score"]) <= float(row["score_high"]) for row in rows
+    )
     assert "with a selective concept" in result.output

@@ -46,8 +46,18 @@ def test_paper_strategy_through_chatopenai(toy_world_server, explain, tmp_path):
         assert len({e["concept"] for e in entries}) == len(entries)  # nothing tried twice
         assert all(len(e["image_ids"]) == 5 and len(e["activations"]) == 5 for e in entries)
         best = max(entries, key=lambda e: e["score"])
-        assert (row["label"], row["score"]) == (best["concept"], best["score"])
+        confirmation = neuron["confirmation"]
+        checked = {c["concept"]: c for c in confirmation["candidates"]}
+        assert best["concept"] in checked  # the search's best is re-checked, not trusted
+        chosen = checked[row["label"]]
+        assert row["score"] == chosen["auc"] and chosen["note"].startswith("chosen")
+        fresh = {seed for c in checked.values() for seed in c["seeds"]}
+        assert not fresh & {seed for e in entries for seed in e["seeds"]}
+        assert all(c["seeds"] == chosen["seeds"] for c in checked.values())  # shared seeds
+        assert len(chosen["activations"]) == confirmation["images_per_candidate"] == 20
+        assert row["verdict"] in ("selective", "weak", "none")
         assert row["images"] == 5 * len(entries)
+        assert row["confirmation_images"] == 20 * len(checked)
         assert row["tokens"] > 0
         assert (
             neuron["summary"]["concept"] and neuron["llm_log"][0]["request"][0]["role"] == "system"
