@@ -659,7 +659,8 @@ def groundtruth_figures(
     ``baseline_predicate_auc``, ``reference_predicate_auc`` (the ceiling), their ratios and
     ``predicate_test``: over the live units with a reference concept; ``all_live_units`` the
     same over every live unit (the ceiling of a unit without a concept: its best dissection
-    candidate). ``verdict_agreement``: over the units whose reference is not ``weak``;
+    candidate). ``verdict_agreement``: over the units whose reference is not ``weak``
+    (``verdict_agreement_live``: the live ones among them);
     ``verdict_agreement_weak``: the share of weak units the run calls weak (None when the run
     has no three-way verdict). ``reference_stability``: share of the units whose reference is
     the same on the held-out probes. ``three_way_verdict``: the runs' results have a
@@ -702,10 +703,13 @@ def groundtruth_figures(
         }
     live = [unit for unit in units if heldout.live(unit)]
     live_with_reference = [unit for unit in live if unit in set(with_reference)]
+    live_rows = [row for row in rows if row["unit"] in set(live)]
     main = _predicate_figures(rows, live_with_reference)
     stability, changes = heldout.stability(units)
-    live_rows = [row for row in rows if row["unit"] in set(live)]
+    live_agreeing = [row["verdict_right"] for row in live_rows if row["verdict_right"] is not None]
     return figures | {
+        "verdict_agreement_live": _mean(live_agreeing),
+        "verdict_agreement_live_runs": len(live_agreeing),
         "live_units": len(live),
         "live_units_with_reference": len(live_with_reference),
         "predicate_auc": main["predicate_auc"],
@@ -773,9 +777,15 @@ def figures_text(figures: Mapping[str, Any]) -> str:
         f"{number(figures['baseline_attribute_jaccard'])}"
     )
     weak = figures["weak_verdicts"]
+    live = (
+        f" ({number(figures['verdict_agreement_live'])} over the "
+        f"{figures['verdict_agreement_live_runs']} live ones)"
+        if "verdict_agreement_live" in figures
+        else ""
+    )
     lines.append(
         f"verdict agreement: {number(figures['verdict_agreement'])} over "
-        f"{figures['verdict_agreement_runs']} non-weak units x repeats; "
+        f"{figures['verdict_agreement_runs']} non-weak units x repeats{live}; "
         f"{figures['weak_references']} weak references (AUC {WEAK_AUC}-{SELECTIVE_AUC}), the run "
         f"called them selective {weak['selective']}, weak {weak['weak']}, none {weak['none']}"
     )

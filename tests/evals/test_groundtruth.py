@@ -297,6 +297,7 @@ def test_groundtruth_command(cli, tmp_path):
     assert SUMMARY_KEYS <= set(figures)
     assert figures["units_with_reference"] == 2 and figures["live_units_with_reference"] == 2
     assert figures["live_units"] == 2  # the constant unit is not live
+    assert figures["verdict_agreement_runs"] == 3 and figures["verdict_agreement_live_runs"] == 2
     assert rows[CONSTANT]["live"] == "False"
     assert figures["reference_predicate_auc"] > 0.95  # the planted concepts, on held-out scenes
     assert figures["predicate_test"]["n"] == 2
