@@ -22,6 +22,7 @@ from analysis.groundtruth import attribute_match
 from analysis.polysemanticity import GROUP_COLUMNS, with_group_columns
 from analysis.similarity import EmbedderUnavailable
 from inference.bases import BasisError, UnitBasis, load_basis, out_of_range, unit_space
+from inference.positions import PositionsError, with_positions
 from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import VariantError, load_variant
 from tools.controlset import ControlSet, ControlSetError
@@ -67,6 +68,7 @@ def settings_from_options(
     score: str | None = None,
     llm_cache: Path | None = None,
     basis: str | None = None,
+    positions: str | None = None,
     llm_context: int | None = None,
     allow_variant_change: bool = False,
 ) -> tuple[RunSettings, RunFolder]:
@@ -150,6 +152,11 @@ def settings_from_options(
                 raise RunSetupError(out_of_range(unit_basis, bad[0]))
             settings.layer = unit_space(settings.layer, unit_basis.key)
             settings.basis, settings.basis_hash = unit_basis.source, unit_basis.hash
+        if positions is not None:  # how a layer with positions is read: LAYER[@BASIS]#RULE
+            try:
+                settings.layer = with_positions(settings.layer, positions)
+            except PositionsError as error:
+                raise RunSetupError(str(error)) from error
     if resume is not None and settings.basis:
         unit_basis = read_basis(settings.basis)
         if unit_basis.hash != settings.basis_hash:

@@ -25,6 +25,7 @@ from cli.options import (
     NoProgressBar,
     OpenAICompatibleURL,
     OptionalLLMSpec,
+    PositionsRule,
     RunStore,
     exit_status,
     exit_with_error,
@@ -189,7 +190,8 @@ def layers(
         exit_with_error(str(error))
     widths = {layer.name: layer.units for layer in model.layers()}
     rows: list[dict[str, object]] = [
-        {"layer": name, "units": units} for name, units in widths.items()
+        {"layer": info.name, "units": info.units, "positions": info.positions}
+        for info in model.layers()
     ]
     if unit_basis is not None:
         registry = BasisRegistry()
@@ -208,6 +210,8 @@ def layers(
     width = max(len(str(row["layer"])) for row in rows)
     for row in rows:
         about = f"  {row['basis']}" if "basis" in row else ""
+        if row.get("positions"):  # a CNN map or ViT tokens: read by a rule (--positions)
+            about += f"  positions: {row['positions']}"
         typer.echo(f"{row['layer']!s:<{width}}  {row['units']}{about}")
 
 
@@ -311,6 +315,7 @@ def run(
         typer.Option(help="Cache LLM answers in this folder: a repeated run costs nothing."),
     ] = None,
     basis: BasisSpec = None,
+    positions: PositionsRule = None,
     groups: Annotated[
         bool,
         typer.Option(help="Add polysemanticity groups to results.csv (loads a text model)."),
@@ -333,6 +338,7 @@ def run(
             llm_base_url=llm_base_url, prompts=prompts, out=out, server=server,
             concurrency=concurrency, seed=seed, temperature=temperature, iterations=iterations,
             resume=resume, control=control, score=score, llm_cache=llm_cache, basis=basis,
+            positions=positions,
             llm_context=llm_context, allow_variant_change=allow_variant_change,
         )  # fmt: skip
         with run_progress(quiet or as_json) as update:

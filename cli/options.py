@@ -38,6 +38,14 @@ BasisSpec = Annotated[
         "--units then index its latents or rows."
     ),
 ]
+PositionsRule = Annotated[
+    str | None,
+    typer.Option(
+        help="How a layer with positions (a CNN map, ViT tokens) is read per image: cls, mean, "
+        "max, patch-mean or patch-max of its units, or of the basis's at every position. "
+        "Default: units and directions a map's mean and a ViT's CLS token; SAE latents max."
+    ),
+]
 JSONOutput = Annotated[
     bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
 ]

@@ -1,24 +1,31 @@
 """Unit bases: explain a layer's SAE latents, or directions in it, instead of its raw units.
 
-A basis maps a layer vector ``x`` (``d_in`` numbers, what the activation cache holds per image)
-to ``K`` units:
+A basis maps a layer vector ``x`` (``d_in`` numbers) to ``K`` units:
 
 - ``sae:PATH``: the latents of a sparse autoencoder in SAELens's on-disk format, a folder with
-  ``cfg.json`` and ``sae_weights.safetensors``, or a plain ``.safetensors`` file with the same
-  tensors (``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``b_dec [d_in]``, ``threshold [d_sae]``
-  for JumpReLU). As in SAELens, ``x`` is first normalised as ``normalize_activations`` says, then
-  ``b_dec`` is subtracted (``apply_b_dec_to_input``), then ``pre = x @ W_enc + b_enc`` goes
-  through the architecture's nonlinearity: ``standard`` ReLU, ``jumprelu`` (ReLU where ``pre >
-  threshold``, else 0) or ``topk`` (ReLU of the ``k`` largest, the rest 0). A plain file is
-  ``standard``, or ``jumprelu`` when it holds ``threshold``.
+  ``cfg.json`` and ``sae_weights.safetensors`` (what ``save_model``, ``save_inference_model`` and
+  SAELens's training checkpoints write, SAELens 5 and 6), or a plain ``.safetensors`` file with the
+  same tensors (``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``b_dec [d_in]``, ``W_dec [d_sae,
+  d_in]``, ``threshold [d_sae]`` for JumpReLU). Units equal SAELens's ``encode()``: ``x`` is
+  normalised as ``normalize_activations`` says, ``b_dec`` is subtracted (``apply_b_dec_to_input``),
+  then ``pre = x @ W_enc + b_enc`` goes through the architecture's nonlinearity: ``standard`` ReLU,
+  ``jumprelu`` (ReLU where ``pre > threshold``, else 0; SAELens saves BatchTopK SAEs this way) or
+  ``topk`` (ReLU of the ``k`` largest, the rest 0; with ``rescale_acts_by_decoder_norm``, ``pre``
+  is first multiplied by the norms of ``W_dec``'s rows, as SAELens does). A plain file is
+  ``standard``, or ``jumprelu`` when it holds ``threshold``. Every ``cfg.json`` field that changes
+  ``encode()`` is honoured or refused by name, and so is a field LINE does not know
+  (:data:`SAE_INERT_FIELDS` lists those known not to matter). Weights of any dtype are read as
+  float32 and units are computed in float32.
 - ``directions:PATH``: the rows of a ``K x d_in`` matrix, a ``.npy`` file or a ``.safetensors``
   file with ``directions`` and an optional ``mean [d_in]``: unit ``k`` is ``(x - mean) . row_k``.
 
 A basis is identified by a SHA-256 of its tensors and settings; its key is ``<kind>-<12 hex>``.
-Layer ``L`` read in basis ``B`` is the unit space ``L@B`` (:func:`unit_space`): that is the layer
-name every request, run folder and cache uses, so nothing measured in one basis is mistaken for
-another. Servers hold bases in a :class:`BasisRegistry` and encode cached layer vectors on the
-target's device as one batched matrix product.
+Layer ``L`` read in basis ``B`` is the unit space ``L@B`` (:func:`unit_space`), optionally with a
+positions rule, ``L@B#RULE`` (:mod:`inference.positions`): that is the layer name every request,
+run folder and cache uses, so nothing measured in one basis is mistaken for another. Servers hold
+bases in a :class:`BasisRegistry`. A basis on a layer with positions (a CNN map, ViT tokens) is
+applied to every position's vector on the target's device and aggregated per image; on a layer
+of plain vectors it encodes the cached vectors as one batched matrix product.
 """
 
 from __future__ import annotations
@@ -34,16 +41,105 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from safetensors import SafetensorError
 
+from inference.positions import POSITIONS_SEPARATOR, PositionsError, split_positions
+
 if TYPE_CHECKING:  # torch is imported where a basis is applied or written (not by the runner)
     import torch
 
 BASIS_KINDS = ("sae", "directions")
 SAE_ARCHITECTURES = ("standard", "jumprelu", "topk")
 """What ``cfg.json``'s ``architecture`` may say (``relu`` is read as ``standard``)."""
+REFUSED_ARCHITECTURES = {
+    "gated": "its gated encoder (r_mag, b_gate, b_mag) is not implemented here",
+    "abstopk": "its top-k by absolute value is not implemented here",
+    "batchtopk": "this is a BatchTopK training checkpoint; save it with SAELens's "
+    "save_inference_model, which writes it as a jumprelu SAE that LINE reads",
+    "matryoshka_batchtopk": "this is a Matryoshka BatchTopK training checkpoint; save it with "
+    "SAELens's save_inference_model, which writes it as a jumprelu SAE that LINE reads",
+    "matching_pursuit": "its iterative matching-pursuit encoder is not implemented here",
+    "temporal": "its attention over earlier tokens is not implemented here",
+    "transcoder": "a transcoder maps one layer to another; LINE explains one layer's units",
+    "skip_transcoder": "a transcoder maps one layer to another; LINE explains one layer's units",
+    "jumprelu_transcoder": "a transcoder maps one layer to another; LINE explains one layer's "
+    "units",
+    "jumprelu_skip_transcoder": "a transcoder maps one layer to another; LINE explains one "
+    "layer's units",
+}
+"""SAELens architectures LINE refuses, each with why."""
 NORMALISATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
-"""SAELens's ``normalize_activations`` values. ``expected_average_only_in`` scales inputs by a
-constant found in training, which SAELens folds into the weights when it saves: at inference it
-changes nothing, as here."""
+"""SAELens's ``normalize_activations`` values LINE reads. ``expected_average_only_in`` scales
+inputs by a constant found in training, which SAELens folds into the weights when it saves: at
+inference it changes nothing, as here (SAELens 5's ``true`` means it, ``false`` means ``none``).
+``covariance_whitening`` is refused: see :func:`_normalisation`."""
+SAE_ENCODE_FIELDS = frozenset(
+    {
+        "architecture",
+        "k",
+        "rescale_acts_by_decoder_norm",
+        "apply_b_dec_to_input",
+        "normalize_activations",
+        "reshape_activations",
+        "activation_fn",
+        "activation_fn_str",
+        "activation_fn_kwargs",
+        "hook_head_index",
+        "hook_point_head_index",
+        "hook_name",
+        "hook_point",
+        "d_in",
+        "d_sae",
+        "metadata",
+        "sae_lens_version",
+    }
+)
+"""``cfg.json`` fields LINE reads (honoured, checked, or refused when they change encode())."""
+SAE_INERT_FIELDS = frozenset(
+    {
+        # how SAELens loads it, and where it came from (SAELens 5 top level, SAELens 6 metadata)
+        "dtype",
+        "device",
+        "model_name",
+        "model_class_name",
+        "model_from_pretrained_kwargs",
+        "hook_layer",
+        "hook_point_layer",
+        "hook_name_out",
+        "hook_head_index_out",
+        "hf_hook_name",
+        "hf_hook_name_out",
+        "prepend_bos",
+        "exclude_special_tokens",
+        "neuronpedia_id",
+        "context_size",
+        "seqpos_slice",
+        "dataset_path",
+        "dataset_trust_remote_code",
+        "sae_lens_training_version",
+        # decode only: SAELens 5 scales the latents before W_dec, never in encode()
+        "finetuning_scaling_factor",
+        # training hyper-parameters that SAELens 6 checkpoints write (TrainingSAEConfig fields)
+        "decoder_init_norm",
+        "l1_coefficient",
+        "l1_warm_up_steps",
+        "lp_norm",
+        "use_sparse_activations",
+        "aux_loss_coefficient",
+        "topk_threshold_lr",
+        "jumprelu_init_threshold",
+        "jumprelu_bandwidth",
+        "jumprelu_sparsity_loss_mode",
+        "jumprelu_tanh_scale",
+        "jumprelu_ste_to_input",
+        "l0_coefficient",
+        "l0_warm_up_steps",
+        "pre_act_loss_coefficient",
+        "target_l0",
+        "matryoshka_widths",
+        "use_matryoshka_aux_loss",
+    }
+)
+"""``cfg.json`` fields that do not change SAELens's ``encode()``; any other field LINE does not
+read is refused by name (it might change encode)."""
 SAE_CONFIG_FILE = "cfg.json"
 SAE_WEIGHTS_FILE = "sae_weights.safetensors"
 SPACE_SEPARATOR = "@"
@@ -63,10 +159,11 @@ class BasisError(ValueError):
 
 @dataclass(frozen=True)
 class UnitBasis:
-    """A loaded basis: ``units = act(normalise(x) - offset) @ encoder + bias)``.
+    """A loaded basis: ``units = act((normalise(x) - offset) @ encoder + bias) [* scale])``.
 
     ``encoder`` is ``[d_in, K]`` (SAELens's ``W_enc``, or the directions transposed),
-    ``offset`` is ``b_dec`` (when applied to the input) or the directions' mean.
+    ``offset`` is ``b_dec`` (when applied to the input) or the directions' mean, ``scale`` the
+    norms of ``W_dec``'s rows for a top-k SAE that rescales by them (else ``None``).
     """
 
     kind: str
@@ -78,6 +175,7 @@ class UnitBasis:
     threshold: np.ndarray | None = None
     k: int | None = None
     normalisation: str = "none"
+    scale: np.ndarray | None = None
     hash: str = field(init=False)
     _on_device: dict[str, dict[str, torch.Tensor]] = field(
         init=False, default_factory=dict, repr=False, compare=False
@@ -92,10 +190,16 @@ class UnitBasis:
             digest.update(np.ascontiguousarray(tensor, dtype="<f4").tobytes())
         object.__setattr__(self, "hash", digest.hexdigest())
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to a Ray replica) without the copies of its tensors on devices."""
+        return {**self.__dict__, "_on_device": {}}
+
     def _tensors(self) -> dict[str, np.ndarray]:
         tensors = {"encoder": self.encoder, "bias": self.bias, "offset": self.offset}
         if self.threshold is not None:
             tensors["threshold"] = self.threshold
+        if self.scale is not None:
+            tensors["scale"] = self.scale
         return tensors
 
     @property
@@ -116,6 +220,8 @@ class UnitBasis:
     def describe(self) -> str:
         """E.g. ``sae (topk, k=32): 16384 latents over 768-wide vectors``."""
         detail = self.architecture + (f", k={self.k}" if self.k is not None else "")
+        if self.scale is not None:
+            detail += ", rescaled by decoder norms"
         if self.normalisation != "none":
             detail += f", {self.normalisation}"
         what = "latents" if self.kind == "sae" else "directions"
@@ -143,13 +249,23 @@ class UnitBasis:
                 f"basis {self.source} reads {self.d_in}-wide vectors, got an array of shape "
                 f"{vectors.shape}"
             )
-        weights = self._weights(usable_device(device))
-        with torch.no_grad():
-            x = torch.as_tensor(np.asarray(vectors, dtype=np.float32)).to(weights["encoder"].device)
-            x = self._normalise(x) - weights["offset"]
-            encoder, bias, threshold = weights["encoder"], weights["bias"], weights.get("threshold")
-            if units is not None and self.architecture != "topk":  # only the columns asked for
-                columns = torch.as_tensor(list(units), dtype=torch.long, device=x.device)
+        x = torch.as_tensor(np.asarray(vectors, dtype=np.float32)).to(usable_device(device))
+        out = self.encode_tensor(x, units)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_tensor(self, x: torch.Tensor, units: Sequence[int] | None = None) -> torch.Tensor:
+        """The units of a float ``[..., d_in]`` tensor (one vector per position, say) as a
+        float32 ``[..., K]`` tensor on its device (``[..., len(units)]`` with ``units``)."""
+        import torch
+
+        weights = self._weights(str(x.device))
+        with torch.inference_mode():
+            x = self._normalise(x.float()) - weights["offset"]
+            encoder, bias = weights["encoder"], weights["bias"]
+            threshold, scale = weights.get("threshold"), weights.get("scale")
+            subset = units is not None and self.architecture != "topk"
+            if subset:  # only the columns asked for (top-k needs every column to rank them)
+                columns = torch.as_tensor(list(units or ()), dtype=torch.long, device=x.device)
                 encoder, bias = encoder.index_select(1, columns), bias.index_select(0, columns)
                 if threshold is not None:
                     threshold = threshold.index_select(0, columns)
@@ -161,13 +277,15 @@ class UnitBasis:
                 out = torch.relu(pre) * (pre > threshold)
             elif self.architecture == "topk":
                 assert self.k is not None  # loading requires it
+                if scale is not None:  # SAELens: rank (and report) pre * ||W_dec row||
+                    pre = pre * scale
                 top = torch.topk(pre, k=self.k, dim=-1)
                 out = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
                 if units is not None:
-                    out = out[:, list(units)]
+                    out = out[..., list(units)]
             else:
                 out = pre
-            return out.cpu().numpy().astype(np.float32, copy=False)
+            return out
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalisation == "constant_norm_rescale":
@@ -193,12 +311,21 @@ def usable_device(device: str) -> str:
 
 # ----- names ---------------------------------------------------------------------------------
 def unit_space(layer: str, basis: str) -> str:
-    """The name of ``layer`` read in ``basis`` (a key or a declared name): ``layer@basis``."""
-    return f"{layer}{SPACE_SEPARATOR}{basis}"
+    """The name of ``layer`` read in ``basis`` (a key or a declared name): ``layer@basis``, and
+    ``layer@basis#RULE`` when ``layer`` names a positions rule (``layer#RULE``)."""
+    rest, separator, rule = layer.rpartition(POSITIONS_SEPARATOR)
+    if not separator or not rest:
+        return f"{layer}{SPACE_SEPARATOR}{basis}"
+    return f"{rest}{SPACE_SEPARATOR}{basis}{POSITIONS_SEPARATOR}{rule}"
 
 
 def split_unit_space(name: str) -> tuple[str, str | None]:
-    """``(layer, basis)`` of a unit space's name; ``(name, None)`` for a plain layer."""
+    """``(layer, basis)`` of a unit space's name (its positions rule left out); ``(name, None)``
+    for a plain layer."""
+    try:
+        name, _rule = split_positions(name)
+    except PositionsError as error:
+        raise BasisError(str(error)) from error
     layer, separator, basis = name.rpartition(SPACE_SEPARATOR)
     return (layer, basis) if separator and layer else (name, None)
 
@@ -304,20 +431,80 @@ def _load_sae(path: Path, source: str) -> UnitBasis:
     return sae_basis(tensors, config, source)
 
 
-def _architecture(config: Mapping[str, Any], source: str) -> tuple[str, int | None]:
-    """The architecture (and ``k`` for top-k) a ``cfg.json`` names, old SAELens spellings too."""
-    architecture = str(config.get("architecture", "standard")).lower()
-    activation = str(config.get("activation_fn_str") or config.get("activation_fn") or "relu")
-    k: Any = config.get("k")
-    if architecture in ("standard", "relu") and activation.lower() == "topk":
-        architecture, k = "topk", (config.get("activation_fn_kwargs") or {}).get("k", k)
+def _sae_lens_major(config: Mapping[str, Any]) -> int | None:
+    """The major SAELens version that wrote ``config`` (``None`` when it does not say)."""
+    metadata = config.get("metadata")
+    version = config.get("sae_lens_version") or (
+        metadata.get("sae_lens_version") if isinstance(metadata, Mapping) else None
+    )
+    head = str(version or "").split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
+def _check_fields(config: Mapping[str, Any], source: str, before_6: bool) -> None:
+    """Refuse fields LINE does not know, and the known ones that change what encode() reads."""
+    unknown = sorted(set(config) - SAE_ENCODE_FIELDS - SAE_INERT_FIELDS)
+    if unknown:
+        raise BasisError(
+            f"{source}: {SAE_CONFIG_FILE} has field(s) {', '.join(unknown)} that LINE does not "
+            "know; a field it does not know might change how SAELens encodes, so the SAE is "
+            f"refused (if SAELens's encode() ignores them, delete them from {SAE_CONFIG_FILE})"
+        )
+    metadata = config.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise BasisError(f"{source}: {SAE_CONFIG_FILE}'s metadata must be a JSON object")
+    for where, fields in ((config, ("hook_head_index", "hook_point_head_index")),
+                          (metadata, ("hook_head_index",))):  # fmt: skip
+        for name in fields:
+            if where.get(name) is not None:
+                raise BasisError(
+                    f"{source}: {name} is {where[name]!r}: the SAE reads one attention head's "
+                    "slice of its layer, which no layer LINE reads gives; LINE reads SAEs of "
+                    "whole layer vectors"
+                )
+    reshape = config.get("reshape_activations")
+    if reshape is None and before_6:  # SAELens 5: a hook_z hook name means the reshape
+        hook = str(config.get("hook_name") or config.get("hook_point") or "")
+        reshape = "hook_z" if "hook_z" in hook else "none"
+    if reshape == "hook_z":
+        raise BasisError(
+            f"{source}: reshape_activations is 'hook_z': SAELens flattens attention heads' "
+            "outputs [..., n_heads, d_head] before encoding, and no layer LINE reads gives "
+            "them (its layers are module outputs: CNN maps, ViT tokens, vectors)"
+        )
+    if reshape not in (None, "none"):
+        raise BasisError(
+            f"{source}: unknown reshape_activations {reshape!r}; LINE reads 'none' (and refuses "
+            "'hook_z')"
+        )
+
+
+def _architecture(config: Mapping[str, Any], source: str, before_6: bool) -> tuple[str, int | None]:
+    """The architecture (and ``k`` for top-k) a ``cfg.json`` names, SAELens 5 spellings too."""
+    named = config.get("architecture", "standard")
+    architecture = str(named).lower()
     if architecture == "relu":
         architecture = "standard"
+    if architecture in REFUSED_ARCHITECTURES:
+        raise BasisError(
+            f"{source}: SAELens architecture {architecture!r} is not supported: "
+            f"{REFUSED_ARCHITECTURES[architecture]}. LINE reads {', '.join(SAE_ARCHITECTURES)}"
+        )
     if architecture not in SAE_ARCHITECTURES:
         raise BasisError(
-            f"{source}: unknown SAE architecture {config.get('architecture')!r} in "
-            f"{SAE_CONFIG_FILE}; supported: {', '.join(SAE_ARCHITECTURES)} (relu reads as standard)"
+            f"{source}: unknown SAE architecture {named!r} in {SAE_CONFIG_FILE}; supported: "
+            f"{', '.join(SAE_ARCHITECTURES)} (relu reads as standard)"
         )
+    activation = config.get("activation_fn_str") or config.get("activation_fn")
+    k: Any = config.get("k")
+    if activation is not None and str(activation).lower() != "relu":
+        if before_6 and architecture == "standard" and str(activation).lower() == "topk":
+            architecture, k = "topk", (config.get("activation_fn_kwargs") or {}).get("k", k)
+        else:
+            raise BasisError(
+                f"{source}: activation_fn {activation!r} is not supported: LINE reads relu and "
+                "SAELens 5's topk (with activation_fn_kwargs k) on a standard SAE"
+            )
     if architecture != "topk":
         return architecture, None
     if isinstance(k, float) and k.is_integer():
@@ -329,17 +516,42 @@ def _architecture(config: Mapping[str, Any], source: str) -> tuple[str, int | No
     return architecture, k
 
 
+def _normalisation(config: Mapping[str, Any], source: str) -> str:
+    """``normalize_activations`` as SAELens 6 reads it (SAELens 5's booleans too)."""
+    value = config.get("normalize_activations")
+    if isinstance(value, bool):  # SAELens 5: true is the April-update scaling, folded on save
+        value = "expected_average_only_in" if value else "none"
+    value = value or "none"
+    if value == "covariance_whitening":
+        raise BasisError(
+            f"{source}: normalize_activations is 'covariance_whitening': the SAE expects "
+            "whitened inputs, and its weights do not hold the whitening. SAELens folds it into "
+            "the weights when it saves an inference model (save_inference_model); load that"
+        )
+    if value not in NORMALISATIONS:
+        raise BasisError(
+            f"{source}: unknown normalize_activations {value!r}; supported: "
+            + ", ".join(NORMALISATIONS)
+        )
+    return str(value)
+
+
+def _flag(config: Mapping[str, Any], name: str, default: bool, source: str) -> bool:
+    value = config.get(name, default)
+    if not isinstance(value, bool):
+        raise BasisError(f"{source}: {name} must be true or false, got {value!r}")
+    return value
+
+
 def sae_basis(
     tensors: Mapping[str, np.ndarray], config: Mapping[str, Any], source: str
 ) -> UnitBasis:
     """An SAE basis from SAELens tensors and config (what :func:`load_basis` reads from disk)."""
-    architecture, k = _architecture(config, source)
-    normalisation = str(config.get("normalize_activations") or "none")
-    if normalisation not in NORMALISATIONS:
-        raise BasisError(
-            f"{source}: unknown normalize_activations {normalisation!r}; supported: "
-            + ", ".join(NORMALISATIONS)
-        )
+    major = _sae_lens_major(config)
+    before_6 = major is None or major < 6  # as SAELens's own handle_config_defaulting decides
+    architecture, k = _architecture(config, source, before_6)  # a refused one, by its name
+    _check_fields(config, source, before_6)
+    normalisation = _normalisation(config, source)
     if "W_enc" not in tensors:
         raise BasisError(
             f"{source} has no W_enc tensor (it has: {', '.join(sorted(tensors)) or 'none'}); an "
@@ -357,17 +569,45 @@ def sae_basis(
             )
     bias = _vector(tensors, "b_enc", d_sae, source)
     b_dec = _vector(tensors, "b_dec", d_in, source)
-    offset = b_dec if config.get("apply_b_dec_to_input", True) else np.zeros(d_in, np.float32)
+    applied = _flag(config, "apply_b_dec_to_input", True, source)
+    offset = b_dec if applied else np.zeros(d_in, np.float32)
     threshold = None
     if architecture == "jumprelu":
-        if "threshold" not in tensors:
+        if "threshold" in tensors:
+            threshold = _vector(tensors, "threshold", d_sae, source)
+        elif "log_threshold" in tensors:  # older SAELens training checkpoints, as SAELens reads
+            threshold = np.exp(_vector(tensors, "log_threshold", d_sae, source))
+        else:
             raise BasisError(f"{source}: a jumprelu SAE needs a 'threshold' tensor [d_sae]")
-        threshold = _vector(tensors, "threshold", d_sae, source)
     if k is not None and k > d_sae:
         raise BasisError(f"{source}: k is {k}, but the SAE has only {d_sae} latents")
+    scale = None
+    # only SAELens's top-k config has the flag; it drops it from every other architecture
+    if architecture == "topk" and _flag(config, "rescale_acts_by_decoder_norm", False, source):
+        scale = _decoder_norms(tensors, d_in, d_sae, source)
     return UnitBasis(
-        "sae", architecture, source, encoder, bias, offset, threshold, k, normalisation
+        "sae", architecture, source, encoder, bias, offset, threshold, k, normalisation, scale
     )
+
+
+def _decoder_norms(
+    tensors: Mapping[str, np.ndarray], d_in: int, d_sae: int, source: str
+) -> np.ndarray:
+    """The norms of ``W_dec``'s rows, which a top-k SAE with ``rescale_acts_by_decoder_norm``
+    multiplies its pre-activations by before choosing the top k."""
+    import torch
+
+    if "W_dec" not in tensors:
+        raise BasisError(
+            f"{source}: rescale_acts_by_decoder_norm is true, so encoding needs W_dec "
+            f"[{d_sae}, {d_in}] (its row norms scale the pre-activations), but the file has none"
+        )
+    decoder = _finite(tensors["W_dec"], "W_dec", source)
+    if decoder.shape != (d_sae, d_in):
+        raise BasisError(
+            f"{source}: W_dec must be [d_sae, d_in] = [{d_sae}, {d_in}], got {list(decoder.shape)}"
+        )
+    return torch.as_tensor(decoder).norm(dim=-1).numpy().astype(np.float32)
 
 
 def _finite(tensor: np.ndarray, name: str, source: str) -> np.ndarray:

@@ -29,6 +29,7 @@ from inference.protocols import (
     ImageGenerator,
     PixelGenerator,
     PixelTarget,
+    PositionTarget,
     RenderedImage,
     RenderJob,
     TargetModel,
@@ -36,6 +37,8 @@ from inference.protocols import (
 
 if TYPE_CHECKING:  # torch is imported where pixels are made (see inference.pixels)
     import torch
+
+    from inference.positions import LayerReading
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -69,18 +72,33 @@ def run_edit_batch(editor: ImageEditor, jobs: Sequence[EditJob]) -> list[Rendere
 
 @dataclass(frozen=True)
 class ActivationJob:
-    """One stored image whose layer vector is wanted."""
+    """One stored image whose layer vector is wanted. ``layer`` is what is measured (a layer,
+    or a reading's key); ``reading`` says how, when the target computes it per position."""
 
     image_id: str
     image: Image.Image
     layer: str
+    reading: LayerReading | None = None
+
+
+def _position_target(target: TargetModel, reading: LayerReading) -> PositionTarget:
+    if not isinstance(target, PositionTarget):
+        raise BackendError(
+            f"target {target.name!r} cannot read layer {reading.layer!r} per position "
+            f"({reading.key})"
+        )
+    return target
 
 
 def run_activation_batch(target: TargetModel, jobs: Sequence[ActivationJob]) -> list[np.ndarray]:
-    """Batching core for activations: one forward pass over jobs of the same layer; a float32
-    layer vector per job."""
-    layer = jobs[0].layer
-    rows = target.activations([job.image for job in jobs], layer)
+    """Batching core for activations: one forward pass over jobs of the same layer (and
+    reading); a float32 layer vector per job."""
+    layer, reading = jobs[0].layer, jobs[0].reading
+    images = [job.image for job in jobs]
+    if reading is not None:
+        rows = _position_target(target, reading).read(images, reading)
+    else:
+        rows = target.activations(images, layer)
     return [np.asarray(row, dtype=np.float32) for row in rows]
 
 
@@ -96,11 +114,13 @@ class RenderedPixels:
 
 @dataclass(frozen=True)
 class PixelJob:
-    """One rendered image whose layer vector is wanted, as pixels (see ``RenderedPixels``)."""
+    """One rendered image whose layer vector is wanted, as pixels (see ``RenderedPixels``);
+    ``layer`` and ``reading`` as in :class:`ActivationJob`."""
 
     image_id: str
     pixels: torch.Tensor
     layer: str
+    reading: LayerReading | None = None
 
 
 def run_render_pixels_batch(
@@ -128,8 +148,16 @@ def run_render_pixels_batch(
 def run_measure_pixels_batch(target: TargetModel, jobs: Sequence[PixelJob]) -> list[np.ndarray]:
     """Batching core of the probe path: one forward pass over pixel jobs of one layer and image
     size, as tensors for a ``PixelTarget``, else through PIL images."""
-    layer = jobs[0].layer
-    if isinstance(target, PixelTarget):
+    layer, reading = jobs[0].layer, jobs[0].reading
+    if reading is not None:
+        reader = _position_target(target, reading)
+        if isinstance(target, PixelTarget):
+            import torch  # here, not at the top: see inference.pixels
+
+            rows = reader.read_pixels(torch.stack([job.pixels for job in jobs]), reading)
+        else:
+            rows = reader.read([image_of(job.pixels) for job in jobs], reading)
+    elif isinstance(target, PixelTarget):
         import torch  # here, not at the top: see inference.pixels
 
         rows = target.activations_from_pixels(torch.stack([job.pixels for job in jobs]), layer)

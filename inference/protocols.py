@@ -12,6 +12,8 @@ from PIL import Image
 if TYPE_CHECKING:  # torch is imported by the backends, not by every user of these protocols
     import torch
 
+    from inference.positions import LayerReading
+
 
 class BackendSpecError(ValueError):
     """A backend spec that cannot be loaded; the message says what to pass instead."""
@@ -100,6 +102,21 @@ class PixelTarget(Protocol):
         ...
 
 
+@runtime_checkable
+class PositionTarget(Protocol):
+    """A target that reads its layers with positions per position, on its device: the units
+    (or a basis's) at every position, aggregated per image by a rule (inference.positions)."""
+
+    def read(self, images: Sequence[Image.Image], reading: LayerReading) -> np.ndarray:
+        """Float32 ``[batch, units]`` of the reading on RGB images."""
+        ...
+
+    def read_pixels(self, pixels: torch.Tensor, reading: LayerReading) -> np.ndarray:
+        """Float32 ``[batch, units]`` of the reading on a uint8 ``[batch, 3, H, W]`` tensor,
+        equal to ``read`` on the same pixels as PIL images."""
+        ...
+
+
 @dataclass(frozen=True)
 class EditSettings:
     """Everything besides the source image, instruction and seed that determines an edit's
@@ -152,10 +169,13 @@ class ImageEditor(Protocol):
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A readable layer of a target model and how many units it has."""
+    """A readable layer of a target model, how many units it has and its positions: ``map`` (a
+    CNN's feature map), ``tokens`` (a ViT's) or ``None`` (one vector per image); see
+    :mod:`inference.positions`."""
 
     name: str
     units: int
+    positions: str | None = None
 
 
 class UnknownLayerError(KeyError, ValueError):

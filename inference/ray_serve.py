@@ -174,7 +174,9 @@ class ModelReplica:
                     "name": target.name,
                     "identity": target_identity(target),
                     "device": target.device,
-                    "layers": [[layer.name, layer.units] for layer in target.layers()],
+                    "layers": [
+                        [layer.name, layer.units, layer.positions] for layer in target.layers()
+                    ],
                 }
                 for target in self.targets.values()
             ],
@@ -284,7 +286,7 @@ def remote_backends(description: dict) -> tuple[list[RemoteGenerator], list[Remo
             item["name"],
             item["identity"],
             item["device"],
-            [LayerInfo(name, units) for name, units in item["layers"]],
+            [LayerInfo(*layer) for layer in item["layers"]],
         )
         for item in description["targets"]
     ]
@@ -340,7 +342,7 @@ class RayDispatcher:
     async def measure_pixels(self, target: TargetModel, job: PixelJob) -> np.ndarray:
         """One image's layer vector from a replica, sent as a PIL image of the pixels."""
         return await self.measure(
-            target, ActivationJob(job.image_id, image_of(job.pixels), job.layer)
+            target, ActivationJob(job.image_id, image_of(job.pixels), job.layer, job.reading)
         )
 
     async def edit(self, editor: ImageEditor, job: EditJob) -> RenderedImage:

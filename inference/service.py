@@ -31,6 +31,13 @@ from inference.batching import (
 )
 from inference.metrics import ServerMetrics
 from inference.pixels import image_of
+from inference.positions import (
+    LayerReading,
+    PositionsError,
+    default_rule,
+    rule_problem,
+    split_positions,
+)
 from inference.protocols import (
     EditJob,
     EditSettings,
@@ -160,6 +167,10 @@ class InferenceService:
             target.name: {layer.name: layer.units for layer in target.layers()}
             for target in targets
         }
+        self._layer_positions = {
+            target.name: {layer.name: layer.positions for layer in target.layers()}
+            for target in targets
+        }
 
     # ----- lookups -------------------------------------------------------------------------
     def models(self) -> dict[str, object]:
@@ -174,10 +185,14 @@ class InferenceService:
                 {
                     "name": name,
                     "device": self.targets[name].device,
-                    "layers": [{"name": layer, "units": units} for layer, units in layers.items()]
+                    "layers": [
+                        {"name": layer, "units": units, "positions": positions[layer]}
+                        for layer, units in layers.items()
+                    ]
                     + self.bases.unit_spaces(layers),
                 }
                 for name, layers in self._layer_units.items()
+                for positions in [self._layer_positions[name]]
             ],
             "editors": [
                 _backend_entry(editor, self.default_editor) for editor in self.editors.values()
@@ -188,7 +203,8 @@ class InferenceService:
     def _generator(self, name: str | None) -> ImageGenerator:
         return _named_backend("generator", self.generators, self.default_generator, name, "")
 
-    def _target_layer(self, target: str, layer: str) -> int:
+    def _reading(self, target: str, layer: str) -> LayerReading:
+        """How a request's layer name (``LAYER[@BASIS][#RULE]``) is measured on ``target``."""
         if target not in self.targets:
             raise ServiceError(
                 f"unknown target {target!r}; this server has: "
@@ -197,7 +213,11 @@ class InferenceService:
             )
         layers = self._layer_units[target]
         try:
-            layer_read, basis = self.bases.split(layer)
+            rest, rule = split_positions(layer)
+        except PositionsError as error:
+            raise ServiceError(str(error)) from error
+        try:
+            layer_read, basis = self.bases.split(rest)
         except BasisError as error:
             raise ServiceError(str(error), status=404) from error
         if layer_read not in layers:
@@ -206,11 +226,21 @@ class InferenceService:
                 + ", ".join(layers),
                 status=404,
             )
-        if basis is None:
-            return layers[layer_read]
-        if basis.d_in != layers[layer_read]:
+        if basis is not None and basis.d_in != layers[layer_read]:
             raise ServiceError(width_mismatch(basis, target, layer_read, layers[layer_read]))
-        return basis.size
+        kind = self._layer_positions[target][layer_read]
+        problem = rule_problem(rule, kind, layer_read, target)
+        if problem is not None:
+            raise ServiceError(problem)
+        rule = rule or default_rule(kind, None if basis is None else basis.kind)
+        return LayerReading(layer_read, kind, rule, basis)
+
+    def _target_layer(self, target: str, layer: str) -> int:
+        """How many units a request's layer name has on ``target``."""
+        reading = self._reading(target, layer)
+        if reading.basis is not None:
+            return reading.basis.size
+        return self._layer_units[target][reading.layer]
 
     async def add_basis(self, spec: str) -> BasisEntry:
         """Load a unit basis from a path on this machine (``sae:PATH``, ``directions:PATH``) and
@@ -604,22 +634,23 @@ class InferenceService:
         measured (rendered first, on the probe path, for the keys in ``renders``); a basis's
         latents are computed from the vectors."""
         cache_key = target_identity(self.targets[target])
-        layer_read, basis = self.bases.split(layer)  # a basis reads the cached layer vectors
-        cached = await self._in_io_thread(self.cache.get_many, cache_key, layer_read, set(keys))
+        reading = self._reading(target, layer)
+        measured = reading.key  # a basis on a plain vector layer reads the cached vectors
+        cached = await self._in_io_thread(self.cache.get_many, cache_key, measured, set(keys))
         waits = {}
         for value in dict.fromkeys(keys):
             if value in cached and value not in renders:
                 self.metrics.activation_cache_hits.labels(target).inc()
                 continue
-            key = (value, target, layer_read)
+            key = (value, target, measured)
             task = self._measuring.get(key)
             if task is None:
                 # rendered here unless a concurrent request stored it or began to meanwhile
                 if value in renders and value not in self._rendering and not self.store.has(value):
                     generator, job = renders[value]
-                    measuring = self._probe_and_cache(generator, job, target, layer_read, value)
+                    measuring = self._probe_and_cache(generator, job, target, reading, value)
                 else:
-                    measuring = self._measure_and_cache(target, layer_read, value)
+                    measuring = self._measure_and_cache(target, reading, value)
                 task = asyncio.create_task(measuring)
                 _track_until_done(self._measuring, key, task)
             waits[value] = task
@@ -632,14 +663,19 @@ class InferenceService:
                     raise _as_service_error(result)
                 cached[value] = result
         matrix = np.stack([cached[value] for value in keys])
-        if basis is None:
+        if reading.basis is None or reading.per_position:  # per position: done by the target
             return matrix[:, units]
-        # latents or directions: one batched product on the target's device
+        # latents or directions of plain vectors: one batched product on the target's device
         device = self.targets[target].device
-        return await asyncio.to_thread(basis.encode, matrix, units, device)
+        return await asyncio.to_thread(reading.basis.encode, matrix, units, device)
 
     async def _probe_and_cache(
-        self, generator: ImageGenerator, job: RenderJob, target: str, layer: str, key: str
+        self,
+        generator: ImageGenerator,
+        job: RenderJob,
+        target: str,
+        reading: LayerReading,
+        key: str,
     ) -> np.ndarray:
         """Render an image to pixels and measure it from them; its PNG and then its cached
         vector are written in the background (the vector only once the PNG is stored, so a
@@ -664,9 +700,11 @@ class InferenceService:
         stored.add_done_callback(_retrieve_exception)  # a failed render fails ``ready`` too
         _track_until_done(self._rendering, key, stored)
         rendered = await ready
-        vector = await self.dispatcher.measure_pixels(model, PixelJob(key, rendered.pixels, layer))
+        per_position = reading if reading.per_position else None
+        pixel_job = PixelJob(key, rendered.pixels, reading.key, per_position)
+        vector = await self.dispatcher.measure_pixels(model, pixel_job)
         self.metrics.activations_computed.labels(target).inc()
-        write = CacheWrite(target_identity(model), layer, key, vector)
+        write = CacheWrite(target_identity(model), reading.key, key, vector)
         self._in_background(self._cache_once_stored(stored, write))
         return vector
 
@@ -683,14 +721,18 @@ class InferenceService:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _measure_and_cache(self, target: str, layer: str, key: str) -> np.ndarray:
+    async def _measure_and_cache(self, target: str, reading: LayerReading, key: str) -> np.ndarray:
         model = self.targets[target]
         pending = self._rendering.get(key)
         if pending is not None:  # rendered by a concurrent request right now
             await asyncio.shield(pending)
         image = await self._in_io_thread(self.store.load, key)
-        vector = await self.dispatcher.measure(model, ActivationJob(key, image, layer))
-        await self._cache_writer.submit(CacheWrite(target_identity(model), layer, key, vector))
+        per_position = reading if reading.per_position else None
+        job = ActivationJob(key, image, reading.key, per_position)
+        vector = await self.dispatcher.measure(model, job)
+        await self._cache_writer.submit(
+            CacheWrite(target_identity(model), reading.key, key, vector)
+        )
         self.metrics.activations_computed.labels(target).inc()
         return vector
 

@@ -27,6 +27,7 @@ from inference.bases import (
     split_unit_space,
     width_mismatch,
 )
+from inference.positions import PositionsError, rule_problem, split_positions
 from inference.registry import (
     BackendSpecError,
     GeneratorOptions,
@@ -56,14 +57,28 @@ def generator_specs(generator: Generators) -> list[str]:
 
 
 def check_layer_units(
-    layers: dict[str, int], target: str, layer: str, units: Sequence[int]
+    layers: dict[str, int],
+    target: str,
+    layer: str,
+    units: Sequence[int],
+    positions: dict[str, str | None] | None = None,
 ) -> None:
-    """The layer exists and every unit is in range."""
-    if layer not in layers:
+    """The layer exists, its positions rule (``LAYER#RULE``) fits it when ``positions`` (layer
+    -> map, tokens or None) is known, and every unit is in range."""
+    try:
+        name, rule = split_positions(layer)
+    except PositionsError as error:
+        raise RunSetupError(str(error)) from error
+    if name not in layers:
         raise RunSetupError(
-            f"target {target!r} has no layer {layer!r}; valid layers: " + ", ".join(layers)
+            f"target {target!r} has no layer {name!r}; valid layers: " + ", ".join(layers)
         )
-    count = layers[layer]
+    layer_read = split_unit_space(name)[0]
+    if positions is not None and layer_read in positions:
+        problem = rule_problem(rule, positions[layer_read], layer_read, target)
+        if problem is not None:
+            raise RunSetupError(problem)
+    count = layers[name]
     bad = [unit for unit in units if unit >= count]
     if bad:
         raise RunSetupError(
@@ -114,9 +129,14 @@ async def check_server(
                 + (", ".join(served_editors) or "none (start it with --editor SPEC)")
             )
     layers = {entry["name"]: entry["units"] for entry in targets[target]["layers"]}
+    kinds = {
+        entry["name"]: entry["positions"]
+        for entry in targets[target]["layers"]
+        if "positions" in entry
+    }
     if basis is not None:
         check_basis_width(layers, target, layer, basis)
-    check_layer_units(layers, target, layer, units)
+    check_layer_units(layers, target, layer, units, kinds)
 
 
 async def _offer_basis(client: LineClient, url: str, layer: str, basis: UnitBasis) -> None:
@@ -131,6 +151,10 @@ async def _offer_basis(client: LineClient, url: str, layer: str, basis: UnitBasi
 
 def _serves_layer(models: dict[str, Any], target: str, layer: str) -> bool:
     """Whether ``/v1/models`` lists ``layer`` (a unit space too) for ``target``."""
+    try:
+        layer = split_positions(layer)[0]
+    except PositionsError:
+        return False
     for entry in models.get("targets", []):
         if entry["name"] == target:
             return any(item["name"] == layer for item in entry["layers"])
@@ -166,7 +190,8 @@ def start_local_server(
         check_basis_width(widths, target, layer, basis)
         bases.add(basis)
     layers = {**widths, **{space["name"]: space["units"] for space in bases.unit_spaces(widths)}}
-    check_layer_units(layers, target, layer, units)
+    kinds = {info.name: info.positions for info in model.layers()}
+    check_layer_units(layers, target, layer, units, kinds)
     try:
         backends = [
             load_generator(spec, device, GeneratorOptions()) for spec in generator_specs(generator)

@@ -3,8 +3,10 @@
 A layer is any named submodule whose output is a tensor. Its activations are read with a forward
 hook and reduced to one value per unit: ``[B, C, H, W]`` outputs are averaged over space (CNNs),
 ``[B, tokens, D]`` outputs give the first (CLS) token (ViTs), ``[B, D]`` outputs are taken as they
-are. A module called several times in one forward pass (torchvision's shared ReLUs) reports its
-last call.
+are. Another rule (a map's maximum, the mean over a ViT's tokens), or a basis applied at every
+position, is computed in the same hook on the model's device (:meth:`TorchTarget.read`,
+:mod:`inference.positions`). A module called several times in one forward pass (torchvision's
+shared ReLUs) reports its last call.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from PIL import Image
 
 from inference.pixels import image_of, pixels_of
+from inference.positions import LayerReading, positions_kind
 from inference.protocols import BackendSpecError, LayerInfo, UnknownLayerError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,6 +108,7 @@ class TorchTarget:
     def _discover_layers(self) -> tuple[dict[str, LayerInfo], dict[str, int]]:
         """Run one grey image through the model and record every layer's unit count."""
         units: dict[str, int] = {}
+        kinds: dict[str, str | None] = {}
         calls: dict[str, int] = {}
         handles = []
 
@@ -114,6 +118,7 @@ class TorchTarget:
                 calls[layer_name] = calls.get(layer_name, 0) + 1
                 if reduced is not None:
                     units[layer_name] = int(reduced.shape[1])
+                    kinds[layer_name] = positions_kind(output)
                 else:
                     units.pop(layer_name, None)
 
@@ -130,7 +135,7 @@ class TorchTarget:
             for handle in handles:
                 handle.remove()
         order = [name for name, _ in self.module.named_modules() if name in units]
-        return {name: LayerInfo(name, units[name]) for name in order}, calls
+        return {name: LayerInfo(name, units[name], kinds[name]) for name in order}, calls
 
     def layers(self) -> list[LayerInfo]:
         """Every readable layer with its unit count, in module order."""
@@ -173,14 +178,22 @@ class TorchTarget:
                 rows[index] = row
         return torch.stack([row for row in rows if row is not None])
 
-    def forward_layer(self, batch: torch.Tensor, layer: str) -> torch.Tensor:
-        """Run the model on a preprocessed batch; the layer's ``[batch, units]`` tensor."""
+    def forward_layer(
+        self,
+        batch: torch.Tensor,
+        layer: str,
+        reduce: Callable[[torch.Tensor], torch.Tensor | None] = reduce_to_units,
+    ) -> torch.Tensor:
+        """Run the model on a preprocessed batch; the layer's ``[batch, units]`` tensor, its
+        output reduced on the device by ``reduce`` (by default :func:`reduce_to_units`)."""
         self.layer_info(layer)
         captured: dict[str, torch.Tensor | None] = {}
         stop_early = self._calls.get(layer, 0) == 1
 
         def hook(_module: torch.nn.Module, _inputs: Any, output: object) -> None:
-            captured["units"] = reduce_to_units(output)
+            captured["units"] = None  # not a float tensor with a unit axis
+            if isinstance(output, torch.Tensor) and output.is_floating_point():
+                captured["units"] = reduce(output)
             if stop_early:
                 raise _StopForward
 
@@ -211,6 +224,24 @@ class TorchTarget:
         self.layer_info(layer)
         units = self.forward_layer(self.preprocess_pixels(pixels), layer)
         return units.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def read(self, images: Sequence[Image.Image], reading: LayerReading) -> np.ndarray:
+        """A reading of a layer with positions (a rule, a basis at every position) on RGB
+        images, computed on the model's device: float32 ``[batch, units]``."""
+        if not images:
+            return np.zeros((0, self._reading_units(reading)), dtype=np.float32)
+        units = self.forward_layer(self.preprocess_batch(images), reading.layer, reading.read)
+        return units.cpu().numpy().astype(np.float32, copy=False)
+
+    def read_pixels(self, pixels: torch.Tensor, reading: LayerReading) -> np.ndarray:
+        """:meth:`read` on a uint8 ``[batch, 3, H, W]`` pixel tensor."""
+        self.layer_info(reading.layer)
+        units = self.forward_layer(self.preprocess_pixels(pixels), reading.layer, reading.read)
+        return units.cpu().numpy().astype(np.float32, copy=False)
+
+    def _reading_units(self, reading: LayerReading) -> int:
+        info = self.layer_info(reading.layer)
+        return info.units if reading.basis is None else reading.basis.size
 
 
 def create_torchvision_target(
