@@ -23,6 +23,7 @@ from inference.store import default_cache_dir
 from inference.toyworld.latents import write_toy_bases
 from inference.toyworld.vocabulary import parse_attributes
 from tools.client import LineClient
+from tools.controlset import RANDOM_CONCEPT_CONTROL_SIZE
 from tools.server_session import RunSetupError, server_session
 
 runner = CliRunner()
@@ -72,7 +73,10 @@ def test_line_run_explains_toy_directions_and_marks_the_dead_one(toy_bases, tmp_
     assert parse_attributes(rows[TRIANGLE]["label"]) == {"triangle"}
     assert rows[DEAD]["status"] == "dead" and rows[DEAD]["label"] == ""
     assert rows[DEAD]["selective"] == "False"
-    assert "fires on none of the 64 census images (toy:64)" in rows[DEAD]["reason"]
+    # the census reads the run's control set: without --control, the generator's random concepts
+    size = RANDOM_CONCEPT_CONTROL_SIZE
+    census_images = f"{size} census images (random-concepts:toy:{size})"
+    assert f"fires on none of the {census_images}" in rows[DEAD]["reason"]
     assert rows[DEAD]["llm_calls"] == "0" and rows[DEAD]["images"] == "0"
     census = folder.evaluation("census")
     with census.csv.open() as stream:
