@@ -71,6 +71,7 @@ def settings_from_options(
     positions: str | None = None,
     llm_context: int | None = None,
     allow_variant_change: bool = False,
+    llm_max_tokens: int | None = None,
 ) -> tuple[RunSettings, RunFolder]:
     """Resolve and check the options of ``line run`` (nothing heavy is loaded here), including
     the pre-flight of the LLM endpoint (:func:`preflight_llm`).
@@ -99,6 +100,7 @@ def settings_from_options(
             )
         changes = {
             "llm": llm, "llm_base_url": llm_base_url, "llm_context": llm_context,
+            "llm_max_tokens": llm_max_tokens,
             "concurrency": concurrency, "server": server or None,
             "prompts": prompts if allow_variant_change else None,
         }  # fmt: skip
@@ -137,6 +139,7 @@ def settings_from_options(
             llm=llm,
             llm_base_url=llm_base_url,
             llm_context=llm_context,
+            llm_max_tokens=llm_max_tokens,
             prompts=prompts or "paper",
             variant_overrides={k: v for k, v in overrides.items() if v is not None},
             seed=seed,
@@ -169,6 +172,8 @@ def settings_from_options(
         raise RunSetupError("--concurrency must be at least 1")
     if settings.llm_context is not None and settings.llm_context < 256:
         raise RunSetupError("--llm-context must be at least 256 tokens")
+    if settings.llm_max_tokens is not None and settings.llm_max_tokens < 16:
+        raise RunSetupError("--llm-max-tokens must be at least 16")
     try:
         variant = load_variant(settings.prompts, **settings.variant_overrides)
         check_llm_ready(settings.llm, settings.llm_base_url)
@@ -233,6 +238,7 @@ def make_llm_client(settings: RunSettings, context_window: int | None = None) ->
         temperature=variant.settings.temperature,
         cache_dir=settings.llm_cache,
         context_window=context_window or settings.llm_context,
+        max_tokens=settings.llm_max_tokens,
     )
 
 

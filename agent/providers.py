@@ -111,6 +111,19 @@ KNOWN_PROVIDERS: dict[str, ProviderInfo] = {
 }
 
 
+EXTRAS = {"anthropic": "anthropic", "ollama": "ollama", "groq": "groq", "google_genai": "google"}
+"""Providers with an extra of this package (``pip install 'line-agent[anthropic]'``)."""
+
+
+def install_hint(provider: str) -> str:
+    """The command that installs a provider's integration (and its extra, when it has one)."""
+    package = provider_package(provider)
+    extra = EXTRAS.get(provider)
+    if extra:
+        return f"pip install {package} (or pip install 'line-agent[{extra}]')"
+    return f"pip install {package}"
+
+
 def provider_package(provider: str) -> str:
     """The pip package of a provider's LangChain integration (``langchain-<provider>`` unless
     the table says otherwise)."""
@@ -249,7 +262,7 @@ def check_llm_ready(
     if not _module_present(info.module):
         raise LLMConfigError(
             f"the '{parsed.provider}' provider needs the package {info.package}: "
-            f"pip install {info.package}"
+            f"{install_hint(parsed.provider)}"
         )
     if info.key_env and not resolve_api_key(parsed, api_key):
         names = " or ".join(info.key_env)
@@ -456,7 +469,8 @@ def build_chat_model(
     except ImportError as error:
         package = provider_package(parsed.provider)
         raise LLMConfigError(
-            f"the '{parsed.provider}' provider needs {package}: pip install {package} ({error})"
+            f"the '{parsed.provider}' provider needs {package}: {install_hint(parsed.provider)} "
+            f"({error})"
         ) from error
     except ValueError as error:  # a provider init_chat_model does not know, or bad settings
         raise LLMConfigError(f"LangChain cannot build '{parsed.raw}': {error}") from error
@@ -810,8 +824,9 @@ class LLMClient:
         if tools:
             choice = {} if tool_choice is None else {"tool_choice": tool_choice}
             runnable = self.model.bind_tools(tools, **choice)
-        if self.context_window:
-            limit = self._answer_tokens(request, tools)
+        limit = self._answer_tokens(request, tools) if self.context_window else None
+        limit = limit or self.max_output_tokens
+        if limit:
             extra = {"extra_body": {"max_tokens": limit}} if self.send_max_tokens else {}
             runnable = runnable.bind(max_tokens=limit, **extra)
         faults: Counter[FaultKind] = Counter()

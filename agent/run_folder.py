@@ -103,6 +103,9 @@ class RunSettings(BaseModel):
     llm_base_url: str | None = None
     llm_context: int | None = None
     """The LLM's context window in tokens (``--llm-context``); None: read from the server."""
+    llm_max_tokens: int | None = None
+    """The longest answer in tokens (``--llm-max-tokens``); None: what the window leaves, at
+    most a quarter of it."""
     prompts: str = "paper"
     variant_overrides: dict[str, Any] = Field(default_factory=dict)
     variant_fingerprint: str = ""

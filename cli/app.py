@@ -268,6 +268,13 @@ def run(
             "[default: what the server states (vLLM, llama.cpp, LM Studio), else not fitted]."
         ),
     ] = None,
+    llm_max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="The longest LLM answer in tokens [default: what the context window leaves, "
+            "at most a quarter of it; unbounded when the window is unknown]."
+        ),
+    ] = None,
     prompts: Annotated[
         str | None, typer.Option(help="Prompt variant name or folder [default: paper].")
     ] = None,
@@ -291,7 +298,7 @@ def run(
         Path | None,
         typer.Option(
             help="Continue the run in this folder; --llm, --llm-base-url, --llm-context, "
-            "--concurrency and --server may change (recorded in config.json)."
+            "--llm-max-tokens, --concurrency and --server may change (recorded in config.json)."
         ),
     ] = None,
     allow_variant_change: Annotated[
@@ -340,6 +347,7 @@ def run(
             resume=resume, control=control, score=score, llm_cache=llm_cache, basis=basis,
             positions=positions,
             llm_context=llm_context, allow_variant_change=allow_variant_change,
+            llm_max_tokens=llm_max_tokens,
         )  # fmt: skip
         with run_progress(quiet or as_json) as update:
             rows = execute_run(

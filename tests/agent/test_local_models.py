@@ -84,8 +84,9 @@ def test_resume_takes_a_new_llm_address_and_concurrency_and_records_them(
     assert refused.exit_code == 2 and "cannot reach the LLM server" in refused.output
     with start_scripted_llm(ChatDebrisPolicy(max_debris=0)) as second:
         resumed = line_run(
-            "--resume", str(out), "--llm-base-url", second.url, "--concurrency", "3", *QUIET
-        )
+            "--resume", str(out), "--llm-base-url", second.url, "--concurrency", "3",
+            "--llm-max-tokens", "64", *QUIET,
+        )  # fmt: skip
         assert resumed.exit_code == 0, resumed.output
     config = json.loads(RunFolder(out).config.read_text())
     assert config["llm_base_url"] == second.url and config["concurrency"] == 3
@@ -93,6 +94,7 @@ def test_resume_takes_a_new_llm_address_and_concurrency_and_records_them(
     assert changes["llm_base_url"]["old"] == first.url
     assert changes["llm_base_url"]["new"] == second.url
     assert changes["concurrency"]["old"] == 64 and changes["concurrency"]["new"] == 3
+    assert changes["llm_max_tokens"]["old"] is None and config["llm_max_tokens"] == 64
 
 
 def test_a_placeholder_typo_fails_before_anything_runs(tmp_path):

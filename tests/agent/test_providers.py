@@ -127,8 +127,9 @@ def test_missing_package_says_what_to_install(monkeypatch):
         providers, "_module_present", lambda module: module not in {"langchain_anthropic"}
     )
     monkeypatch.setenv("ANTHROPIC_API_KEY", "secret")
-    with pytest.raises(LLMConfigError, match="pip install langchain-anthropic"):
+    with pytest.raises(LLMConfigError, match="pip install langchain-anthropic") as error:
         check_llm_ready("anthropic:claude-sonnet-4-5")
+    assert "pip install 'line-agent[anthropic]'" in str(error.value)  # as the README says
 
 
 def test_ollama_needs_no_key(monkeypatch):
