@@ -330,6 +330,8 @@ class Decision:
 
 
 def _plural(shape: str) -> str:
+    if shape in ("objects", "shapes", "things"):  # already plural
+        return shape
     return shape + ("es" if shape.endswith(("s", "x", "ch", "sh")) else "s")
 
 

@@ -39,8 +39,21 @@ FILLER_WORDS = frozenset(
 """Words that name no attribute: dropping another word leaves them; they are never dropped."""
 
 
+BOUND_WORDS = frozenset({"background"})
+"""Nouns that name an attribute only with the word before them (``green background``): the
+pair is one attribute, never split by an ablation."""
+
+
 def _words(text: str) -> list[str]:
-    return re.sub(r"\s+", " ", text).strip().lower().split()
+    """The label's words, a word and the :data:`BOUND_WORDS` noun after it joined into one."""
+    words = re.sub(r"\s+", " ", text).strip().lower().split()
+    out: list[str] = []
+    for word in words:
+        if word in BOUND_WORDS and out and out[-1] not in FILLER_WORDS:
+            out[-1] = f"{out[-1]} {word}"
+        else:
+            out.append(word)
+    return out
 
 
 def attribute_words(label: str) -> list[str]:
@@ -89,7 +102,7 @@ def ablations(label: str) -> list[str]:
             left, right = text.split(joint, 1)
             sides = [_clean(left), _clean(right)]
             return [side for side in sides if attribute_words(side)]
-    words = text.split()
+    words = _words(text)
     if len(attribute_words(text)) < 2:
         return []
     out: list[str] = []

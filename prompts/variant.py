@@ -73,7 +73,7 @@ class VariantSettings(BaseModel):
         20, ge=2, le=256, description="fresh images per candidate in the confirmation"
     )
     confirm_margin: float = Field(
-        0.03, ge=0, le=0.5, description="AUC a simpler candidate may lose to the best and win"
+        0.05, ge=0, le=0.5, description="AUC a simpler candidate may lose to the best and win"
     )
     angles: list[str] = Field(default_factory=lambda: ["front view"])
     lighting: list[str] = Field(default_factory=lambda: ["daylight"])

@@ -37,6 +37,12 @@ def test_ablations_drop_one_attribute_at_a_time():
     assert ablations("red on a blue background") == ["red", "blue background"]
 
 
+def test_a_background_is_one_attribute_with_its_colour():
+    assert ablations("green background") == [] and complexity("green background") == 1
+    assert ablations("gray background and blue") == ["gray background", "blue"]
+    assert ablations("small objects on a green background") == ["small objects", "green background"]
+
+
 def test_an_or_splits_into_alternatives_sharing_their_noun():
     assert alternatives("pink or orange objects") == ["pink objects", "orange objects"]
     assert alternatives("stars or crosses") == ["stars", "crosses"]
