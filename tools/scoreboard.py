@@ -7,6 +7,7 @@ parses them) sees scoreboard entries as ``concept: score`` lines and the tried l
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -64,8 +65,10 @@ _LEADING_PREPOSITIONS = frozenset(
 )
 _META_WORDS = frozenset(
     "concept concepts name names answer answers label labels word words phrase phrases "
-    "sentence sentences text unit units neuron neurons score scores example examples "
-    "proposal explanation unknown".split()
+    "sentence sentences text title unit units neuron neurons score scores scoreboard "
+    "example examples proposal explanation unknown test tests model models image images "
+    "picture pictures photo photos photograph question task experiment result results "
+    "hypothesis approach idea option thing things".split()
 )
 """Words about the task rather than about images: a concept made of only these (and
 function words) says nothing about what the unit sees."""
@@ -100,7 +103,13 @@ def validate_concept(text: object, max_words: int = MAX_CONCEPT_WORDS) -> str:
         raise ValueError(
             f"the concept has {len(words)} words; give at most {max_words} words, e.g. 'red fruit'"
         )
-    if words[0] in _LEADING_PREPOSITIONS or words[-1] in _FUNCTION_WORDS:
+    articles = {"a", "an", "the"}
+    after_article = [nxt for word, nxt in itertools.pairwise(words) if word in articles]
+    if (
+        words[0] in _LEADING_PREPOSITIONS
+        or words[-1] in _FUNCTION_WORDS
+        or any(word in _FUNCTION_WORDS for word in after_article)
+    ):
         raise ValueError(f"{concept!r} is not a complete noun phrase; {hint}")
     if all(word in _META_WORDS or word in _FUNCTION_WORDS for word in words):
         raise ValueError(f"{concept!r} names no visual concept; {hint}")

@@ -95,7 +95,9 @@ def test_concepts_the_offline_proposer_and_people_write_pass(concept):
      ("no", "chat"), ("3d paper (not available until now", "digits"),
      ('i am": 10/25 = 3.4%', "digits"), ("name", "no visual concept"),
      ("the answer", "no visual concept"), ("concept: red", "':'"), ("sure, here", "','"),
-     ("it is red", "chat"), ("red and", "noun phrase"), ("one two three four", "at most 3")],
+     ("it is red", "chat"), ("red and", "noun phrase"), ("one two three four", "at most 3"),
+     ("scoreboard", "no visual concept"), ("test", "no visual concept"),
+     ("a to red", "noun phrase")],
 )  # fmt: skip
 def test_chat_debris_is_not_a_concept(debris, reason):
     with pytest.raises(ValueError, match=reason):
