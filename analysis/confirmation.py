@@ -200,7 +200,7 @@ def choose_label(
         raise ValueError("confirmation needs at least one measured candidate")
     twins = duplicates(candidates)
     by_concept = {c.concept: c for c in candidates if c.concept not in twins}
-    covered: set[str] = set()
+    covered: set[frozenset[str]] = set()
     for candidate in candidates:
         candidate.kept, candidate.note = True, ""
         if candidate.concept in twins:
@@ -220,7 +220,7 @@ def choose_label(
                     f"(needs AUC {fires_auc})"
                 )
             else:
-                covered.update(part.concept for part in parts)
+                covered.update(frozenset(attribute_words(part.concept)) for part in parts)
         elif kind == "and":
             rivals = [part for part in parts if candidate.auc <= part.auc + margin]
             if rivals:
@@ -230,9 +230,8 @@ def choose_label(
                     f"does not beat its part '{rival.concept}' (AUC {candidate.auc:.3f} vs "
                     f"{rival.auc:.3f}, margin {margin})"
                 )
-    for concept in covered:
-        part = by_concept[concept]
-        if part.kept:
+    for part in candidates:  # an alternative, in any wording ("orange" for "orange objects")
+        if part.kept and frozenset(attribute_words(part.concept)) in covered:
             part.kept, part.note = False, "an alternative of a kept OR (alone it misses the other)"
     kept = [candidate for candidate in candidates if candidate.kept]
     pool = kept or list(candidates)

@@ -87,6 +87,18 @@ def test_an_or_stays_only_when_every_alternative_fires():
     assert "does not fire on its own" in spurious[0].note
 
 
+def test_a_kept_or_stands_for_its_alternatives_in_any_wording():
+    found = [
+        candidate("pink or orange objects", 0.987),
+        candidate("orange", 0.938, 1),
+        candidate("pink", 0.935, 2),
+        candidate("pink objects", 0.912, 3, searched=False),
+        candidate("orange objects", 0.916, 4, searched=False),
+    ]
+    assert choose_label(found, 0.05).label == "pink or orange objects"
+    assert not found[1].kept and "alternative of a kept OR" in found[1].note
+
+
 def test_an_or_without_measured_alternatives_is_not_kept():
     found = [candidate("stars or crosses", 0.97), candidate("circle", 0.9, 1)]
     assert choose_label(found, MARGIN).label == "circle"
