@@ -7,6 +7,7 @@ import os
 
 BENCHMARKS = [
     "bench.server_bench",
+    "bench.positions_bench",
     "bench.e2e_bench",
     "bench.toyworld_bench",
     "bench.learned_bench",

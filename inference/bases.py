@@ -228,12 +228,19 @@ class UnitBasis:
         return f"{self.kind} ({detail}): {self.size} {what} over {self.d_in}-wide vectors"
 
     def _weights(self, device: str) -> dict[str, torch.Tensor]:
+        """Its tensors on ``device`` as float32; a top-k SAE's decoder norms folded into the
+        encoder and its bias (``(x @ W + b) * s == x @ (W * s) + b * s``), once."""
         import torch
 
         if device not in self._on_device:
+            tensors = dict(self._tensors())
+            scale = tensors.pop("scale", None)
+            if scale is not None:
+                tensors["encoder"] = tensors["encoder"] * scale
+                tensors["bias"] = tensors["bias"] * scale
             self._on_device[device] = {
                 name: torch.as_tensor(tensor, dtype=torch.float32).to(device)
-                for name, tensor in self._tensors().items()
+                for name, tensor in tensors.items()
             }
         return self._on_device[device]
 
@@ -253,39 +260,68 @@ class UnitBasis:
         out = self.encode_tensor(x, units)
         return out.cpu().numpy().astype(np.float32, copy=False)
 
+    def _pre(
+        self, x: torch.Tensor, units: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pre-activations ``[..., K]`` (a top-k SAE's already scaled by its decoder norms)
+        and the JumpReLU thresholds, of the listed columns only when ``units`` is given."""
+        import torch
+
+        weights = self._weights(str(x.device))
+        x = self._normalise(x.float()) - weights["offset"]
+        encoder, bias, threshold = weights["encoder"], weights["bias"], weights.get("threshold")
+        if units is not None:
+            columns = torch.as_tensor(list(units), dtype=torch.long, device=x.device)
+            encoder, bias = encoder.index_select(1, columns), bias.index_select(0, columns)
+            if threshold is not None:
+                threshold = threshold.index_select(0, columns)
+        pre = torch.addmm(bias, x.reshape(-1, x.shape[-1]), encoder)  # one fused product
+        return pre.reshape(*x.shape[:-1], encoder.shape[1]), threshold
+
     def encode_tensor(self, x: torch.Tensor, units: Sequence[int] | None = None) -> torch.Tensor:
         """The units of a float ``[..., d_in]`` tensor (one vector per position, say) as a
         float32 ``[..., K]`` tensor on its device (``[..., len(units)]`` with ``units``)."""
         import torch
 
-        weights = self._weights(str(x.device))
         with torch.inference_mode():
-            x = self._normalise(x.float()) - weights["offset"]
-            encoder, bias = weights["encoder"], weights["bias"]
-            threshold, scale = weights.get("threshold"), weights.get("scale")
-            subset = units is not None and self.architecture != "topk"
-            if subset:  # only the columns asked for (top-k needs every column to rank them)
-                columns = torch.as_tensor(list(units or ()), dtype=torch.long, device=x.device)
-                encoder, bias = encoder.index_select(1, columns), bias.index_select(0, columns)
-                if threshold is not None:
-                    threshold = threshold.index_select(0, columns)
-            pre = x @ encoder + bias
-            if self.architecture == "standard":
-                out = torch.relu(pre)
-            elif self.architecture == "jumprelu":
-                assert threshold is not None  # loading requires it
-                out = torch.relu(pre) * (pre > threshold)
-            elif self.architecture == "topk":
+            if self.architecture == "topk":  # every column, to rank them
                 assert self.k is not None  # loading requires it
-                if scale is not None:  # SAELens: rank (and report) pre * ||W_dec row||
-                    pre = pre * scale
-                top = torch.topk(pre, k=self.k, dim=-1)
+                pre, _ = self._pre(x)
+                top = torch.topk(pre, k=self.k, dim=-1, sorted=False)
                 out = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
-                if units is not None:
-                    out = out[..., list(units)]
-            else:
-                out = pre
-            return out
+                return out if units is None else out[..., list(units)]
+            pre, threshold = self._pre(x, units)  # only the columns asked for
+            if self.architecture == "standard":
+                return torch.relu(pre)
+            if self.architecture == "jumprelu":
+                assert threshold is not None  # loading requires it
+                return torch.relu(pre) * (pre > threshold)
+            return pre
+
+    def encode_aggregate(self, x: torch.Tensor, reduce: str) -> torch.Tensor:
+        """The units of ``[images, positions, d_in]`` aggregated over the positions by
+        ``reduce`` (``max`` or ``mean``): float32 ``[images, K]``. A top-k SAE's latents are
+        aggregated from the k kept per position, never as a dense ``[images, positions, K]``."""
+        import torch
+
+        with torch.inference_mode():
+            if self.architecture != "topk":  # in place on the fresh pre-activations
+                pre, threshold = self._pre(x)
+                if threshold is not None:  # JumpReLU: 0 unless above the threshold
+                    pre.masked_fill_(pre <= threshold, 0.0)
+                if self.architecture == "linear":  # directions
+                    return pre.amax(dim=1) if reduce == "max" else pre.mean(dim=1)
+                if reduce == "max":  # the maximum of a ReLU is the ReLU of the maximum
+                    return pre.amax(dim=1).clamp_min_(0.0)
+                return pre.clamp_min_(0.0).mean(dim=1)
+            assert self.k is not None  # loading requires it
+            pre, _ = self._pre(x)
+            top = torch.topk(pre, k=self.k, dim=-1, sorted=False)
+            values, indices = torch.relu(top.values).flatten(1), top.indices.flatten(1)
+            out = torch.zeros(pre.shape[0], pre.shape[-1], dtype=pre.dtype, device=pre.device)
+            if reduce == "max":  # the zeros take part: a latent kept nowhere, or < 0, is 0
+                return out.scatter_reduce_(1, indices, values, reduce="amax")
+            return out.scatter_add_(1, indices, values) / pre.shape[1]
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalisation == "constant_norm_rescale":

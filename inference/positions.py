@@ -160,8 +160,8 @@ class LayerReading:
             raise PositionsError(f"layer {self.layer!r} has no positions to read by a rule")
         with torch.inference_mode():
             x = output.float()
-            if x.dim() == 4:  # [B, C, H, W] -> [B, H*W, C]
-                x = x.flatten(2).transpose(1, 2)
+            if x.dim() == 4:  # [B, C, H, W] -> [B, H*W, C], one vector per location
+                x = x.flatten(2).transpose(1, 2).contiguous()
             if self.rule == "cls":
                 x = x[:, :1]
             elif self.rule.startswith("patch-"):
@@ -170,17 +170,11 @@ class LayerReading:
                 raise PositionsError(
                     f"layer {self.layer!r} has no patch tokens to read by {self.rule!r}"
                 )
+            reduce = "max" if self.rule.endswith("max") else "mean"
             if self.basis is None:
-                return _aggregate(x, self.rule)
+                return x.amax(dim=1) if reduce == "max" else x.mean(dim=1)
             positions = x.shape[1]
             step = max(1, MAX_CHUNK_VALUES // max(1, positions * self.basis.size))
             return torch.cat(
-                [_aggregate(self.basis.encode_tensor(chunk), self.rule) for chunk in x.split(step)]
+                [self.basis.encode_aggregate(chunk, reduce) for chunk in x.split(step)]
             )
-
-
-def _aggregate(values: torch.Tensor, rule: str) -> torch.Tensor:
-    """``[B, P, K]`` to ``[B, K]``: the maximum or the mean over the positions."""
-    if rule.endswith("max"):
-        return values.amax(dim=1)
-    return values.mean(dim=1)
