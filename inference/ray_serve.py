@@ -35,6 +35,7 @@ import numpy as np
 from prometheus_client import Counter as PromCounter
 
 from inference.app import create_app
+from inference.bases import UnitBasis, load_basis
 from inference.batching import (
     ActivationJob,
     BackendError,
@@ -101,10 +102,44 @@ class RenderRequest:
 
 @dataclass(frozen=True)
 class MeasureRequest:
-    """One image for a replica to measure with target ``target``."""
+    """One image for a replica to measure with target ``target``. A per-position reading's
+    basis travels as its spec (``basis``), which the replica loads once, not with every job."""
 
     target: str
     job: ActivationJob
+    basis: str | None = None
+
+
+def measure_request(target: str, job: ActivationJob) -> MeasureRequest:
+    """The request for ``job``, its reading's basis (if any) replaced by the basis's spec."""
+    reading = job.reading
+    if reading is None or reading.basis is None:
+        return MeasureRequest(target, job)
+    light = replace(job, reading=replace(reading, basis=None))
+    return MeasureRequest(target, light, reading.basis.source)
+
+
+class ReplicaBases:
+    """The bases a replica has loaded from the specs of the readings it was sent."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, UnitBasis] = {}
+
+    def job(self, request: MeasureRequest) -> ActivationJob:
+        """``request``'s job with its reading's basis restored; a basis whose file changed
+        since the ingress loaded it (another key) fails the job."""
+        if request.basis is None or request.job.reading is None:
+            return request.job
+        if request.basis not in self._loaded:
+            self._loaded[request.basis] = load_basis(request.basis)
+        reading = replace(request.job.reading, basis=self._loaded[request.basis])
+        if reading.key != request.job.layer:
+            raise BackendError(
+                f"basis {request.basis} on this replica is not the one the server loaded "
+                f"(it reads {reading.key}, the request {request.job.layer}); the file changed: "
+                "restart the server"
+            )
+        return replace(request.job, reading=reading)
 
 
 @dataclass(frozen=True)
@@ -149,6 +184,7 @@ class ModelReplica:
         )
         self._render_batched = batching(self._render_batch)
         self._measure_batched = batching(self._measure_batch)
+        self._bases = ReplicaBases()
         log.info(
             "replica %s: generators %s, targets %s",
             self.replica,
@@ -210,10 +246,16 @@ class ModelReplica:
         replies: dict[int, ReplicaReply] = {}
         for (name, _layer), indices in groups.items():
             target = self.targets.get(name)
-            jobs = [requests[index].job for index in indices]
-            run = partial(run_activation_batch, target, jobs) if target else None
-            replies.update(zip(indices, await self._run(name, run, len(jobs)), strict=True))
+            group = [requests[index] for index in indices]
+            run = partial(self._measure_jobs, target, group) if target else None
+            replies.update(zip(indices, await self._run(name, run, len(group)), strict=True))
         return [replies[index] for index in range(len(requests))]
+
+    def _measure_jobs(
+        self, target: TargetModel, requests: list[MeasureRequest]
+    ) -> list[np.ndarray]:
+        """On the worker thread: the jobs' bases restored, then one batch."""
+        return run_activation_batch(target, [self._bases.job(request) for request in requests])
 
     async def _run(
         self, backend: str, run: Callable[[], Sequence[object]] | None, size: int
@@ -331,7 +373,7 @@ class RayDispatcher:
 
     async def measure(self, target: TargetModel, job: ActivationJob) -> np.ndarray:
         """One image's float32 layer vector from a replica (batched there with others)."""
-        return await self._call(target.name, "measure", MeasureRequest(target.name, job))
+        return await self._call(target.name, "measure", measure_request(target.name, job))
 
     async def render_pixels(self, generator: ImageGenerator, job: RenderJob) -> RenderedPixels:
         """Render one job on a replica; its image travels back as a PIL image (Ray's object

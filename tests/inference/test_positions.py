@@ -283,3 +283,25 @@ def test_a_run_checks_the_rule_before_it_starts():
         check_layer_units(layers, "learned:shapes", "conv4@sae-1#mean", [40], kinds)
     with pytest.raises(RunSetupError, match="unknown positions rule 'top'"):
         check_layer_units(layers, "learned:shapes", "conv4#top", [0], kinds)
+
+
+def test_a_ray_replica_gets_the_basis_by_its_spec_not_with_every_job(tmp_path):
+    """Jobs sent to Ray Serve replicas carry the basis's spec; the replica loads it once."""
+    from inference.bases import load_basis, write_sae
+    from inference.batching import ActivationJob, BackendError
+    from inference.ray_serve import ReplicaBases, measure_request
+
+    rng = np.random.default_rng(5)
+    tensors = {"W_enc": rng.normal(size=(CONV4, D_SAE)), "b_dec": rng.normal(size=CONV4)}
+    basis = load_basis(f"sae:{write_sae(tmp_path / 'sae', tensors, {})}")
+    reading = LayerReading("conv4", MAP, "max", basis)
+    job = ActivationJob("image", Image.new("RGB", (8, 8)), reading.key, reading)
+    request = measure_request("learned:shapes", job)
+    assert request.basis == basis.source and request.job.reading.basis is None
+    replica = ReplicaBases()
+    restored = replica.job(request)
+    assert restored.reading.basis.hash == basis.hash and restored.reading.key == job.layer
+    assert replica.job(request).reading.basis is restored.reading.basis  # loaded once
+    write_sae(tmp_path / "sae", {**tensors, "b_dec": tensors["b_dec"] + 1}, {})
+    with pytest.raises(BackendError, match="the file changed: restart the server"):
+        ReplicaBases().job(request)
