@@ -183,12 +183,17 @@ class ImageStore:
 
 
 class ActivationCache:
-    """Layer vectors per (image id, target, layer): SQLite on disk, an in-memory LRU in front."""
+    """Layer vectors per (image id, target, layer): SQLite on disk, an in-memory LRU in front
+    (at most ``memory_entries`` vectors and ``memory_bytes`` bytes)."""
 
-    def __init__(self, path: str | Path, memory_entries: int = 100_000) -> None:
+    def __init__(
+        self, path: str | Path, memory_entries: int = 100_000, memory_bytes: int = 1 << 30
+    ) -> None:
         self.path = Path(path)
         self._memory: OrderedDict[tuple[str, str, str], np.ndarray] = OrderedDict()
         self._memory_entries = memory_entries
+        self._memory_bytes = memory_bytes  # an SAE's latents per image are d_sae floats
+        self._held_bytes = 0
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -199,10 +204,16 @@ class ActivationCache:
         self._db.commit()
 
     def _remember(self, key: tuple[str, str, str], vector: np.ndarray) -> None:
+        previous = self._memory.get(key)
+        if previous is not None:
+            self._held_bytes -= previous.nbytes
         self._memory[key] = vector
         self._memory.move_to_end(key)
-        while len(self._memory) > self._memory_entries:
-            self._memory.popitem(last=False)
+        self._held_bytes += vector.nbytes
+        while self._memory and (
+            len(self._memory) > self._memory_entries or self._held_bytes > self._memory_bytes
+        ):
+            self._held_bytes -= self._memory.popitem(last=False)[1].nbytes
 
     def get_many(self, target: str, layer: str, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The cached vectors among ``image_ids`` (missing ids are left out)."""

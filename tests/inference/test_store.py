@@ -103,6 +103,18 @@ def test_activation_cache_keeps_whole_vectors_across_restarts(tmp_path):
         np.testing.assert_array_equal(found[key], vector)
 
 
+def test_the_activation_cache_holds_a_bounded_number_of_bytes_in_memory(tmp_path):
+    """SAE latents per image are d_sae floats: the in-memory LRU is bounded in bytes too, and
+    what it let go is read back from disk."""
+    cache = ActivationCache(tmp_path / "a.sqlite", memory_bytes=3 * 4096)
+    latents = {f"{i:064x}": np.full(1024, i, np.float32) for i in range(10)}  # 4 KiB each
+    cache.put_many("t", "conv4@sae-0123456789ab#max", latents)
+    assert len(cache._memory) == 3 and cache._held_bytes == 3 * 4096
+    found = cache.get_many("t", "conv4@sae-0123456789ab#max", list(latents))
+    assert all(np.array_equal(found[key], vector) for key, vector in latents.items())
+    assert cache._held_bytes <= 3 * 4096
+
+
 @pytest.mark.parametrize(
     ("errno_", "words"), [(28, "No space left on device"), (30, "Read-only file system")]
 )
