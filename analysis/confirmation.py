@@ -258,19 +258,23 @@ def choose_label(
 
 
 def missing_union(candidates: Sequence[ConfirmedCandidate]) -> tuple[str, str] | None:
-    """``(concept, source)`` of the OR of the two best candidates that fire on their own (AUC
-    at least :data:`SELECTIVE_AUC`) and share no attribute word, when no candidate is already
+    """``(concept, source)`` of the OR of the two best single-attribute candidates that fire on
+    their own (AUC at least :data:`SELECTIVE_AUC`) and share no word, when no candidate is already
     their OR; else None. A unit that fires on pink and on orange objects is explained by
     ``pink or orange``, not by either half (the missing-labels check of Neuron_Eval)."""
     firing = sorted(
-        (c for c in candidates if c.auc >= SELECTIVE_AUC and structure(c.concept) != "or"),
+        (c for c in candidates if c.auc >= SELECTIVE_AUC and complexity(c.concept) == 1),
         key=lambda c: -c.auc,
     )
     if len(firing) < 2:
         return None
+
+    def plain_words(concept: str) -> set[str]:  # "blue background" shares "blue" with "blue"
+        return {word for phrase in attribute_words(concept) for word in phrase.split()}
+
     first = firing[0]
-    words = set(attribute_words(first.concept))
-    other = next((c for c in firing[1:] if not words & set(attribute_words(c.concept))), None)
+    words = plain_words(first.concept) - BOUND_WORDS
+    other = next((c for c in firing[1:] if not words & plain_words(c.concept)), None)
     if other is None:
         return None
     pair = {first.concept, other.concept}

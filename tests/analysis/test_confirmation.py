@@ -122,5 +122,9 @@ def test_two_unrelated_firing_candidates_suggest_their_or():
     assert missing_union(found) == ("orange or pink", "union of 'orange' and 'pink'")
     related = [candidate("red", 0.95), candidate("red circle", 0.93, 1)]
     assert missing_union(related) is None
+    same_colour = [candidate("blue objects", 0.96), candidate("blue background", 0.94, 1)]
+    assert missing_union(same_colour) is None
+    conjunctions = [candidate("black background and green", 0.99), candidate("brown star", 0.97)]
+    assert missing_union(conjunctions) is None  # an OR of single attributes only
     done = [*found, candidate("orange or pink", 0.95, 3)]
     assert missing_union(done) is None
