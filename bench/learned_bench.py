@@ -21,18 +21,9 @@ from typing import Any
 
 from evals.groundtruth import figures_text, run_groundtruth_benchmark
 from inference.registry import load_target
-from inference.toyworld.dissection import candidate_text
-from inference.toyworld.probes import ATTRIBUTES
 
 RESULTS = Path("bench-results")
 LEARNED = "learned:shapes"
-
-
-def write_attribute_vocabulary(path: Path) -> Path:
-    """Every toy-world attribute as a concept, one per line (the offline proposer's input)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(candidate_text("single", (a,)) for a in ATTRIBUTES) + "\n")
-    return path
 
 
 def largest_layer(target: str) -> str:
@@ -42,16 +33,11 @@ def largest_layer(target: str) -> str:
 
 def run() -> dict[str, Any]:
     """Both benchmarks; prints a table and writes ``bench-results/learned.json``."""
-    vocabulary = write_attribute_vocabulary(RESULTS / "learned-vocabulary.txt")
-    iterations = len(ATTRIBUTES) + 8  # every single attribute, then combinations
     layer = largest_layer(LEARNED)
     started = time.monotonic()
+    # plain offline:vocab on a dissected layer walks every toy attribute (evals.groundtruth)
     learned = run_groundtruth_benchmark(
-        RESULTS / "learned-groundtruth",
-        target=LEARNED,
-        layer=layer,
-        llm=f"offline:vocab:{vocabulary}",
-        iterations=iterations,
+        RESULTS / "learned-groundtruth", target=LEARNED, layer=layer
     )
     learned_s = time.monotonic() - started
     rows = learned["rows"]

@@ -82,6 +82,7 @@ from inference.toyworld.dissection import (
     ProbeScenes,
     auc_matrix,
     cached_dissection,
+    candidate_text,
     candidates,
     concept_predicate,
     dissect_layer,
@@ -90,6 +91,7 @@ from inference.toyworld.dissection import (
     load_toy_world_target,
 )
 from inference.toyworld.latents import toy_basis_truth
+from inference.toyworld.probes import ATTRIBUTES
 from inference.toyworld.truth import PLANTED_LAYER, PlantedUnit, planted_ground_truth
 from inference.toyworld.vocabulary import parse_attributes
 from prompts.variant import load_variant
@@ -323,6 +325,20 @@ def attribute_jaccard(label: str | None, truth: GroundTruth) -> float | None:
         return None
     named, wanted = parse_attributes(label or ""), set(truth.attributes)
     return len(named & wanted) / len(named | wanted)
+
+
+ATTRIBUTE_VOCABULARY_FILE = "attribute-vocabulary.txt"
+ATTRIBUTE_ITERATIONS = len(ATTRIBUTES) + 8
+"""Rounds of the offline proposer over the attribute vocabulary: every single attribute, then
+combinations."""
+
+
+def write_attribute_vocabulary(path: Path) -> Path:
+    """Every toy-world attribute as a concept, one per line: the offline proposer's and the
+    vocabulary baseline's vocabulary on a layer scored against dissection references."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(candidate_text("single", (a,)) for a in ATTRIBUTES) + "\n")
+    return path
 
 
 def vocabulary_labels(
@@ -835,7 +851,11 @@ def run_groundtruth_benchmark(
     ``target`` and ``layer`` default to ``planted:shapes``'s planted units; any other toy-world
     layer is scored against its dissection reference. ``iterations`` overrides the variant's
     budget; with the offline proposer it defaults to the demo's (enough to try every single
-    attribute, then combinations). ``units`` picks units (default: all of the layer).
+    attribute, then combinations). On a layer scored against dissection references, plain
+    ``offline:vocab`` walks every toy attribute (:func:`write_attribute_vocabulary`, written into
+    ``out_dir``; backgrounds and ``plain`` included, which the demo's vocabulary lacks) for
+    :data:`ATTRIBUTE_ITERATIONS` rounds, and the baseline scores the same vocabulary.
+    ``units`` picks units (default: all of the layer).
     ``baseline`` also labels the units with the vocabulary baseline. ``basis`` (a toy basis,
     ``line toyworld bases``) explains its latents instead, scored against their known concepts.
     ``heldout_scenes``: the size of the held-out probe set the labels' predicates are tested on
@@ -852,10 +872,16 @@ def run_groundtruth_benchmark(
     if heldout_scenes < 1:
         raise RunSetupError(f"--heldout-scenes must be at least 1 (got {heldout_scenes})")
     layer, truths = reference_truths(target, layer, units, basis)
-    if iterations is None and llm.startswith("offline:"):
-        iterations = DEMO_OFFLINE_ITERATIONS
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    dissected = basis is None and not (target == TARGET and layer == PLANTED_LAYER)
+    if llm == "offline:vocab" and dissected:
+        # a dissection reference can be any toy attribute (backgrounds, "plain", sizes): LINE
+        # and the baseline get the vocabulary the references are drawn from
+        llm = f"offline:vocab:{write_attribute_vocabulary(out / ATTRIBUTE_VOCABULARY_FILE)}"
+        iterations = ATTRIBUTE_ITERATIONS if iterations is None else iterations
+    if iterations is None and llm.startswith("offline:"):
+        iterations = DEMO_OFFLINE_ITERATIONS
     runs: list[tuple[list[dict], RunFolder]] = []
     for repeat in range(repeats):
         results, folder = _repeat_run(

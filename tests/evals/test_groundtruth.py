@@ -383,6 +383,11 @@ def test_learned_units_are_scored_against_the_dissection_reference(tmp_path, emb
     assert rows[selective.unit]["kind"] == selective.kind
     assert rows[silent.unit]["kind"] == "none" and rows[weak.unit]["kind"] == "none"
     assert rows[selective.unit]["baseline_label"]  # the vocabulary baseline labelled it too
+    # a dissection reference may name any toy attribute: LINE and the baseline walk them all
+    vocabulary = tmp_path / "learned" / "attribute-vocabulary.txt"
+    assert {"gray background", "plain"} <= set(vocabulary.read_text().splitlines())
+    config = json.loads((tmp_path / "learned" / "repeat-1" / "config.json").read_text())
+    assert config["llm"] == f"offline:vocab:{vocabulary}"
     assert set(result["baseline_recovery"]) == set(result["recovery"])
     assert [rows[u.unit]["reference_verdict"] for u in (selective, weak, silent)] == [
         "selective",
