@@ -49,22 +49,24 @@ from agent.state import NeuronState, RunContext
 from analysis.confirmation import (
     ConfirmedCandidate,
     ablations,
+    choose_inhibitor,
     choose_label,
     duplicates,
     missing_union,
 )
 from analysis.selectivity import Verdict
 from tools.agent_tools import (
-    AGENTIC_TOOLS,
     GENERATE_IMAGES,
     MEASURE_ACTIVATION,
     PROPOSE_CONCEPT,
     SUBMIT_EXPLANATION,
     agentic_tool_node,
+    agentic_tools,
     confirmation_seeds,
     evaluate_concept,
     probe_concept,
 )
+from tools.llm_images import count_image_blocks, scoreboard_image_blocks, without_image_data
 from tools.scoreboard import (
     MAX_CONCEPT_WORDS,
     Scoreboard,
@@ -81,8 +83,9 @@ MAX_CONTENDERS = 3  # ...of at most this many contenders (the best AUCs within t
 
 
 def _message_record(message: BaseMessage) -> dict[str, Any]:
-    """A message as the history's LLM log keeps it: role, content, tool calls or call id."""
-    record: dict[str, Any] = {"role": message.type, "content": message.content}
+    """A message as the history's LLM log keeps it: role, content (an image without its
+    data), tool calls or call id."""
+    record: dict[str, Any] = {"role": message.type, "content": without_image_data(message.content)}
     if isinstance(message, AIMessage) and message.tool_calls:
         record["tool_calls"] = [
             {"name": call["name"], "args": call["args"]} for call in message.tool_calls
@@ -95,7 +98,8 @@ def _message_record(message: BaseMessage) -> dict[str, Any]:
 def _reply_accounting(
     step: str, attempt: int, messages: list, reply: LLMReply
 ) -> tuple[dict, dict]:
-    """A log row and counter increments for one LLM exchange."""
+    """A log row and counter increments for one LLM exchange (``llm_images``: the images it
+    sent, none for a cache hit)."""
     log = {
         "step": step,
         "attempt": attempt,
@@ -106,7 +110,11 @@ def _reply_accounting(
         "cached": reply.cached,
         "attempts": reply.attempts,
     }
-    return log, reply.counters()
+    counters = reply.counters()
+    images = 0 if reply.cached else count_image_blocks(messages)
+    if images:
+        counters["llm_images"] = images
+    return log, counters
 
 
 REASK_ECHO_CHARS = 300
@@ -227,8 +235,17 @@ async def propose(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
         scoreboard=format_score_lines(board.top(settings.scoreboard_size)) or "(empty)",
         tried=format_tried_lines(board.tried()) or "(none yet)",
     )
-    messages = [SystemMessage(ctx.variant.render("system")), HumanMessage(prompt)]
+    content: str | list[str | dict] = prompt
+    shown: list[dict] = []
+    if settings.llm_images:  # a vision LLM sees the scoreboard's extreme images too
+        blocks, shown = await scoreboard_image_blocks(
+            ctx.client, state.get("entries", []), settings.llm_images, ctx.llm_image_cache
+        )
+        content = [{"type": "text", "text": prompt}, *blocks] if blocks else prompt
+    messages = [SystemMessage(ctx.variant.render("system")), HumanMessage(content)]
     args, logs, counters = await _ask_for_concept(ctx, "propose", messages, PROPOSE_CONCEPT)
+    for log in logs if shown else ():
+        log["images"] = shown
     update: dict[str, Any] = {"llm_log": logs, "counters": counters}
     if args is None:  # the round is lost, the run goes on
         update["iteration"] = iteration + 1
@@ -300,7 +317,9 @@ def _fit_conversation(ctx: RunContext, state: NeuronState, messages: list, budge
 
 
 async def agent(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
-    """One agent turn: the LLM reads the conversation and may call tools."""
+    """One agent turn: the LLM reads the conversation and may call tools. With the variant's
+    ``llm_images``, the turn also shows the scoreboard's extreme images, in a message sent with
+    this turn only (the state keeps the conversation without it)."""
     ctx = runtime.context
     settings = ctx.variant.settings
     update: dict[str, Any] = {}
@@ -317,9 +336,18 @@ async def agent(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
             HumanMessage(ctx.variant.render("task", **values)),
         ]
         update["messages"] = messages
+    sent, shown = messages, []
+    if settings.llm_images and state.get("entries"):
+        blocks, shown = await scoreboard_image_blocks(
+            ctx.client, state["entries"], settings.llm_images, ctx.llm_image_cache
+        )
+        if blocks:
+            sent = [*messages, HumanMessage(blocks)]
     fit = functools.partial(_fit_conversation, ctx, state)
-    reply = await ctx.llm.invoke(messages, tools=AGENTIC_TOOLS, fit=fit)
-    log, counters = _reply_accounting("agent", 0, messages[-1:], reply)
+    reply = await ctx.llm.invoke(sent, tools=agentic_tools(ctx), fit=fit)
+    log, counters = _reply_accounting("agent", 0, sent[-2:] if shown else messages[-1:], reply)
+    if shown:
+        log["images"] = shown
     counters["agent_turns"] = 1
     if reply.left_out:
         log["left_out"] = reply.left_out
@@ -453,7 +481,10 @@ async def confirm(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
     are not measured yet (the
     label without each attribute, an OR's alternatives) are measured too; when two candidates
     that share no attribute both fire, their OR is measured as well (a unit that fires on either
-    is not explained by one of them). Then the rule chooses.
+    is not explained by one of them). Then the rule chooses. Last, the ``confirm_inhibitors``
+    lowest concepts of the search are measured on the same images, and the concept that drives
+    the unit lowest against the control set is its inhibitor
+    (:func:`analysis.confirmation.choose_inhibitor`).
     """
     ctx = runtime.context
     settings = ctx.variant.settings
@@ -519,6 +550,17 @@ async def confirm(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
     chosen.auc, chosen.auc_low, chosen.auc_high = await asyncio.to_thread(
         auc_interval, chosen.activations, control
     )
+    # the inhibitor: the search's lowest concepts, re-checked on the same fresh images
+    label_candidates = set(measured)
+    lowest = list(dict.fromkeys(entry.concept for entry in reversed(ranked)))
+    lowest = [c for c in lowest[: settings.confirm_inhibitors] if c not in measured]
+    await asyncio.gather(*(measure(concept, "search (lowest)") for concept in lowest))
+    silencers = [c for c in measured.values() if c.concept not in duplicates(candidates)]
+    inhibitor = choose_inhibitor(silencers, settings.confirm_margin)
+    if inhibitor is not None and settings.confirm_inhibitors:
+        inhibitor.auc, inhibitor.auc_low, inhibitor.auc_high = await asyncio.to_thread(
+            auc_interval, inhibitor.activations, control
+        )
     confirmation = {
         "label": choice.label,
         "reason": choice.reason,
@@ -527,8 +569,12 @@ async def confirm(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
         "images_per_candidate": len(seeds),
         "control_images": len(control),
         "candidates": [candidate.to_dict() for candidate in candidates],
+        "inhibitor": inhibitor.concept if inhibitor and settings.confirm_inhibitors else None,
+        "inhibitor_candidates": [
+            measured[concept].to_dict() for concept in measured if concept not in label_candidates
+        ],
     }
-    images = len(seeds) * len(candidates)
+    images = len(seeds) * len(measured)
     return {"confirmation": confirmation, "counters": {"confirmation_images": images}}
 
 
@@ -539,8 +585,21 @@ async def finish(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
     summary = state.get("summary") or {}
     chosen = next(c for c in confirmation["candidates"] if c["concept"] == confirmation["label"])
     verdict = Verdict(chosen["auc"], chosen["auc_low"], chosen["auc_high"])
+    everything = [*confirmation["candidates"], *confirmation.get("inhibitor_candidates", [])]
+    silencer = next((c for c in everything if c["concept"] == confirmation.get("inhibitor")), None)
+    inhibitor: dict[str, Any] = {"inhibitor": "", "inhibitor_score": None, "inhibitor_verdict": ""}
+    if silencer is not None:
+        judged = Verdict(silencer["auc"], silencer["auc_low"], silencer["auc_high"]).inhibitor()
+        inhibitor = {
+            "inhibitor": silencer["concept"],
+            "inhibitor_score": silencer["auc"],
+            "inhibitor_low": silencer["auc_low"],
+            "inhibitor_high": silencer["auc_high"],
+            "inhibitor_verdict": judged.outcome,
+        }
     return {
         "result": {
+            **inhibitor,
             "label": chosen["concept"],
             "score": chosen["auc"],
             "score_low": chosen["auc_low"],

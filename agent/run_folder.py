@@ -1,7 +1,8 @@
 """The run folder: one class owns its layout (config, checkpoints, histories, results).
 
 ``RUN_DIR/config.json`` (:class:`RunSettings`), ``checkpoints.sqlite`` (LangGraph threads),
-``neurons/<layer>__<unit>.json`` (one history per neuron), ``results.csv`` (+ ``.parquet``).
+``neurons/<layer>__<unit>.json`` (one history per neuron), ``results.csv`` (+ ``.parquet``),
+``outages.json`` (every time an endpoint stopped answering during the run, :class:`OutageRecord`).
 The runner writes it; the report and the evaluations read it through :class:`RunFolder`.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tools.availability import DEFAULT_PATIENCE_S
 from tools.retry import FaultKind
 
 # what ``faults`` adds up: failed LLM requests (retried), unusable answers (re-asked) and
@@ -33,6 +35,9 @@ RESULT_COLUMNS = [
     "verdict",
     "selective",
     "mean_activation",
+    "inhibitor",
+    "inhibitor_score",
+    "inhibitor_verdict",
     "search_score",
     "candidates",
     "choice",
@@ -41,7 +46,9 @@ RESULT_COLUMNS = [
     "summary",
     "llm_calls",
     "tokens",
+    "llm_images",
     "images",
+    "edits",
     "confirmation_images",
     "reasks",
     "faults",
@@ -49,7 +56,11 @@ RESULT_COLUMNS = [
     "tool_errors",
     "lost_rounds",
     "restarts",
+    "outages",
+    "outage_s",
 ]
+"""``outages``: how many outages of the inference server or the LLM endpoint the neuron waited
+for (every neuron waits for the same outage together); ``outage_s``: the seconds it waited."""
 
 
 EVALUATIONS: dict[str, str] = {
@@ -99,6 +110,8 @@ class RunSettings(BaseModel):
     layer: str
     units: list[int]
     generator: str | None = None
+    editor: str | None = None
+    """The image editor of the agentic ``edit_images`` tool (``--editor``); None: no tool."""
     llm: str
     llm_base_url: str | None = None
     llm_context: int | None = None
@@ -116,6 +129,9 @@ class RunSettings(BaseModel):
     llm_cache: str | None = None
     basis: str | None = None  # sae:PATH or directions:PATH; ``layer`` is then layer@<basis key>
     basis_hash: str | None = None  # SHA-256 of the basis's tensors (inference.bases)
+    outage_patience_s: float = DEFAULT_PATIENCE_S
+    """How long the run waits for an inference server or LLM endpoint that stopped answering
+    before it stops (``--outage-patience``)."""
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     history: list[ConfigChange] = Field(default_factory=list)
     """Settings changed on ``--resume`` (LLM, base URL, concurrency, servers, the variant)."""
@@ -128,6 +144,25 @@ class RunSettings(BaseModel):
         return [self.server] if isinstance(self.server, str) else list(self.server)
 
 
+class OutageRecord(BaseModel):
+    """One time an endpoint of the run stopped answering (``outages.json``)."""
+
+    endpoint: str
+    """``inference server URL``, ``inference servers URL, URL`` or ``LLM endpoint URL``."""
+    started: str
+    """When the first request failed (ISO 8601, UTC)."""
+    seconds: float
+    """How long it lasted (until the run ended, while ``outcome`` is ``ongoing``)."""
+    outcome: str
+    """``recovered``, ``gave up`` (the run stopped after ``--outage-patience``) or ``ongoing``."""
+    probes: int = 0
+    """Probes sent while it was down: one prober for all waiting requests."""
+    waiting_neurons: int = 0
+    """Neurons that waited for it."""
+    error: str = ""
+    """The failure that started it."""
+
+
 class RunFolder:
     """Paths and files of one run."""
 
@@ -138,6 +173,7 @@ class RunFolder:
         self.neurons = self.path / "neurons"
         self.results_csv = self.path / "results.csv"
         self.results_parquet = self.path / "results.parquet"
+        self.outages = self.path / "outages.json"
         self.report = self.path / "report"
 
     def cosy_csv(self, labels_name: str | None = None) -> Path:
@@ -195,6 +231,25 @@ class RunFolder:
             return []
         with self.results_csv.open(newline="") as stream:
             return list(csv.DictReader(stream))
+
+    def read_outages(self) -> list[OutageRecord]:
+        """Every outage recorded in the run's sessions, oldest first (empty: none)."""
+        if not self.outages.is_file():
+            return []
+        try:
+            rows = json.loads(self.outages.read_text())
+            return [OutageRecord.model_validate(row) for row in rows]
+        except (OSError, ValueError):  # damaged: the run does not depend on it
+            return []
+
+    def add_outages(self, records: Sequence[OutageRecord]) -> None:
+        """Append this session's outages to ``outages.json`` (written atomically)."""
+        if not records:
+            return
+        rows = [record.model_dump() for record in [*self.read_outages(), *records]]
+        partial = self.outages.with_suffix(".json.part")
+        partial.write_text(json.dumps(rows, indent=1))
+        partial.replace(self.outages)
 
     def write_history(self, layer: str, unit: int, history: dict) -> None:
         """Write one neuron's history atomically."""

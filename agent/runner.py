@@ -2,7 +2,14 @@
 
 A run folder holds ``config.json`` (the resolved settings), ``checkpoints.sqlite`` (one LangGraph
 thread per neuron), ``neurons/<layer>__<unit>.json`` (each neuron's full history) and
-``results.csv`` (one row per neuron; plus ``results.parquet`` when pyarrow is installed).
+``results.csv`` (one row per neuron; plus ``results.parquet`` when pyarrow is installed) and,
+when an endpoint stopped answering, ``outages.json``.
+
+When the inference server or the LLM endpoint stops answering, every neuron waits for it
+together (``tools.availability``): the progress says what is unreachable and since when, each
+neuron counts the outages it waited for, and an outage that outlasts the run's
+``outage_patience_s`` stops the run (:class:`RunStopped`): finished neurons are kept and the
+others resume from their last checkpointed step with ``line run --resume``.
 """
 
 from __future__ import annotations
@@ -23,10 +30,17 @@ from langgraph.types import StateSnapshot
 
 from agent.graph import build_graph
 from agent.providers import LLMCallError, LLMClient
-from agent.run_folder import FAULT_COUNTERS, RunFolder, RunSettings
+from agent.run_folder import FAULT_COUNTERS, OutageRecord, RunFolder, RunSettings
 from agent.state import NeuronState, RunContext
 from prompts.variant import PromptVariant
 from tools.agent_tools import add_counters
+from tools.availability import (
+    NEURON_WAITS,
+    AvailabilityGate,
+    EndpointUnreachable,
+    OutageWaits,
+    clock_time,
+)
 from tools.census import Census, take_census
 from tools.client import InferenceClient
 from tools.controlset import MIN_CONTROL_IMAGES, ControlSet, ControlSetError, measure_control
@@ -45,6 +59,23 @@ class RunProgress:
     llm_calls: int = 0
     tokens: int = 0
     started: float = field(default_factory=time.monotonic)
+    waiting: list[str] = field(default_factory=list)
+    """What every neuron waits for now (``waiting for <endpoint> (down since HH:MM:SS)``)."""
+
+
+class RunStopped(RuntimeError):
+    """An endpoint stayed unreachable for the run's outage patience: the run stopped. The
+    message names the endpoint and how to continue; ``rows`` are the results as they stand
+    (``unfinished`` for the neurons the resumed run continues)."""
+
+    def __init__(self, message: str, rows: list[dict], cause: EndpointUnreachable) -> None:
+        super().__init__(message)
+        self.rows = rows
+        self.cause = cause
+
+
+UNFINISHED = "unfinished"
+"""The status of a neuron a stopped run did not finish (``line run --resume`` continues it)."""
 
 
 def thread_id(layer: str, unit: int, attempt: int = 1) -> str:
@@ -140,14 +171,50 @@ def initial_state(
     }
 
 
-def previous_failed_calls(folder: RunFolder, layer: str, unit: int) -> dict[str, int]:
+def previous_failed_calls(
+    folder: RunFolder, layer: str, unit: int, key: str = "failed_calls"
+) -> dict[str, int]:
     """Faults of LLM calls that failed for good in earlier sessions of this neuron (a resumed
-    run keeps counting them: they are in no checkpoint)."""
+    run keeps counting them: they are in no checkpoint); with ``key="outage_waits"``, the
+    outages it waited for in earlier sessions."""
     try:
         history = folder.read_history(layer, unit) or {}
     except (OSError, ValueError):  # unreadable: nothing to carry over
         return {}
-    return dict(history.get("failed_calls") or {})
+    return dict(history.get(key) or {})
+
+
+def wait_counters(waits: OutageWaits) -> dict[str, int]:
+    """A neuron's outage waits as counters: ``outages`` and ``outage_ms``."""
+    if not waits.count:
+        return {}
+    return {"outages": waits.count, "outage_ms": round(waits.seconds * 1000)}
+
+
+def outage_records(
+    gates: Sequence[AvailabilityGate], seen: Mapping[int, int], waits: Sequence[OutageWaits]
+) -> list[OutageRecord]:
+    """The outages of ``gates`` since ``seen`` (gate id -> outages before the run), with how
+    many neurons waited for each."""
+    waiting: dict[tuple[int, int], int] = {}
+    for neuron in waits:
+        for key in neuron.waited_s:
+            waiting[key] = waiting.get(key, 0) + 1
+    records = []
+    for gate in gates:
+        for outage in gate.outages[seen.get(id(gate), 0) :]:
+            records.append(
+                OutageRecord(
+                    endpoint=outage.endpoint,
+                    started=outage.started.isoformat(timespec="seconds"),
+                    seconds=round(outage.seconds, 1),
+                    outcome=outage.outcome,
+                    probes=outage.probes,
+                    waiting_neurons=waiting.get((id(gate), outage.check), 0),
+                    error=outage.error,
+                )
+            )
+    return sorted(records, key=lambda record: record.started)
 
 
 def history_of(state: dict, status: str, reason: str = "") -> dict:
@@ -163,6 +230,8 @@ def history_of(state: dict, status: str, reason: str = "") -> dict:
         "entries": state.get("entries", []),
         "llm_log": state.get("llm_log", []),
     }
+    if state.get("edits"):  # the agent's edit_images experiments
+        history["edits"] = state["edits"]
     if state.get("messages"):
         history["messages"] = [
             {"role": message.type, "content": message.content} for message in state["messages"]
@@ -185,6 +254,9 @@ def result_row(settings: RunSettings, unit: int, state: dict, status: str, reaso
         "verdict": result.get("verdict", ""),
         "selective": result.get("selective", ""),
         "mean_activation": result.get("mean_activation", ""),
+        "inhibitor": result.get("inhibitor", ""),
+        "inhibitor_score": result.get("inhibitor_score", ""),
+        "inhibitor_verdict": result.get("inhibitor_verdict", ""),
         "search_score": result.get("search_score", ""),
         "candidates": result.get("candidates", ""),
         "choice": result.get("choice", ""),
@@ -193,13 +265,17 @@ def result_row(settings: RunSettings, unit: int, state: dict, status: str, reaso
         "summary": result.get("summary_text", ""),
         "llm_calls": counters.get("llm_calls", 0),
         "tokens": counters.get("input_tokens", 0) + counters.get("output_tokens", 0),
+        "llm_images": counters.get("llm_images", 0),
         "images": counters.get("images", 0),
+        "edits": counters.get("edits", 0),
         "confirmation_images": counters.get("confirmation_images", 0),
         "reasks": counters.get("reasks", 0),
         "faults": sum(counters.get(key, 0) for key in FAULT_COUNTERS),
         **{key: counters.get(key, 0) for key in FAULT_COUNTERS},
         "lost_rounds": counters.get("lost_rounds", 0),
         "restarts": counters.get("restarts", 0),
+        "outages": counters.get("outages", 0),
+        "outage_s": round(counters.get("outage_ms", 0) / 1000, 1),
     }
 
 
@@ -219,8 +295,81 @@ async def run_neurons(
     strategy, and its activations serve the MAD and AUC scores and the confirmation. A run in a
     unit basis first takes its census (``tools.census``): dead units are marked ``dead``, not
     explained.
+
+    An endpoint that stops answering is waited for by every neuron together; its outages go
+    to ``outages.json`` and each neuron's ``outages`` and ``outage_s``. One that stays down for
+    ``settings.outage_patience_s`` (the clients' patience) raises :class:`RunStopped` after
+    writing ``results.csv`` with the finished neurons and the ``unfinished`` others.
     """
     progress = RunProgress(total=len(settings.units))
+    gates = [*client.gates, *llm.gates]
+    seen = {id(gate): len(gate.outages) for gate in gates}
+    waits: dict[int, OutageWaits] = {}
+    rows: dict[int, dict] = {}
+
+    def on_outage(_gate: AvailabilityGate) -> None:
+        progress.waiting = [text for gate in gates if (text := gate.describe())]
+        if on_progress:
+            on_progress(progress)
+
+    for gate in gates:
+        gate.watch(on_outage)
+    try:
+        await _explain_units(
+            settings, folder, client, llm, variant, control, progress, rows, waits, on_progress
+        )
+    except EndpointUnreachable as error:
+        outage = error.outage
+        reason = (
+            f"the run stopped before this neuron finished: the {error.endpoint} did not answer "
+            f"for {outage.seconds:.0f} s; line run --resume continues it"
+        )
+        ordered = [
+            rows.get(unit)
+            or result_row(
+                settings,
+                unit,
+                {"counters": wait_counters(waits.get(unit, OutageWaits()))},
+                UNFINISHED,
+                reason,
+            )
+            for unit in settings.units
+        ]
+        folder.write_results(ordered)
+        raise RunStopped(
+            f"the run stopped: the {error.endpoint} has not answered since "
+            f"{clock_time(outage.started)} ({outage.seconds:.0f} s, --outage-patience "
+            f"{error.patience_s:g}; {outage.error}). Nothing is lost: {len(rows)} of "
+            f"{len(settings.units)} neurons are finished and the others continue from their "
+            f"last step. Once it answers again, run: line run --resume {folder.path}",
+            ordered,
+            error,
+        ) from error
+    finally:
+        for gate in gates:
+            gate.unwatch(on_outage)
+        folder.add_outages(outage_records(gates, seen, list(waits.values())))
+    ordered = [rows[unit] for unit in settings.units]
+    folder.write_results(ordered)
+    return ordered
+
+
+async def _explain_units(
+    settings: RunSettings,
+    folder: RunFolder,
+    client: InferenceClient,
+    llm: LLMClient,
+    variant: PromptVariant,
+    control: ControlSet | None,
+    progress: RunProgress,
+    rows: dict[int, dict],
+    waits: dict[int, OutageWaits],
+    on_progress: Callable[[RunProgress], None] | None,
+) -> None:
+    """:func:`run_neurons`' work: the control set, the census, then every unit concurrently
+    (each task counting the outages it waits for in ``waits``); the first
+    :class:`EndpointUnreachable` cancels the other neurons (their checkpoints stay) and
+    propagates."""
     if control is None:
         control = ControlSet.random_concepts(settings.generator, variant.image_prompt)
     measured = await measure_control(
@@ -246,7 +395,6 @@ async def run_neurons(
         log.warning("%s", census.summary())
     dead = set(census.with_status("dead")) if census else set()
     limit = asyncio.Semaphore(max(1, settings.concurrency))
-    rows: dict[int, dict] = {}
     async with AsyncSqliteSaver.from_conn_string(str(folder.checkpoints)) as saver:
         graph = build_graph(variant.settings.strategy).compile(checkpointer=saver)
 
@@ -263,6 +411,8 @@ async def run_neurons(
                 if on_progress:
                     on_progress(progress)
                 return
+            waited = waits[unit] = OutageWaits()
+            NEURON_WAITS.set(waited)  # this task's context only: the gates count its waits
             ctx = RunContext(
                 client=client,
                 llm=llm,
@@ -273,6 +423,7 @@ async def run_neurons(
                 generator=settings.generator,
                 run_seed=settings.seed,
                 control_activations=control_by_unit.get(unit),
+                editor=settings.editor if variant.settings.strategy == "agentic" else None,
             )
             async with limit:
                 status, reason = "done", ""
@@ -302,6 +453,8 @@ async def run_neurons(
                         state = await graph.ainvoke(start, config, context=ctx)
                     if not (state.get("result") or {}).get("label"):
                         raise RuntimeError("the neuron's graph ended without a label")
+                except EndpointUnreachable:  # the run stops; this neuron resumes later
+                    raise
                 except Exception as error:
                     status, reason = "failed", f"{type(error).__name__}: {error}"
                     log.warning("neuron %s/%s failed: %s", settings.layer, unit, reason)
@@ -309,9 +462,15 @@ async def run_neurons(
                     if isinstance(error, LLMCallError):  # failed for good: its faults are in
                         spent = {**error.faults, "llm_calls_failed": 1}  # no checkpointed state
                         failed_calls = add_counters(failed_calls, spent)
-                state = {**state, "counters": add_counters(state.get("counters"), failed_calls)}
+                outage_waits = add_counters(
+                    previous_failed_calls(folder, settings.layer, unit, "outage_waits"),
+                    wait_counters(waited),
+                )  # waits are in no checkpoint either
+                counters = add_counters(state.get("counters"), failed_calls)
+                state = {**state, "counters": add_counters(counters, outage_waits)}
                 history = history_of(state, status, reason)
                 history["failed_calls"] = failed_calls
+                history["outage_waits"] = outage_waits
             folder.write_history(settings.layer, unit, history)
             rows[unit] = result_row(settings, unit, state, status, reason)
             progress.done += status == "done"
@@ -322,7 +481,11 @@ async def run_neurons(
             if on_progress:
                 on_progress(progress)
 
-        await asyncio.gather(*(explain(unit) for unit in settings.units))
-    ordered = [rows[unit] for unit in settings.units]
-    folder.write_results(ordered)
-    return ordered
+        tasks = [asyncio.create_task(explain(unit)) for unit in settings.units]
+        try:
+            await asyncio.gather(*tasks)
+        except EndpointUnreachable:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise

@@ -282,3 +282,17 @@ def missing_union(candidates: Sequence[ConfirmedCandidate]) -> tuple[str, str] |
         return None
     source = f"union of '{first.concept}' and '{other.concept}'"
     return f"{first.concept} or {other.concept}", source
+
+
+def choose_inhibitor(
+    candidates: Sequence[ConfirmedCandidate], margin: float
+) -> ConfirmedCandidate | None:
+    """The concept that drives the unit lowest against the control set: the simplest candidate
+    whose AUC is within ``margin`` of the lowest (ties to the lower AUC); None without
+    candidates. Its AUC below 0.5 says how surely it silences the unit
+    (:meth:`analysis.selectivity.Verdict.inhibitor`)."""
+    if not candidates:
+        return None
+    lowest = min(candidate.auc for candidate in candidates)
+    close = [c for c in candidates if c.auc <= lowest + margin]
+    return min(close, key=lambda c: (complexity(c.concept), c.auc, c.search_rank))

@@ -70,6 +70,8 @@ class GroundTruth:
     concept: str
     kind: str
     attributes: tuple[str, ...] = ()
+    inhibitor: str = ""
+    """The concept known to silence the neuron (planted inhibitor units), else empty."""
 
     @classmethod
     def of(cls, truth: KnownConcept | Mapping[str, Any]) -> GroundTruth:
@@ -90,7 +92,12 @@ class GroundTruth:
             )
         if isinstance(attributes, str):
             attributes = (attributes,)
-        return cls(concept, kind, tuple(attributes))
+        inhibitor = (
+            truth.get("inhibitor")
+            if isinstance(truth, Mapping)
+            else getattr(truth, "inhibitor", "")
+        )
+        return cls(concept, kind, tuple(attributes), str(inhibitor or ""))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ Three outcomes, with the thresholds stated here and nowhere else:
 - **weak**: AUC at least :data:`WEAK_AUC` (0.65) but not selective;
 - **none**: below that, or a label that was not confirmed (no confirmation images): never
   selective.
+
+An inhibitor (the concept that drives the unit lowest) is judged the same way from below
+(:meth:`Verdict.inhibitor`): ``selective`` when its AUC is at most 1 - 0.85 = 0.15.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ class Verdict:
     def selective(self) -> bool:
         """True only for the ``selective`` outcome."""
         return self.outcome == "selective"
+
+    def inhibitor(self) -> Verdict:
+        """The verdict on an inhibitor, whose AUC is read from below: an AUC of 0.1 (its images
+        rank under nearly every control image) is as sure as 0.9 is for a label."""
+        return Verdict(1.0 - self.auc, 1.0 - self.high, 1.0 - self.low)
 
 
 def shown_label(label: str, selective: bool | str | None) -> str:

@@ -27,7 +27,12 @@ from inference.toyworld.learned import (
     train_learned_shapes,
 )
 from inference.toyworld.procedural import render_prompt
-from inference.toyworld.truth import PlantedUnit, as_json, planted_ground_truth
+from inference.toyworld.truth import (
+    PlantedUnit,
+    as_json,
+    inhibited_ground_truth,
+    planted_ground_truth,
+)
 
 toyworld_app = typer.Typer(
     help="The offline toy world: procedural:shapes generator, planted:shapes and learned:shapes "
@@ -94,7 +99,13 @@ def truth(
     if basis is not None and (target != PLANTED_TARGET or dissect):
         exit_with_error(f"--basis reads the toy bases of {PLANTED_TARGET}, without --dissect")
     if target == PLANTED_TARGET and not dissect:
-        units = planted_ground_truth() if basis is None else _toy_basis_truth(basis)
+        units = (
+            [*planted_ground_truth(), *inhibited_ground_truth()]
+            if basis is None
+            else _toy_basis_truth(basis)
+        )
+        if layer is not None:
+            units = [u for u in units if u.layer == layer] or units
         layers = sorted({u.layer for u in units})
         if layer is not None and layer not in layers:
             exit_with_error(
@@ -105,12 +116,13 @@ def truth(
             typer.echo(as_json(units))
             return
         rows: list[tuple[str, ...]] = [
-            ("layer", "unit", "kind", "concept", "attributes", "how it computes")
+            ("layer", "unit", "kind", "concept", "attributes", "inhibitor", "how it computes")
         ]
         rows += [
-            (u.layer, str(u.unit), u.kind, u.concept, ", ".join(u.attributes) or "-", u.note)
+            (u.layer, str(u.unit), u.kind, u.concept, ", ".join(u.attributes) or "-",
+             u.inhibitor or "-", u.note)
             for u in units
-        ]
+        ]  # fmt: skip
         _print_table(rows)
         return
     try:

@@ -92,7 +92,13 @@ from inference.toyworld.dissection import (
 )
 from inference.toyworld.latents import toy_basis_truth
 from inference.toyworld.probes import ATTRIBUTES
-from inference.toyworld.truth import PLANTED_LAYER, PlantedUnit, planted_ground_truth
+from inference.toyworld.truth import (
+    INHIBITED_LAYER,
+    PLANTED_LAYER,
+    PlantedUnit,
+    inhibited_ground_truth,
+    planted_ground_truth,
+)
 from inference.toyworld.vocabulary import parse_attributes
 from prompts.variant import load_variant
 from tools.server_session import server_session
@@ -128,6 +134,9 @@ ROW_COLUMNS = [
     "baseline_predicate_note",
     "groups",
     "group_concepts",
+    "inhibitor",
+    "inhibitor_truth",
+    "inhibitor_recovered",
 ]
 SUMMARY_COLUMNS = [
     "kind",
@@ -177,6 +186,8 @@ def reference_truths(
     if target == TARGET and layer in (None, PLANTED_LAYER):
         layer = PLANTED_LAYER
         truth = {unit.unit: GroundTruth.of(unit) for unit in planted_ground_truth()}
+    elif target == TARGET and layer == INHIBITED_LAYER:
+        truth = {unit.unit: GroundTruth.of(unit) for unit in inhibited_ground_truth()}
     else:
         try:
             model = load_toy_world_target(target)
@@ -509,11 +520,27 @@ def score_run_rows(
             else attribute_jaccard(baseline_label, truth),
             "groups": groups.count,
             "group_concepts": groups.summary(),
+            **_inhibitor_columns(row, truth),
         }
         if heldout is not None:
             scored_row.update(_predicate_columns(heldout, unit, label, truth, baseline_label))
         out.append(scored_row)
     return out
+
+
+def _inhibitor_columns(row: Mapping[str, Any], truth: GroundTruth) -> dict[str, Any]:
+    """The run's inhibitor against a known one (planted inhibitor units): recovered when it
+    names exactly the known inhibitor's attributes and its verdict is ``selective``."""
+    found = str(row.get("inhibitor") or "")
+    if not truth.inhibitor:
+        return {"inhibitor": found, "inhibitor_truth": "", "inhibitor_recovered": None}
+    right = bool(found) and parse_attributes(found) == parse_attributes(truth.inhibitor)
+    recovered = right and row.get("inhibitor_verdict") == "selective"
+    return {
+        "inhibitor": found,
+        "inhibitor_truth": truth.inhibitor,
+        "inhibitor_recovered": recovered,
+    }
 
 
 def _predicate_columns(
@@ -695,6 +722,9 @@ def groundtruth_figures(
         "weak_references": len({row["unit"] for row in weak}),
         "recovery": everything.get("recovery"),
         "baseline_recovery": everything.get("baseline_recovery"),
+        "inhibitor_recovery": _mean(
+            [row["inhibitor_recovered"] for row in rows if row.get("inhibitor_truth")]
+        ),
         "attribute_jaccard": everything.get("attribute_jaccard"),
         "baseline_attribute_jaccard": everything.get("baseline_attribute_jaccard"),
         "verdict_agreement": _mean(agreeing),
@@ -874,7 +904,8 @@ def run_groundtruth_benchmark(
     layer, truths = reference_truths(target, layer, units, basis)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dissected = basis is None and not (target == TARGET and layer == PLANTED_LAYER)
+    planted = target == TARGET and layer in (PLANTED_LAYER, INHIBITED_LAYER)
+    dissected = basis is None and not planted
     if llm == "offline:vocab" and dissected:
         # a dissection reference can be any toy attribute (backgrounds, "plain", sizes): LINE
         # and the baseline get the vocabulary the references are drawn from
@@ -907,7 +938,7 @@ def run_groundtruth_benchmark(
         else None
     )
     heldout = None if basis else HeldOutProbes.read(target, layer, heldout_scenes)
-    weak_band = not (target == TARGET and layer == PLANTED_LAYER)  # dissection references
+    weak_band = not planted  # dissection references
     rows: list[dict] = []
     for repeat, (results, folder) in enumerate(runs, start=1):
         rows += score_run_rows(

@@ -72,11 +72,31 @@ class VariantSettings(BaseModel):
     confirm_images: int = Field(
         20, ge=2, le=256, description="fresh images per candidate in the confirmation"
     )
+    confirm_inhibitors: int = Field(
+        3, ge=0, le=20, description="lowest search concepts re-checked for an inhibitor (0: none)"
+    )
     confirm_margin: float = Field(
         0.05, ge=0, le=0.5, description="AUC a simpler candidate may lose to the best and win"
     )
+    llm_images: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="images shown to a vision LLM with every proposal: this many of the "
+        "scoreboard's most and least activating ones (0: text only; --llm-images)",
+    )
+    edit_tool: bool = Field(
+        False,
+        description="agentic: the variant relies on the edit_images tool, so a run needs an "
+        "image editor (--editor; procedural:shapes by default in the toy world)",
+    )
     angles: list[str] = Field(default_factory=lambda: ["front view"])
     lighting: list[str] = Field(default_factory=lambda: ["daylight"])
+
+
+LATER_SETTINGS = ("llm_images", "edit_tool")
+"""Settings added after runs began recording variant fingerprints: left at their defaults
+they are not part of the fingerprint, so a run started before them still resumes."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +129,11 @@ class PromptVariant:
 
     def fingerprint(self) -> str:
         """A hash of settings and templates, recorded with every run."""
-        blob = json.dumps(
-            {"settings": self.settings.model_dump(), "templates": self.templates}, sort_keys=True
-        )
+        settings = self.settings.model_dump()
+        for name in LATER_SETTINGS:  # at their defaults, older runs' fingerprints still hold
+            if settings[name] == VariantSettings.model_fields[name].default:
+                del settings[name]
+        blob = json.dumps({"settings": settings, "templates": self.templates}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.run_folder import FAULT_COUNTERS, RunFolder
+from agent.run_folder import FAULT_COUNTERS, OutageRecord, RunFolder
 from agent.runner import thread_id
 from analysis.groundtruth import attribute_match
 from inference.bases import BasisError, load_basis
@@ -56,6 +56,27 @@ class EntryView:
     images: list[ImageView]
     best_so_far: float | None = None
     new_best: bool = False
+
+
+@dataclass
+class EditPair:
+    """One image the agent edited (``edit_images``): before and after, and the drop (1: down
+    to the unit's typical level, 0: unchanged; None: it was not above that level)."""
+
+    source: ImageView
+    edited: ImageView
+    drop: float | None
+
+
+@dataclass
+class EditView:
+    """One ``edit_images`` experiment of the agent, after ``after_iteration`` measurements."""
+
+    index: int
+    instruction: str
+    after_iteration: int
+    pairs: list[EditPair]
+    mean_drop: float | None
 
 
 @dataclass
@@ -150,6 +171,10 @@ class NeuronView:
     """The label's score in the search (None: an ablation the search never tried)."""
     choice: str = ""
     """Why the confirmation chose the label."""
+    inhibitor: str = ""
+    """The concept that drives the unit lowest against the control set (confirmed)."""
+    inhibitor_score: float | None = None
+    inhibitor_verdict: str = ""
     confirmation: list[ConfirmationView] = field(default_factory=list)
     confirmation_images: int = 0
     control_images: int = 0
@@ -160,6 +185,7 @@ class NeuronView:
     entries: list[EntryView] = field(default_factory=list)
     seed_concepts: list[str] = field(default_factory=list)
     llm_log: list[dict[str, Any]] = field(default_factory=list)
+    edits: list[EditView] = field(default_factory=list)
     cosy: list[CosyRow] = field(default_factory=list)
     truth: str | None = None
     match: str | None = None
@@ -248,6 +274,8 @@ class RunView:
     has_cosy: bool = False
     has_truth: bool = False
     evaluations: list[EvaluationView] = field(default_factory=list)
+    outages: list[OutageRecord] = field(default_factory=list)
+    """Times the inference server or the LLM endpoint stopped answering (``outages.json``)."""
 
     @property
     def name(self) -> str:
@@ -458,6 +486,35 @@ def entry_views(entries: Iterable[Mapping[str, Any]]) -> list[EntryView]:
     return views
 
 
+def edit_views(edits: Iterable[Mapping[str, Any]]) -> list[EditView]:
+    """The agent's ``edit_images`` experiments of a history as views."""
+    views = []
+    for index, edit in enumerate(edits):
+        instruction = str(edit.get("instruction") or "")
+        iteration = int(edit.get("after_iteration") or 0)
+        pairs = [
+            EditPair(
+                ImageView(str(source), finite(before), "", None, str(concept), iteration),
+                ImageView(str(edited), finite(after), instruction, seed, instruction, iteration),
+                finite(drop),
+            )
+            for source, edited, before, after, drop, concept, seed in zip(
+                edit.get("source_ids") or [],
+                edit.get("edited_ids") or [],
+                edit.get("before") or [],
+                edit.get("after") or [],
+                edit.get("drops") or [],
+                edit.get("source_concepts") or [],
+                edit.get("seeds") or [],
+                strict=False,
+            )
+        ]
+        views.append(
+            EditView(index, instruction, iteration, pairs, finite(edit.get("mean_drop")))
+        )
+    return views
+
+
 def neuron_from_history(layer: str, unit: int, slug: str, history: Mapping[str, Any]) -> NeuronView:
     """A finished (or failed) neuron from its JSON history (``slug``: the history's file stem,
     which names its report page too)."""
@@ -483,6 +540,9 @@ def neuron_from_history(layer: str, unit: int, slug: str, history: Mapping[str, 
         mean_activation=finite(result.get("mean_activation")),
         search_score=finite(result.get("search_score")),
         choice=str(result.get("choice") or ""),
+        inhibitor=str(result.get("inhibitor") or ""),
+        inhibitor_score=finite(result.get("inhibitor_score")),
+        inhibitor_verdict=str(result.get("inhibitor_verdict") or ""),
         confirmation=confirmation_views(confirmed),
         confirmation_images=int(
             (history.get("confirmation") or {}).get("images_per_candidate") or 0
@@ -495,6 +555,7 @@ def neuron_from_history(layer: str, unit: int, slug: str, history: Mapping[str, 
         entries=entry_views(history.get("entries") or []),
         seed_concepts=[str(c) for c in neuron.get("seed_concepts") or []],
         llm_log=list(history.get("llm_log") or []),
+        edits=edit_views(history.get("edits") or []),
     )
 
 
@@ -568,4 +629,5 @@ def load_run(run_dir: str | Path) -> RunView:
         has_cosy=any(view.cosy for view in views),
         has_truth=any(view.truth is not None for view in views),
         evaluations=read_evaluations(folder),
+        outages=folder.read_outages(),
     )

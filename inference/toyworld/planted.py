@@ -33,11 +33,17 @@ from inference.toyworld.detect import (
     analyse_pixels,
     to_analysis_array,
 )
-from inference.toyworld.truth import PLANTED_LAYER, PlantedUnit, planted_ground_truth
+from inference.toyworld.truth import (
+    INHIBITED_LAYER,
+    PLANTED_LAYER,
+    PlantedUnit,
+    inhibited_ground_truth,
+    planted_ground_truth,
+)
 from inference.toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
 
 TARGET_NAMES = ("shapes",)
-PLANTED_VERSION = "v2"
+PLANTED_VERSION = "v3"  # v3: the inhibited layer
 """Bump when a change alters what a unit computes: it is part of the target's identity, which
 keys the activation cache. v2: saturating memberships and prominence, max over objects."""
 FEATURES_LAYER = "features"
@@ -166,6 +172,12 @@ def _pixel_hash(salt: int) -> ImageScore:
     return unit
 
 
+def _all_but(attribute: str) -> ImageScore:
+    """1 on any scene, down to 0 as the attribute's most prominent object grows."""
+    present = _most_prominent(attribute_score(attribute, saturate=True))
+    return lambda analysis, pixels: 1.0 - present(analysis, pixels)
+
+
 def planted_unit_function(unit: PlantedUnit) -> ImageScore:
     """How a ground-truth entry is computed from an image analysis (and its pixels)."""
     if unit.kind == "none":
@@ -213,10 +225,12 @@ class PlantedShapesModel:
         self.units = {
             PLANTED_LAYER: [planted_unit_function(u) for u in planted_ground_truth()],
             FEATURES_LAYER: _feature_functions(),
+            INHIBITED_LAYER: [_all_but(u.inhibitor) for u in inhibited_ground_truth()],
         }
 
     def layers(self) -> list[LayerInfo]:
-        """``planted`` (the ground-truth units) and ``features`` (generic detector outputs)."""
+        """``planted`` (the ground-truth units), ``features`` (generic detector outputs) and
+        ``inhibited`` (units that one concept silences)."""
         return [LayerInfo(name=name, units=len(units)) for name, units in self.units.items()]
 
     def analyse(self, image: Image.Image) -> tuple[ImageAnalysis, np.ndarray]:

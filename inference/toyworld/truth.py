@@ -31,6 +31,8 @@ class PlantedUnit:
     kind: UnitKind
     attributes: list[str] = field(default_factory=list)
     note: str = ""
+    inhibitor: str = ""
+    """The concept that silences the unit (the :data:`INHIBITED_LAYER` units), else empty."""
 
 
 # (concept, kind, attributes, note); the unit index is the position in this table.
@@ -66,11 +68,35 @@ _PLANTED: tuple[tuple[str, UnitKind, tuple[str, ...], str], ...] = (
 )
 
 
+INHIBITED_LAYER = "inhibited"
+"""The layer of ``planted:shapes`` whose units fire on anything except one concept."""
+_INHIBITED: tuple[str, ...] = ("red", "blue")
+"""Unit i of the inhibited layer is 1 on any scene and falls to 0 as its concept's most
+prominent object grows: no concept excites it, this one silences it."""
+
+
 def planted_ground_truth() -> list[PlantedUnit]:
     """Every planted unit of ``planted:shapes`` with its concept, kind and attributes."""
     return [
         PlantedUnit(PLANTED_LAYER, index, concept, kind, list(attributes), note)
         for index, (concept, kind, attributes, note) in enumerate(_PLANTED)
+    ]
+
+
+def inhibited_ground_truth() -> list[PlantedUnit]:
+    """The units of ``planted:shapes``'s :data:`INHIBITED_LAYER`: no concept (kind ``none``)
+    and a known ``inhibitor``."""
+    return [
+        PlantedUnit(
+            INHIBITED_LAYER,
+            index,
+            "no concept",
+            "none",
+            [],
+            f"1 - most prominent {concept} object",
+            inhibitor=concept,
+        )
+        for index, concept in enumerate(_INHIBITED)
     ]
 
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from inference.toyworld.truth import planted_ground_truth
+from inference.toyworld.truth import inhibited_ground_truth, planted_ground_truth
+from inference.toyworld.vocabulary import parse_attributes
 from testing.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
 
 OPENAI = "openai-compatible:scripted"
@@ -204,3 +205,22 @@ def test_rate_limits_and_server_errors_are_retried_and_counted(toy_world_server,
     counters = history(folder, 5)["counters"]
     assert counters["rate_limited"] == 1 and counters["server_errors"] == 1
     assert rows[0]["faults"] >= 2
+
+
+def test_a_run_reports_the_confirmed_inhibitor_of_a_planted_unit(
+    toy_world_server, explain, tmp_path
+):
+    """The inhibited units fire on anything except one colour: no label stands out, and the
+    colour that silences each is found among the search's lowest concepts and confirmed."""
+    truth = {unit.unit: unit for unit in inhibited_ground_truth()}
+    rows, folder = explain(toy_world_server, tmp_path / "run", sorted(truth), layer="inhibited")
+    for row in rows:
+        assert row["status"] == "done"
+        assert row["verdict"] != "selective"  # nothing excites a unit that fires on all else
+        assert parse_attributes(row["inhibitor"]) == {truth[row["unit"]].inhibitor}
+        assert row["inhibitor_verdict"] == "selective" and row["inhibitor_score"] < 0.15
+        neuron = history(folder, row["unit"], layer="inhibited")
+        confirmation = neuron["confirmation"]
+        assert confirmation["inhibitor"] == row["inhibitor"]
+        checked = [*confirmation["candidates"], *confirmation["inhibitor_candidates"]]
+        assert {c["concept"] for c in checked} >= {row["inhibitor"], row["label"]}

@@ -7,6 +7,7 @@ from analysis.confirmation import (
     ConfirmedCandidate,
     ablations,
     alternatives,
+    choose_inhibitor,
     choose_label,
     complexity,
     duplicates,
@@ -128,3 +129,13 @@ def test_two_unrelated_firing_candidates_suggest_their_or():
     assert missing_union(conjunctions) is None  # an OR of single attributes only
     done = [*found, candidate("orange or pink", 0.95, 3)]
     assert missing_union(done) is None
+
+
+def test_the_inhibitor_is_the_simplest_concept_near_the_lowest_auc():
+    found = [
+        candidate("red circle", 0.03, 0),
+        candidate("red", 0.05, 1),
+        candidate("blue", 0.45, 2),
+    ]
+    assert choose_inhibitor(found, 0.05).concept == "red"
+    assert choose_inhibitor([], 0.05) is None

@@ -59,3 +59,9 @@ def test_tables_show_weak_and_none_labels_as_no_selective_concept():
     assert shown_label("red", "False") == f"{NO_SELECTIVE_CONCEPT} (best: red)"
     assert shown_label("red", True) == "red"
     assert shown_label("red", None) == "red"
+
+
+def test_an_inhibitor_is_judged_from_below():
+    assert Verdict(0.05, 0.01, 0.1).inhibitor().outcome == "selective"
+    assert Verdict(0.3, 0.2, 0.45).inhibitor().outcome == "weak"
+    assert Verdict(0.5, 0.4, 0.6).inhibitor().outcome == "none"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cli.toyworld import toyworld_app
 from inference.toyworld.learned import create_learned_target
-from inference.toyworld.truth import planted_ground_truth
+from inference.toyworld.truth import inhibited_ground_truth, planted_ground_truth
 
 runner = CliRunner()
 
@@ -20,7 +20,7 @@ def test_truth_json() -> None:
     result = runner.invoke(toyworld_app, ["truth", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert len(rows) == len(planted_ground_truth())
+    assert len(rows) == len(planted_ground_truth()) + len(inhibited_ground_truth())
     assert rows[0] == {
         "layer": "planted",
         "unit": 0,
@@ -28,7 +28,9 @@ def test_truth_json() -> None:
         "kind": "single",
         "attributes": ["red"],
         "note": "most prominent red object",
+        "inhibitor": "",
     }
+    assert rows[-1]["inhibitor"] == "blue" and rows[-1]["layer"] == "inhibited"
 
 
 def test_truth_table() -> None:
@@ -37,7 +39,12 @@ def test_truth_table() -> None:
     lines = result.output.splitlines()
     assert lines[0].split()[:4] == ["layer", "unit", "kind", "concept"]
     assert any("blue triangle" in line and "and" in line for line in lines)
-    assert len(lines) == len(planted_ground_truth()) + 2
+    assert len(lines) == len(planted_ground_truth()) + len(inhibited_ground_truth()) + 2
+    # the inhibited units: no concept excites them, a known one silences them
+    inhibited = [line.split() for line in lines if line.startswith("inhibited")]
+    assert [(row[1], row[6]) for row in inhibited] == [("0", "red"), ("1", "blue")]  # "no concept"
+    only = runner.invoke(toyworld_app, ["truth", "--layer", "inhibited"]).output.splitlines()
+    assert len(only) == len(inhibited_ground_truth()) + 2
 
 
 def test_render_writes_a_png(tmp_path: Path) -> None:
