@@ -12,7 +12,9 @@ scores each against one fixed control set by the AUC of CoSy (:func:`tools.scori
    image) count once (:func:`duplicates`).
 1. **A conjunction must beat each of its parts**: ``checkered blue objects`` stays in the race
    only when its AUC exceeds that of ``blue objects`` and of ``checkered objects`` by more than
-   the margin.
+   the margin, and when no sibling (a conjunction sharing one part, with another attribute in
+   place of the other: ``striped blue objects``) does as well within the margin: then the
+   attribute it adds is not specific.
 2. **An OR is kept only when each alternative fires on its own** (its AUC reaches
    :data:`analysis.selectivity.SELECTIVE_AUC`); then its alternatives are out of the race, as
    neither alone covers the other.
@@ -72,18 +74,21 @@ def _clean(text: str) -> str:
     return " ".join(_words(text))
 
 
+def _share_trailing_noun(pieces: list[str]) -> list[str]:
+    """``pink``, ``orange objects`` -> ``pink objects``, ``orange objects``: a last piece of
+    several words after one-word pieces lends them its last word."""
+    last = pieces[-1].split()
+    if len(last) > 1 and all(len(piece.split()) == 1 for piece in pieces[:-1]):
+        return [f"{piece} {last[-1]}" for piece in pieces[:-1]] + [pieces[-1]]
+    return pieces
+
+
 def alternatives(label: str) -> list[str]:
     """The alternatives of an OR label, a shared trailing noun given to each (``pink or orange
     objects`` -> ``pink objects``, ``orange objects``); ``[]`` when the label is no OR."""
     pieces = [_clean(piece) for piece in re.split(r"\s+or\s+", label.strip().lower())]
     pieces = [piece for piece in pieces if piece]
-    if len(pieces) < 2:
-        return []
-    last = pieces[-1].split()
-    if len(last) > 1 and all(len(piece.split()) == 1 for piece in pieces[:-1]):
-        shared = last[-1]
-        pieces = [f"{piece} {shared}" for piece in pieces[:-1]] + [pieces[-1]]
-    return pieces
+    return _share_trailing_noun(pieces) if len(pieces) > 1 else []
 
 
 def ablations(label: str) -> list[str]:
@@ -101,6 +106,8 @@ def ablations(label: str) -> list[str]:
         if joint in text:
             left, right = text.split(joint, 1)
             sides = [_clean(left), _clean(right)]
+            if joint == " and ":  # "purple and yellow background": two backgrounds
+                sides = _share_trailing_noun(sides)
             return [side for side in sides if attribute_words(side)]
     words = _words(text)
     if len(attribute_words(text)) < 2:
@@ -165,6 +172,26 @@ class Choice:
     margin: float
 
 
+def _stem(text: str) -> str:
+    return " ".join(word.removesuffix("es").removesuffix("s") for word in text.split())
+
+
+def _sibling(
+    candidate: ConfirmedCandidate, others: Sequence[ConfirmedCandidate], margin: float
+) -> ConfirmedCandidate | None:
+    """A conjunction that shares a part with ``candidate`` but adds another attribute, and
+    scores within ``margin`` of it (``black background and black`` for ``black background and
+    green``): then the attribute ``candidate`` adds is not what the unit wants."""
+    own = {_stem(part) for part in ablations(candidate.concept)}
+    for other in others:
+        if other is candidate or structure(other.concept) != "and":
+            continue
+        theirs = {_stem(part) for part in ablations(other.concept)}
+        if own & theirs and own != theirs and other.auc >= candidate.auc - margin:
+            return other
+    return None
+
+
 def _preference(candidate: ConfirmedCandidate) -> tuple[bool, int, int]:
     return (candidate.search_score is None, complexity(candidate.concept), candidate.search_rank)
 
@@ -223,12 +250,19 @@ def choose_label(
                 covered.update(frozenset(attribute_words(part.concept)) for part in parts)
         elif kind == "and":
             rivals = [part for part in parts if candidate.auc <= part.auc + margin]
+            sibling = _sibling(candidate, list(by_concept.values()), margin)
             if rivals:
                 candidate.kept = False
                 rival = max(rivals, key=lambda part: part.auc)
                 candidate.note = (
                     f"does not beat its part '{rival.concept}' (AUC {candidate.auc:.3f} vs "
                     f"{rival.auc:.3f}, margin {margin})"
+                )
+            elif sibling is not None:
+                candidate.kept = False
+                candidate.note = (
+                    f"its sibling '{sibling.concept}' does as well (AUC {sibling.auc:.3f}): the "
+                    "attribute it adds is not specific"
                 )
     for part in candidates:  # an alternative, in any wording ("orange" for "orange objects")
         if part.kept and frozenset(attribute_words(part.concept)) in covered:

@@ -71,6 +71,32 @@ def test_a_conjunction_that_beats_each_part_wins():
     assert choice.label == "red circle" and "beats each of its parts" in choice.reason
 
 
+def test_an_attribute_whose_siblings_do_as_well_is_not_specific():
+    # the unit likes a black background with any object on it, not green ones
+    found = [
+        candidate("black background and green", 0.994, 0),
+        candidate("black background and black", 0.990, 1),
+        candidate("black background", 0.93, 2),
+        candidate("green", 0.82, 3),
+        candidate("black", 0.90, 4),
+    ]
+    choice = choose_label(found, MARGIN)
+    assert choice.label == "black background"
+    assert "sibling" in found[0].note and "not specific" in found[0].note
+    # a conjunction the unit really wants has no sibling that does as well
+    wanted = [
+        candidate("blue triangle", 0.99, 0),
+        candidate("blue square", 0.62, 1),
+        candidate("blue", 0.7, 2),
+        candidate("triangle", 0.72, 3),
+    ]
+    assert choose_label(wanted, MARGIN).label == "blue triangle"
+
+
+def test_two_backgrounds_joined_by_and_are_split_as_backgrounds():
+    assert ablations("purple and yellow background") == ["purple background", "yellow background"]
+
+
 def test_an_or_stays_only_when_every_alternative_fires():
     real_or = [
         candidate("stars or crosses", 0.97),
