@@ -336,13 +336,13 @@ async def agent(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
             HumanMessage(ctx.variant.render("task", **values)),
         ]
         update["messages"] = messages
-    sent, shown = messages, []
+    sent, shown = messages, list[dict]()
     if settings.llm_images and state.get("entries"):
         blocks, shown = await scoreboard_image_blocks(
             ctx.client, state["entries"], settings.llm_images, ctx.llm_image_cache
         )
         if blocks:
-            sent = [*messages, HumanMessage(blocks)]
+            sent = [*messages, HumanMessage(list[str | dict](blocks))]
     fit = functools.partial(_fit_conversation, ctx, state)
     reply = await ctx.llm.invoke(sent, tools=agentic_tools(ctx), fit=fit)
     log, counters = _reply_accounting("agent", 0, sent[-2:] if shown else messages[-1:], reply)

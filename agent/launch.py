@@ -13,6 +13,7 @@ from agent.providers import (
     LLMClient,
     LLMConfigError,
     build_llm_client,
+    check_accepts_images,
     check_llm_ready,
     probe_llm_endpoint,
 )
@@ -23,12 +24,14 @@ from analysis.polysemanticity import GROUP_COLUMNS, with_group_columns
 from analysis.similarity import EmbedderUnavailable
 from inference.bases import BasisError, UnitBasis, load_basis, out_of_range, unit_space
 from inference.positions import PositionsError, with_positions
+from inference.toyworld.dissection import TOY_WORLD_FAMILIES
 from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import VariantError, load_variant
 from tools.controlset import ControlSet, ControlSetError
 from tools.server_session import RunSetupError, server_session
 
-SERVER_PATIENCE_S = 300.0  # a run waits this long for a server that went down to come back
+TOY_EDITOR = "procedural:shapes"
+"""The editor a toy-world run whose variant edits images gets when it names none."""
 
 
 def parse_units(text: str) -> list[int]:
@@ -72,15 +75,23 @@ def settings_from_options(
     llm_context: int | None = None,
     allow_variant_change: bool = False,
     llm_max_tokens: int | None = None,
+    outage_patience: float | None = None,
+    editor: str | None = None,
+    llm_images: int | None = None,
 ) -> tuple[RunSettings, RunFolder]:
     """Resolve and check the options of ``line run`` (nothing heavy is loaded here), including
     the pre-flight of the LLM endpoint (:func:`preflight_llm`).
 
     With ``basis`` (``sae:PATH``, ``directions:PATH``) the units are the basis's: the layer
     becomes the unit space ``layer@<basis key>`` and the config records the basis and its hash.
-    With ``resume``, a new LLM, base URL, context window, concurrency or server list replaces
-    the recorded one and goes into the config's ``history``; a prompt variant that changed since
-    the run started is refused unless ``allow_variant_change``.
+    ``outage_patience`` (seconds, default 300) is how long the run waits for an inference
+    server or LLM endpoint that stopped answering before it stops (resumable).
+    With ``resume``, a new LLM, base URL, context window, concurrency, server list or outage
+    patience replaces the recorded one and goes into the config's ``history``; a prompt
+    variant that changed since the run started is refused unless ``allow_variant_change``.
+    ``llm_images`` (``--llm-images``) overrides the variant's images per proposal, refused for
+    a model known to take text only; ``editor`` gives the agentic strategy its
+    ``edit_images`` tool (a variant with ``edit_tool`` needs one: the toy world's by default).
     """
     if isinstance(server, list | tuple):
         server = list(dict.fromkeys(server)) or None
@@ -102,6 +113,7 @@ def settings_from_options(
             "llm": llm, "llm_base_url": llm_base_url, "llm_context": llm_context,
             "llm_max_tokens": llm_max_tokens,
             "concurrency": concurrency, "server": server or None,
+            "outage_patience_s": outage_patience,
             "prompts": prompts if allow_variant_change else None,
         }  # fmt: skip
         for name, value in changes.items():
@@ -130,12 +142,16 @@ def settings_from_options(
                 f"{out} already holds a run; continue it with --resume {out} or choose "
                 "another --out"
             )
-        overrides = {"temperature": temperature, "iterations": iterations, "score": score}
+        overrides = {
+            "temperature": temperature, "iterations": iterations, "score": score,
+            "llm_images": llm_images,
+        }  # fmt: skip
         settings = RunSettings(
             target=target,
             layer=layer,
             units=parse_units(units),
             generator=generator,
+            editor=editor,
             llm=llm,
             llm_base_url=llm_base_url,
             llm_context=llm_context,
@@ -148,6 +164,8 @@ def settings_from_options(
             control=control,
             llm_cache=str(llm_cache) if llm_cache else None,
         )
+        if outage_patience is not None:
+            settings.outage_patience_s = outage_patience
         if basis is not None:
             unit_basis = read_basis(basis)
             bad = [unit for unit in settings.units if unit >= unit_basis.size]
@@ -170,6 +188,8 @@ def settings_from_options(
             )
     if settings.concurrency < 1:
         raise RunSetupError("--concurrency must be at least 1")
+    if settings.outage_patience_s < 0:
+        raise RunSetupError("--outage-patience must be 0 seconds or more")
     if settings.llm_context is not None and settings.llm_context < 256:
         raise RunSetupError("--llm-context must be at least 256 tokens")
     if settings.llm_max_tokens is not None and settings.llm_max_tokens < 16:
@@ -177,8 +197,10 @@ def settings_from_options(
     try:
         variant = load_variant(settings.prompts, **settings.variant_overrides)
         check_llm_ready(settings.llm, settings.llm_base_url)
+        check_accepts_images(settings.llm, variant.settings.llm_images)
     except (VariantError, LLMConfigError) as error:
         raise RunSetupError(str(error)) from error
+    resolve_editor(settings, variant.settings.strategy, variant.settings.edit_tool)
     fingerprint = variant.fingerprint()
     if resume is not None and settings.variant_fingerprint not in ("", fingerprint):
         if not allow_variant_change:
@@ -205,6 +227,27 @@ def settings_from_options(
             raise RunSetupError(str(error)) from error
     settings.variant_fingerprint = fingerprint
     return settings, folder
+
+
+def resolve_editor(settings: RunSettings, strategy: str, edit_tool: bool) -> None:
+    """Check the run's image editor against its strategy: only the agentic strategy edits
+    (``edit_images``); a variant that relies on editing (``edit_tool``) gets the toy world's
+    editor in the toy world and must be given one elsewhere."""
+    if settings.editor and strategy != "agentic":
+        raise RunSetupError(
+            f"--editor gives the agentic strategy its edit_images tool; the {strategy} strategy "
+            "does not edit images (drop --editor, or use --prompts agentic; `line eval ablation` "
+            "edits a finished run's top images)"
+        )
+    if edit_tool and not settings.editor:
+        if settings.target.partition(":")[0] not in TOY_WORLD_FAMILIES:
+            raise RunSetupError(
+                f"the prompt variant {settings.prompts!r} uses the edit_images tool, which needs "
+                "an image editor: pass --editor SPEC (an image-editing pipeline such as "
+                "timbrooks/instruct-pix2pix; procedural:shapes in the toy world), and with "
+                "--server one that the server serves"
+            )
+        settings.editor = TOY_EDITOR
 
 
 def preflight_llm(settings: RunSettings) -> int | None:
@@ -239,6 +282,7 @@ def make_llm_client(settings: RunSettings, context_window: int | None = None) ->
         cache_dir=settings.llm_cache,
         context_window=context_window or settings.llm_context,
         max_tokens=settings.llm_max_tokens,
+        outage_patience_s=settings.outage_patience_s,
     )
 
 
@@ -270,7 +314,8 @@ def execute_run(
     returns the results rows.
 
     ``groups`` adds the polysemanticity columns to ``results.csv`` (loads the embedding model).
-    The LLM endpoint and the servers are checked before the run folder is made.
+    The LLM endpoint and the servers are checked before the run folder is made. An endpoint
+    that stays down for the run's outage patience raises :class:`agent.runner.RunStopped`.
     """
     context_window = preflight_llm(settings)
     with server_session(
@@ -281,6 +326,7 @@ def execute_run(
         settings.generator,
         device=device,
         store=store,
+        editors=[settings.editor] if settings.editor else [],
         basis=settings.basis,
     ) as session:
         folder.create(settings)
@@ -289,7 +335,7 @@ def execute_run(
 
         async def explain() -> list[dict]:
             llm = make_llm_client(settings, context_window)
-            async with session.connect(patience_s=SERVER_PATIENCE_S) as client:
+            async with session.connect(patience_s=settings.outage_patience_s) as client:
                 return await run_neurons(
                     settings, folder, client, llm, variant, on_progress, control=control
                 )

@@ -34,6 +34,7 @@ from pydantic import PrivateAttr
 
 from inference.toyworld.vocabulary import parse_scene_text, tokenize
 from tools.agent_tools import (
+    EDIT_IMAGES,
     GENERATE_IMAGES,
     MEASURE_ACTIVATION,
     PROPOSE_CONCEPT,
@@ -56,6 +57,7 @@ SUBMIT_TOOL = SUBMIT_EXPLANATION.name
 GENERATE_TOOL = GENERATE_IMAGES.name
 MEASURE_TOOL = MEASURE_ACTIVATION.name
 READ_SCOREBOARD_TOOL = READ_SCOREBOARD.name
+EDIT_TOOL = EDIT_IMAGES.name
 CONCEPT_TOOLS = frozenset({PROPOSE_TOOL, SUBMIT_TOOL, GENERATE_TOOL, MEASURE_TOOL})
 
 CATEGORIES = ("colour", "shape", "texture", "size", "other")
@@ -67,6 +69,11 @@ _VARIATIONS = (
     "large {c}",
     "small {c}",
 )
+EDIT_AFTER_CONCEPTS = 6
+"""Where ``edit_images`` is offered, the proposer calls it once, after this many concepts are
+scored: it edits the best concept out of the unit's top images (the drop is evidence in the
+conversation; its own choices still follow the scores)."""
+EDIT_TOP_K = 4
 PROMISING_FRACTION = 0.5
 """An entry is promising when it scores at least this fraction of the best entry (and > 0)."""
 _PARTNER_CATEGORIES = {
@@ -244,6 +251,8 @@ class Evidence:
     tried: list[str] = field(default_factory=list)
     generated: list[str] = field(default_factory=list)
     measured: list[str] = field(default_factory=list)
+    edits: int = 0
+    """``edit_images`` calls made so far."""
 
     def add_tried(self, concept: str) -> None:
         """Record a concept as tried (normalised, once)."""
@@ -296,6 +305,7 @@ def read_evidence(transcript: Sequence[TranscriptMessage]) -> Evidence:
         elif message.role == "assistant":
             for call in message.tool_calls:
                 call_names[call.id] = call.name
+                evidence.edits += call.name == EDIT_TOOL
                 argument = call.args.get("concept") if isinstance(call.args, Mapping) else None
                 if call.name not in CONCEPT_TOOLS or not isinstance(argument, str):
                     continue
@@ -307,7 +317,7 @@ def read_evidence(transcript: Sequence[TranscriptMessage]) -> Evidence:
                     evidence.measured.append(concept)
         elif message.role == "tool":
             name = message.tool_name or call_names.get(message.tool_call_id or "")
-            if name == GENERATE_TOOL:
+            if name in (GENERATE_TOOL, EDIT_TOOL):
                 continue
             first_only = name != READ_SCOREBOARD_TOOL
             for concept, score in _score_lines(message.text, first_only=first_only):
@@ -508,8 +518,9 @@ class VocabProposer:
         """What to answer: which tool to call with which arguments (or a plain-text concept).
 
         Mode: the forced tool if any; else ``propose_concept`` if bound; else the agentic tools
-        (measure what was generated, else generate the next concept); else
-        ``submit_explanation``; else plain text.
+        (measure what was generated, else edit the best concept out of the top images once when
+        ``edit_images`` is offered and :data:`EDIT_AFTER_CONCEPTS` concepts are scored, else
+        generate the next concept); else ``submit_explanation``; else plain text.
         """
         evidence = read_evidence(transcript)
         names = set(tool_names)
@@ -530,6 +541,17 @@ class VocabProposer:
                     Decision(MEASURE_TOOL, {"concept": c}, f"measures '{c}': its images are ready")
                     for c in pending[:k]
                 ]
+            best = self.best(evidence)
+            if (
+                EDIT_TOOL in names
+                and forced_tool is None
+                and not evidence.edits
+                and best is not None
+                and len(evidence.scores) >= EDIT_AFTER_CONCEPTS
+            ):
+                edit = {"instruction": f"remove the {best[0]}", "top_k": EDIT_TOP_K}
+                note = f"edits '{best[0]}', the best so far, out of the unit's top images"
+                return [Decision(EDIT_TOOL, edit, note)]
             tool: str | None
             if forced_tool in (GENERATE_TOOL, MEASURE_TOOL):
                 tool = forced_tool

@@ -49,6 +49,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
 from agent.offline import OfflineVocabProposer
+from tools.availability import DEFAULT_PATIENCE_S, AvailabilityGate, EndpointUnreachable, Probe
 from tools.retry import FaultKind, RetryPolicy, classify_fault, status_code_of
 
 log = logging.getLogger("line.llm")
@@ -272,6 +273,50 @@ def check_llm_ready(
     return parsed
 
 
+# --------------------------------------------------------------------------- images
+
+TEXT_ONLY_PROVIDERS = {"deepseek": "DeepSeek's chat API takes text only"}
+"""Providers whose chat API takes no images."""
+TEXT_ONLY_MODELS = re.compile(
+    r"(?:^|[/:])(?:gpt-3\.5|o1-mini|o3-mini|deepseek-(?:chat|reasoner|r1|v[23])|"
+    r"llama-?3(?:\.[0-3])?(?:[-:]|$)|qwen2(?:\.5)?(?:[-:]|$)|qwen3(?:[-:]|$)|mistral(?:[-:]7b|$|:)|"
+    r"mixtral|phi-?3|gemma-?2|gemma3:1b|smollm|tinyllama|codellama)",
+    re.IGNORECASE,
+)
+"""Model names known to take text only (their vision siblings, such as llama3.2-vision,
+qwen2.5-vl or gemma3:4b, are not matched)."""
+VISION_MARKERS = re.compile(r"vision|[-_.]vl\b|-vl-|llava|multimodal|omni", re.IGNORECASE)
+
+
+def images_refusal(spec: str | LLMSpec) -> str | None:
+    """Why a model is known not to accept images (None: it may; the offline proposer reads the
+    text and ignores images)."""
+    parsed = parse_llm_spec(spec)
+    if parsed.is_offline:
+        return None
+    if parsed.provider in TEXT_ONLY_PROVIDERS:
+        return TEXT_ONLY_PROVIDERS[parsed.provider]
+    if VISION_MARKERS.search(parsed.model):
+        return None
+    if TEXT_ONLY_MODELS.search(parsed.model):
+        return f"{parsed.model} is a text-only model"
+    return None
+
+
+def check_accepts_images(spec: str | LLMSpec, images: int) -> None:
+    """Refuse, before a run starts, to send ``images`` per proposal to a model known to take
+    text only (:func:`images_refusal`)."""
+    if images <= 0:
+        return
+    why = images_refusal(spec)
+    if why is not None:
+        raise LLMConfigError(
+            f"--llm-images {images} sends images with every proposal, and '{spec}' cannot read "
+            f"them ({why}); use a vision model (e.g. openai:gpt-4o-mini, "
+            "anthropic:claude-sonnet-4-5, ollama:gemma3:4b, ollama:llava) or --llm-images 0"
+        )
+
+
 # --------------------------------------------------------------------------- pre-flight
 
 PROBE_TIMEOUT_S = 5.0
@@ -370,8 +415,7 @@ def probe_llm_endpoint(
         return None
     url = resolve_base_url(parsed, base_url)
     if parsed.provider == "ollama":
-        root = (url or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434").rstrip("/")
-        root = root if re.match(r"^https?://", root) else f"http://{root}"
+        root = ollama_root(url)
         with httpx.Client(timeout=timeout_s) as client:
             tags = _get_json(client, f"{root}/api/tags", "is this an Ollama server?") or {}
         names = tuple(str(m.get("name", "")) for m in tags.get("models", []) or [])
@@ -403,6 +447,58 @@ def probe_llm_endpoint(
                 found = None
             context, where = found, "GET /props"
     return LLMEndpoint(url, names, context, where if context else "")
+
+
+HOSTED_PROBE_URLS = {
+    "openai": "https://api.openai.com/v1/models",
+    "anthropic": "https://api.anthropic.com/v1/models",
+}
+"""Where a hosted API without a base URL is asked whether it answers during an outage."""
+
+
+def ollama_root(base_url: str | None) -> str:
+    """The Ollama server's root URL: the one given, else ``OLLAMA_HOST``, else the default."""
+    root = (base_url or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434").rstrip("/")
+    return root if re.match(r"^https?://", root) else f"http://{root}"
+
+
+def llm_probe_url(spec: str | LLMSpec, base_url: str | None = None) -> str | None:
+    """The URL that tells whether an LLM endpoint answers (its model list), or None where
+    none is known (the offline proposer; a hosted API LINE keeps no address for)."""
+    parsed = parse_llm_spec(spec)
+    if parsed.is_offline:
+        return None
+    if parsed.provider == "ollama":
+        return f"{ollama_root(base_url)}/api/tags"
+    url = resolve_base_url(parsed, base_url)
+    if url:
+        return f"{url.rstrip('/')}/models"
+    return HOSTED_PROBE_URLS.get(parsed.provider)
+
+
+def http_probe(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> Probe:
+    """A probe that GETs ``url``: any HTTP answer (even 401 or 404) means it is reachable."""
+
+    async def answers() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=timeout_s) as client:
+                await client.get(url)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    return answers
+
+
+def llm_gate(
+    spec: str | LLMSpec, base_url: str | None = None, patience_s: float = DEFAULT_PATIENCE_S
+) -> AvailabilityGate | None:
+    """The availability gate of an LLM endpoint (None where no probe URL is known)."""
+    url = llm_probe_url(spec, base_url)
+    if url is None:
+        return None
+    endpoint = re.sub(r"/(models|api/tags)$", "", url)
+    return AvailabilityGate(f"LLM endpoint {endpoint}", http_probe(url), patience_s=patience_s)
 
 
 def build_chat_model(
@@ -605,6 +701,11 @@ def _advice(fault: FaultKind | None, error: BaseException, tools: bool = True) -
         return "the API key was refused: check the key in your environment"
     if status == 404:
         return "model or endpoint not found: check the model name and that the base URL ends in /v1"
+    if status == 400 and re.search(r"image|vision|multimodal", str(error), re.IGNORECASE):
+        return (
+            "the server refused the request's images (--llm-images): use a vision-capable "
+            "model or run with --llm-images 0"
+        )
     if status == 400 and tools and re.search(r"tool|function", str(error), re.IGNORECASE):
         return "the request's tools were refused: check the model and server support tool calling"
     if status == 400:
@@ -717,7 +818,9 @@ class LLMClient:
     """A chat model behind a connection limit and retries, reporting what each answer cost.
 
     Safe to share between concurrent neuron tasks on one event loop: share one client per
-    provider so the connection limit holds for all of them.
+    provider so the connection limit holds for all of them. With a ``gate``
+    (:func:`llm_gate`), an endpoint that cannot be reached is waited for once by every call
+    together (:mod:`tools.availability`), not retried call by call.
     """
 
     def __init__(
@@ -731,6 +834,7 @@ class LLMClient:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         context_window: int | None = None,
         max_output_tokens: int | None = None,
+        gate: AvailabilityGate | None = None,
     ) -> None:
         """``spec`` names the model in errors; ``attempt_timeout_s`` bounds one attempt on our
         side as well (for providers whose own timeout is unreliable); ``sleep`` makes backoff
@@ -751,6 +855,16 @@ class LLMClient:
         self.max_concurrency = max_concurrency
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._sleep = sleep
+        self.gate = gate
+
+    @property
+    def gates(self) -> list[AvailabilityGate]:
+        """The endpoint's availability gate, when it has one."""
+        return [self.gate] if self.gate is not None else []
+
+    def _unreachable(self, error: BaseException) -> bool:
+        """A failure the gate waits out: the endpoint could not be reached."""
+        return self.gate is not None and classify_error(error) == FaultKind.CONNECTION_ERRORS
 
     def answer_reserve(self) -> int:
         """Tokens kept for the answer when the context window is known (else 0)."""
@@ -834,16 +948,27 @@ class LLMClient:
 
         async def attempt() -> BaseMessage:
             nonlocal attempts
+            if self.gate is not None:  # during an outage: wait with every other call
+                await self.gate.wait_until_up()
             attempts += 1
-            async with self._semaphore:
-                return await asyncio.wait_for(runnable.ainvoke(request), self.attempt_timeout_s)
+            try:
+                async with self._semaphore:
+                    return await asyncio.wait_for(runnable.ainvoke(request), self.attempt_timeout_s)
+            except Exception as error:
+                if self.gate is not None and self._unreachable(error):
+                    self.gate.report(error)
+                raise
 
         def count(kind: FaultKind) -> None:
             faults[kind] += 1
 
-        retrying = self.retry.retrying(classify_error, on_fault=count, sleep=self._sleep)
+        retrying = self.retry.retrying(
+            classify_error, on_fault=count, sleep=self._sleep, waited_elsewhere=self._unreachable
+        )
         try:
             answer: BaseMessage = await retrying(attempt)
+        except EndpointUnreachable:  # the outage outlasted the patience: the run stops
+            raise
         except Exception as error:
             raise self._failure(error, attempts, faults, bool(tools)) from error
         if not isinstance(answer, AIMessage):
@@ -902,9 +1027,11 @@ def build_llm_client(
     retry: RetryPolicy | None = None,
     cache_dir: str | Path | None = None,
     context_window: int | None = None,
+    outage_patience_s: float = DEFAULT_PATIENCE_S,
 ) -> LLMClient:
     """Check a spec, build its chat model (with an :class:`LLMResponseCache` in ``cache_dir``)
-    and wrap it in an :class:`LLMClient` (that fits every request to ``context_window``)."""
+    and wrap it in an :class:`LLMClient` (that fits every request to ``context_window`` and
+    waits up to ``outage_patience_s`` for an endpoint that stops answering)."""
     model = build_chat_model(
         spec,
         base_url=base_url,
@@ -922,6 +1049,7 @@ def build_llm_client(
         attempt_timeout_s=timeout_s + 10,
         context_window=context_window,
         max_output_tokens=max_tokens,
+        gate=llm_gate(spec, base_url, outage_patience_s),
     )
     client.send_max_tokens = parse_llm_spec(spec).provider == OPENAI_COMPATIBLE
     return client

@@ -13,6 +13,7 @@ import uvicorn
 from agent.launch import execute_run, run_demo, settings_from_options
 from agent.report import ReportError, build_report, serve_viewer
 from agent.run_folder import RunFolder
+from agent.runner import RunStopped
 from analysis.selectivity import shown_label
 from cli.evals import eval_app
 from cli.options import (
@@ -20,14 +21,18 @@ from cli.options import (
     Concurrency,
     JSONOutput,
     LLMBaseURL,
+    LLMImages,
     LocalServerDevice,
     LocalServerStore,
     NoProgressBar,
     OpenAICompatibleURL,
     OptionalLLMSpec,
+    OutagePatience,
     PositionsRule,
+    RunEditor,
     RunStore,
     exit_status,
+    exit_stopped,
     exit_with_error,
     warn,
 )
@@ -247,6 +252,13 @@ def _print_results(
         typer.secho(f"unit {row['unit']} failed: {row['reason']}", fg=typer.colors.YELLOW)
     if failed:
         typer.echo("rerun with --resume to retry the failed neurons")
+    for outage in folder.read_outages():
+        typer.secho(
+            f"outage: the {outage.endpoint} did not answer from {outage.started} for "
+            f"{outage.seconds:.0f} s ({outage.outcome}; {outage.waiting_neurons} neurons waited "
+            "for it together)",
+            fg=typer.colors.YELLOW,
+        )
 
 
 @app.command()
@@ -323,6 +335,9 @@ def run(
     ] = None,
     basis: BasisSpec = None,
     positions: PositionsRule = None,
+    outage_patience: OutagePatience = None,
+    llm_images: LLMImages = None,
+    editor: RunEditor = None,
     groups: Annotated[
         bool,
         typer.Option(help="Add polysemanticity groups to results.csv (loads a text model)."),
@@ -336,8 +351,9 @@ def run(
     """Explain neurons: propose, render, measure, refine, for many neurons at once.
 
     Exit status: 0 every neuron done; 3 the run finished with failed neurons (--resume retries
-    them); 2 the run could not start (bad options, unreachable LLM or server); 1 an unexpected
-    error.
+    them); 4 the run stopped because the inference server or the LLM stayed unreachable for
+    --outage-patience (--resume continues it); 2 the run could not start (bad options,
+    unreachable LLM or server); 1 an unexpected error.
     """
     try:
         settings, folder = settings_from_options(
@@ -347,7 +363,8 @@ def run(
             resume=resume, control=control, score=score, llm_cache=llm_cache, basis=basis,
             positions=positions,
             llm_context=llm_context, allow_variant_change=allow_variant_change,
-            llm_max_tokens=llm_max_tokens,
+            llm_max_tokens=llm_max_tokens, outage_patience=outage_patience,
+            llm_images=llm_images, editor=editor,
         )  # fmt: skip
         with run_progress(quiet or as_json) as update:
             rows = execute_run(
@@ -355,6 +372,13 @@ def run(
             )
     except RunSetupError as error:
         exit_with_error(str(error))
+    except RunStopped as stopped:
+        index = _write_report(folder, store, echo=not as_json) if report_html else None
+        if as_json:
+            _print_json(folder, index, stopped.rows)
+        elif index is not None:
+            typer.echo(f"report (so far): {index}")
+        exit_stopped(str(stopped))
     index = _write_report(folder, store, echo=not as_json) if report_html else None
     if as_json:
         _print_json(folder, index, rows)
@@ -382,13 +406,16 @@ def demo(
 ) -> None:
     """Explain every planted unit of the offline toy world and compare with the ground truth.
 
-    Exit status as for `line run`: 0 every neuron done, 3 some failed, 2 could not start.
+    Exit status as for `line run`: 0 every neuron done, 3 some failed, 4 stopped (an endpoint
+    stayed unreachable), 2 could not start.
     """
     try:
         with run_progress(quiet or as_json) as update:
             rows, folder = run_demo(out, llm, llm_base_url, concurrency, on_progress=update)
     except RunSetupError as error:
         exit_with_error(str(error))
+    except RunStopped as stopped:
+        exit_stopped(str(stopped))
     index = _write_report(folder, echo=not as_json)
     if as_json:
         _print_json(folder, index, rows)

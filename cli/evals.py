@@ -553,9 +553,17 @@ def variants_command(
     device: LocalServerDevice = "auto",
     quiet: Annotated[bool, typer.Option(help="Print only the table.")] = False,
     basis: BasisSpec = None,
+    editor: Annotated[
+        str | None,
+        typer.Option(
+            help="Image editor of the agentic arms' edit_images tool (see `line run --editor`) "
+            "[default: procedural:shapes for a toy-world variant that edits, else none]."
+        ),
+    ] = None,
 ) -> None:
     """Compare prompt variants, LLMs and generators: scores with 95% CIs, paired Wilcoxon
-    tests, plots."""
+    tests, plots. A variant with images for the LLM or the edit_images tool (agentic-vision)
+    is an arm like any other; its runs' editor is loaded by the local server."""
     if generator and generators:
         exit_with_error("give --generator (one for every arm) or --generators (one arm each)")
     generator_list = [g.strip() for g in (generators or "").split(",") if g.strip()]
@@ -576,11 +584,16 @@ def variants_command(
         arm: Arm, folder: Path, seed: int, servers: list[str] | None
     ) -> tuple[RunSettings, RunFolder]:
         """The settings of one run of an arm (checked; nothing loads)."""
+        try:  # only an agentic arm edits images
+            agentic = load_variant(arm.variant).settings.strategy == "agentic"
+        except VariantError as error:
+            raise RunSetupError(str(error)) from error
+        edits = editor if agentic else None
         return settings_from_options(
             target=target, layer=layer, units=units, generator=arm.generator or generator,
             llm=arm.llm, llm_base_url=llm_base_url, prompts=arm.variant, out=folder,
             server=servers, concurrency=concurrency, seed=seed, iterations=iterations,
-            control=control, basis=basis,
+            control=control, basis=basis, editor=edits,
         )  # fmt: skip
 
     cosy: dict[Path, list[dict]] = {}
@@ -589,12 +602,15 @@ def variants_command(
         shown = unit_list[0] if show_unit is None else show_unit
         if shown not in unit_list:
             raise RunSetupError(f"--show-unit {shown} is not among --units {units}")
+        editors: list[str] = []
         for arm in arms:  # every arm's variant and LLM are checked before anything loads
-            settings_of(arm, out / "check", 0, [server] if server else None)
+            checked, _ = settings_of(arm, out / "check", 0, [server] if server else None)
+            if checked.editor is not None and checked.editor not in editors:
+                editors.append(checked.editor)
         space = unit_space(layer, read_basis(basis).key) if basis else layer  # runs' layer
         with server_session(
             server, target, space, unit_list, generator_list or generator, device=device,
-            basis=basis,
+            basis=basis, editors=editors,
         ) as session:  # fmt: skip
 
             def run_one(arm: Arm, repeat: int, folder: Path) -> list[dict]:

@@ -49,6 +49,23 @@ PositionsRule = Annotated[
 JSONOutput = Annotated[
     bool, typer.Option("--json", help="Print the results as JSON (for scripts).")
 ]
+LLMImages = Annotated[
+    int | None,
+    typer.Option(
+        help="Show a vision LLM the scoreboard's N most and N least activating images (small, "
+        "labelled with concept and activation) with every proposal; refused for a model known "
+        "to take text only [default: the variant's, 0 = text only].",
+    ),
+]
+RunEditor = Annotated[
+    str | None,
+    typer.Option(
+        help="Image editor for the agentic strategy's edit_images tool (edit the unit's top "
+        "images, measure the drop): procedural:shapes in the toy world, or a diffusers "
+        "image-editing pipeline such as timbrooks/instruct-pix2pix; with --server, one it "
+        "serves [default: none (no tool); procedural:shapes for a toy-world variant that edits].",
+    ),
+]
 
 
 EXIT_DONE = 0
@@ -57,6 +74,9 @@ EXIT_COULD_NOT_START = 2
 """Nothing ran: bad options, an unreachable LLM or inference server, a refused resume."""
 EXIT_NEURONS_FAILED = 3
 """The run finished, but some neurons failed (``--resume`` retries them)."""
+EXIT_ENDPOINT_DOWN = 4
+"""The run stopped: the inference server or the LLM endpoint stayed unreachable for
+``--outage-patience``; ``--resume`` continues it once the endpoint is back."""
 
 
 def exit_with_error(message: str) -> NoReturn:
@@ -64,6 +84,21 @@ def exit_with_error(message: str) -> NoReturn:
     run that could not start: :data:`EXIT_COULD_NOT_START`)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(EXIT_COULD_NOT_START)
+
+
+OutagePatience = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds to wait for an inference server or LLM endpoint that stopped answering "
+        "(every neuron waits together) before the run stops, resumable [default: 300].",
+    ),
+]
+
+
+def exit_stopped(message: str) -> NoReturn:
+    """Print ``error: message`` in red on stderr and exit with :data:`EXIT_ENDPOINT_DOWN`."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(EXIT_ENDPOINT_DOWN)
 
 
 def exit_status(rows: list[dict]) -> int:

@@ -41,6 +41,7 @@ from tools.controlset import (
     cached_control_activations,
     store_control_images,
 )
+from tools.scoring import normalised_drops
 
 DEFAULT_TEMPLATE = "remove the {label}"
 DEFAULT_TOP_K = 10
@@ -106,13 +107,6 @@ def control_concept(label: str, concepts: Sequence[str], seed: int, neuron: str)
             "vocabulary"
         )
     return random.Random(f"{seed}|{neuron}").choice(unrelated)
-
-
-def normalised_drops(before: np.ndarray, after: np.ndarray, floor: float) -> np.ndarray:
-    """``(before - after) / (before - floor)`` clipped to [-1, 1] for the images that were above
-    ``floor`` to begin with (the others say nothing about the label)."""
-    above = before > floor + 1e-9
-    return np.clip((before[above] - after[above]) / (before[above] - floor), -1.0, 1.0)
 
 
 def mean_or_nan(values: np.ndarray) -> float:

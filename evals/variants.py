@@ -132,6 +132,10 @@ def summarize(runs_by_arm: dict[Arm, list[ArmRun]]) -> list[dict]:
         count = max(len(all_rows), 1)
         for key in ("llm_calls", "tokens", "images"):
             row[f"{key}_per_neuron"] = sum(int(r[key]) for _, r in all_rows) / count
+        for key in ("llm_images", "edits"):  # a vision variant's costs: images sent, edits
+            total = sum(int(r.get(key) or 0) for _, r in all_rows)
+            if total:
+                row[f"{key}_per_neuron"] = total / count
         row["wall_s_per_neuron"] = sum(run.wall_s for run in runs) / count
         wall = sum(run.wall_s for run in runs)
         row["images_per_s"] = sum(int(r["images"]) for _, r in all_rows) / wall if wall else None
@@ -302,7 +306,8 @@ SUMMARY_COLUMNS = [
     ("arm", "arm"), ("done", "done"), ("score", "score"), ("score_ci", "95% CI"),
     ("auc", "CoSy AUC"), ("mad", "CoSy MAD"), ("match", "GT recovery"),
     ("llm_calls_per_neuron", "LLM calls/neuron"), ("tokens_per_neuron", "tokens/neuron"),
-    ("images_per_neuron", "images/neuron"), ("wall_s_per_neuron", "wall s/neuron"),
+    ("images_per_neuron", "images/neuron"), ("llm_images_per_neuron", "images to LLM/neuron"),
+    ("edits_per_neuron", "edits/neuron"), ("wall_s_per_neuron", "wall s/neuron"),
     ("images_per_s", "images/s"),
 ]  # fmt: skip
 PAIR_COLUMNS = [

@@ -12,7 +12,10 @@ and ``GET /v1/models``. What it answers is decided by a policy:
   faults: 429 with Retry-After, 500, a dropped connection, a hang, an empty answer, malformed
   arguments, an unknown tool, a 10,000-character concept), then hands over to another policy.
 
-The server counts requests by reply kind (:class:`ScriptedLLMStats`). Start one on a thread::
+The server counts requests by reply kind (:class:`ScriptedLLMStats`) and accepts image parts
+(OpenAI ``image_url`` parts with a data URL, as ``ChatOpenAI`` sends LangChain's standard image
+blocks): it records each request's images (MIME type, bytes, size) for tests to assert, and
+counts each as :data:`IMAGE_TOKENS` prompt tokens. Start one on a thread::
 
     server = start_scripted_llm(ProposerPolicy())
     model = build_chat_model("openai-compatible:scripted", base_url=server.url)
@@ -29,7 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -43,6 +49,7 @@ from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
@@ -74,6 +81,8 @@ ReplyKind = Literal[
 ]
 HTTP_FAULTS = frozenset({"rate_limit", "server_error", "disconnect"})
 LONG_CONCEPT_CHARS = 10_000
+IMAGE_TOKENS = 85
+"""Prompt tokens an image part counts as (OpenAI's price of a low-detail image)."""
 
 
 # --------------------------------------------------------------------------- replies
@@ -364,7 +373,11 @@ class ScriptedLLMStats:
     """The longest prompt asked (estimated tokens): what a context window must hold."""
     overflows: int = 0
     """Requests refused for not fitting the context window."""
+    images: int = 0
+    """Image parts received, over all requests."""
     log: list[dict[str, Any]] = field(default_factory=list)
+    """One row per answered request: its number, reply kind, whether streamed, message count,
+    tool names, and its image parts (``images``: MIME type, bytes, width and height each)."""
 
     def count(self, kind: str) -> int:
         """Requests answered with a reply of ``kind`` (e.g. "rate_limit", "tool_calls")."""
@@ -378,6 +391,37 @@ class ScriptedLLMStats:
 def estimate_tokens(text: str) -> int:
     """A rough token count: a quarter of the characters, at least 1 for non-empty text."""
     return max(1, len(text) // 4) if text else 0
+
+
+def image_parts(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The image parts of a request's messages, in order: MIME type, decoded bytes and pixel
+    size (0 when the data is not an image) of each OpenAI ``image_url`` data URL or LangChain
+    standard ``image`` block."""
+    found = []
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, Mapping):
+                continue
+            if part.get("type") == "image_url":
+                url = part.get("image_url")
+                url = url.get("url", "") if isinstance(url, Mapping) else str(url or "")
+                head, _, data = url.partition(",")
+                mime = head.removeprefix("data:").partition(";")[0]
+            elif part.get("type") == "image":
+                mime, data = str(part.get("mime_type") or ""), str(part.get("base64") or "")
+            else:
+                continue
+            try:
+                raw = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            try:
+                width, height = Image.open(io.BytesIO(raw)).size
+            except (UnidentifiedImageError, OSError):
+                width = height = 0
+            found.append({"mime_type": mime, "bytes": len(raw), "width": width, "height": height})
+    return found
 
 
 def _first_agent_tool(names: Sequence[str]) -> str:
@@ -466,7 +510,8 @@ def create_scripted_llm_app(
         number = next(counter)
         payload = body.model_dump()
         record: ScriptedLLMStats = app.state.stats
-        asked = estimate_tokens(_prompt_text(payload))
+        images = image_parts(payload.get("messages") or [])
+        asked = estimate_tokens(_prompt_text(payload)) + IMAGE_TOKENS * len(images)
         record.max_prompt_tokens = max(record.max_prompt_tokens, asked)
         completion = payload.get("max_completion_tokens") or payload.get("max_tokens") or 0
         if context_window is not None and asked + completion > context_window:
@@ -483,6 +528,7 @@ def create_scripted_llm_app(
         record.requests += 1
         record.streamed += int(body.stream)
         record.by_kind[reply.kind] += 1
+        record.images += len(images)
         record.log.append(
             {
                 "n": number,
@@ -490,6 +536,7 @@ def create_scripted_llm_app(
                 "stream": body.stream,
                 "messages": len(body.messages),
                 "tools": request_tool_names(payload),
+                "images": images,
             }
         )
         if latency_ms:
@@ -515,7 +562,7 @@ def create_scripted_llm_app(
         content, calls = materialise(reply, payload)
         for index, call in enumerate(calls):
             call["id"] = f"call_{number}_{index}"
-        prompt_tokens = estimate_tokens(_prompt_text(payload))
+        prompt_tokens = asked
         completion_text = (content or "") + "".join(
             c["function"]["name"] + c["function"]["arguments"] for c in calls
         )

@@ -75,9 +75,12 @@ def explain_neurons(
     control=None,
     llm_timeout_s: float = 10,
     llm_retry=None,
+    outage_patience_s: float = 300,
+    editor: str | None = None,
     **overrides,
 ):
-    """Run neurons in-process against a server; returns (rows, folder)."""
+    """Run neurons in-process against a server, waiting for an endpoint that stops answering
+    as `line run` does (``outage_patience_s``); returns (rows, folder)."""
     settings = RunSettings(
         target=target,
         layer=layer,
@@ -85,6 +88,7 @@ def explain_neurons(
         llm=llm,
         llm_base_url=llm_base_url,
         generator=generator,
+        editor=editor,
         prompts=prompts,
         variant_overrides=overrides,
         concurrency=concurrency,
@@ -102,8 +106,9 @@ def explain_neurons(
             temperature=variant.settings.temperature,
             timeout_s=llm_timeout_s,
             retry=llm_retry,
+            outage_patience_s=outage_patience_s,
         )
-        async with connect(server_url) as client:
+        async with connect(server_url, patience_s=outage_patience_s) as client:
             return await run_neurons(settings, folder, client, llm_client, variant, control=control)
 
     return asyncio.run(go()), folder

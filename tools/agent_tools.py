@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
 import numpy as np
@@ -27,7 +27,9 @@ from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from prompts.variant import PromptVariant
-from tools.client import InferenceClient
+from tools.availability import EndpointUnreachable
+from tools.client import InferenceClient, LineServerError
+from tools.llm_images import extreme_images
 from tools.scoreboard import (
     ConceptEntry,
     Scoreboard,
@@ -35,9 +37,12 @@ from tools.scoreboard import (
     format_score_lines,
     validate_concept,
 )
-from tools.scoring import score_activations
+from tools.scoring import normalised_drops, score_activations
 
 MAX_IMAGES_PER_CALL = 16
+MAX_EDITS_PER_CALL = 8
+MAX_INSTRUCTION_WORDS = 20
+MAX_INSTRUCTION_CHARS = 200
 
 
 @dataclass(kw_only=True)
@@ -54,6 +59,8 @@ class NeuronContext:
     generator: str | None = None
     run_seed: int = 0
     control_activations: np.ndarray | None = None  # this unit on the control set, for MAD/AUC
+    editor: str | None = None  # the server's image editor: the agentic edit_images tool
+    llm_image_cache: dict[str, str] = field(default_factory=dict)  # image id -> base64 PNG
 
 
 def image_seed(run_seed: int, ctx: NeuronContext, concept: str, index: int) -> int:
@@ -165,6 +172,7 @@ class ToolState(TypedDict, total=False):
     entries: Annotated[list[dict], operator.add]  # ConceptEntry rows, in the order tried
     counters: Annotated[dict[str, int], add_counters]
     generated: Annotated[dict[str, dict], merge_dicts]  # agentic: rendered, not yet measured
+    edits: Annotated[list[dict], operator.add]  # agentic: edit_images experiments, in order
     iteration: int
 
 
@@ -193,6 +201,16 @@ class MeasureActivationArgs(BaseModel):
 
 class ReadScoreboardArgs(BaseModel):
     top_k: int = Field(10, description="How many of the best concepts to list.")
+
+
+class EditImagesArgs(BaseModel):
+    instruction: str = Field(
+        description="What to change in the images, e.g. 'remove the stripes' or 'replace red "
+        f"with blue' (at most {MAX_INSTRUCTION_WORDS} words)."
+    )
+    top_k: int = Field(
+        4, description=f"How many of the unit's top images to edit, 1 to {MAX_EDITS_PER_CALL}."
+    )
 
 
 # ----- answer tools: the LLM answers a question by calling one --------------------------------
@@ -280,6 +298,108 @@ async def _read_scoreboard(runtime: NeuronToolRuntime, top_k: int = 10) -> str:
     return format_score_lines(board.top(top_k)) or "(no concept measured yet)"
 
 
+def edit_seed(run_seed: int, ctx: NeuronContext, instruction: str, image_id: str) -> int:
+    """The seed of one edit: fixed by (run seed, neuron, instruction, source image)."""
+    key = f"{run_seed}|{ctx.target}|{ctx.layer}|{ctx.unit}|edit|{instruction}|{image_id}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
+
+
+def check_instruction(instruction: str) -> str:
+    """An edit instruction with its spaces tidied, or a ``ValueError`` saying what is wrong."""
+    text = " ".join(str(instruction).split())
+    if not text:
+        raise ValueError("the instruction is empty; say what to change, e.g. 'remove the stripes'")
+    if len(text.split()) > MAX_INSTRUCTION_WORDS or len(text) > MAX_INSTRUCTION_CHARS:
+        raise ValueError(
+            f"the instruction is too long; keep it to {MAX_INSTRUCTION_WORDS} words, e.g. "
+            "'remove the stripes' or 'replace red with blue'"
+        )
+    return text
+
+
+async def _edit_images(instruction: str, runtime: NeuronToolRuntime, top_k: int = 4) -> Command:
+    """Edit the unit's most activating images with an instruction ('remove the stripes',
+    'replace red with blue') and measure the unit again: a large drop means what was edited out
+    drives the unit. Use it to test a hypothesis before you settle."""
+    ctx, state = runtime.context, runtime.state
+    if ctx.editor is None:
+        raise ValueError(f"this run has no image editor; use {GENERATE_IMAGES.name} instead")
+    instruction = check_instruction(instruction)
+    if not 1 <= top_k <= MAX_EDITS_PER_CALL:
+        raise ValueError(
+            f"top_k must be a whole number from 1 to {MAX_EDITS_PER_CALL}, got {top_k!r}"
+        )
+    left = ctx.variant.settings.max_images - state.get("counters", {}).get("images", 0)
+    if top_k > left:
+        raise ValueError(f"only {left} images are left in the budget; edit fewer")
+    sources = [
+        (shown.image_id, shown.activation, shown.concept)
+        for shown in extreme_images(state.get("entries", []), top_k)
+        if shown.end == "most"
+    ]
+    if not sources:
+        raise ValueError(
+            f"nothing is measured yet: call {GENERATE_IMAGES.name} and {MEASURE_ACTIVATION.name} "
+            "first; edit_images edits the unit's most activating images"
+        )
+    ids = [image_id for image_id, _value, _concept in sources]
+    seeds = [edit_seed(ctx.run_seed, ctx, instruction, image_id) for image_id in ids]
+    try:
+        edited = await ctx.client.edit_images(ids, instruction, seeds, editor=ctx.editor)
+    except LineServerError as error:
+        if 400 <= error.status < 500:  # the editor cannot do this edit: the LLM may rephrase
+            raise ValueError(f"the editor refused the instruction: {error.message}") from error
+        raise
+    edited_ids = [image.id for image in edited]
+    measured = await ctx.client.activations(ctx.target, ctx.layer, edited_ids, units=[ctx.unit])
+    before = np.array([value for _id, value, _concept in sources], dtype=float)
+    after = np.asarray(measured.values[:, 0], dtype=float)
+    control = ctx.control_activations
+    floor = float(np.median(control)) if control is not None and len(control) else 0.0
+    drops = [
+        float(normalised_drops(before[i : i + 1], after[i : i + 1], floor)[0])
+        if before[i] > floor + 1e-9
+        else None
+        for i in range(len(ids))
+    ]
+    scored = [drop for drop in drops if drop is not None]
+    mean_drop = float(np.mean(scored)) if scored else None
+    record = {
+        "instruction": instruction,
+        "editor": ctx.editor,
+        "after_iteration": state.get("iteration", 0),
+        "source_ids": ids,
+        "source_concepts": [concept for _id, _value, concept in sources],
+        "edited_ids": edited_ids,
+        "seeds": seeds,
+        "before": before.tolist(),
+        "after": after.tolist(),
+        "drops": drops,
+        "mean_drop": mean_drop,
+        "floor": floor,
+    }
+    lines = [
+        f"edited the unit's {len(ids)} most activating images with '{instruction}' and measured "
+        "them again (drop 1 = down to the unit's typical level "
+        f"{floor:.4f}, 0 = unchanged, below 0 = it rose)",
+        *(
+            f"{index}. '{concept}' {value:.4f} -> {after[index - 1]:.4f}, drop "
+            + ("n/a (not above the typical level)" if drop is None else f"{drop:.2f}")
+            for index, ((_id, value, concept), drop) in enumerate(
+                zip(sources, drops, strict=True), 1
+            )
+        ),
+        f"mean activation {before.mean():.4f} -> {after.mean():.4f}, mean drop "
+        + ("n/a" if mean_drop is None else f"{mean_drop:.2f}"),
+    ]
+    return _reply(
+        runtime,
+        "\n".join(lines),
+        edits=[record],
+        counters={"images": len(ids), "edited_images": len(ids), "edits": 1},
+    )
+
+
 GENERATE_IMAGES = StructuredTool.from_function(
     coroutine=_generate_images, name="generate_images", args_schema=GenerateImagesArgs
 )
@@ -289,8 +409,19 @@ MEASURE_ACTIVATION = StructuredTool.from_function(
 READ_SCOREBOARD = StructuredTool.from_function(
     coroutine=_read_scoreboard, name="read_scoreboard", args_schema=ReadScoreboardArgs
 )
+EDIT_IMAGES = StructuredTool.from_function(
+    coroutine=_edit_images, name="edit_images", args_schema=EditImagesArgs
+)
 AGENTIC_TOOLS = [GENERATE_IMAGES, MEASURE_ACTIVATION, READ_SCOREBOARD]
 ALL_TOOLS = [PROPOSE_CONCEPT, SUBMIT_EXPLANATION, *AGENTIC_TOOLS]
+
+
+def agentic_tools(ctx: NeuronContext | None) -> list[StructuredTool]:
+    """The tools the agent is offered: :data:`AGENTIC_TOOLS`, and ``edit_images`` when the
+    run has an image editor."""
+    if getattr(ctx, "editor", None) is None:
+        return list(AGENTIC_TOOLS)
+    return [*AGENTIC_TOOLS, EDIT_IMAGES]
 
 
 # ----- running them ----------------------------------------------------------------------------
@@ -308,13 +439,13 @@ async def _answer_failures(
     """Run one tool call; an unknown tool, bad arguments or a failure become an error message."""
     call = request.tool_call
     name = call["name"]
-    if request.tool is None:
-        names = ", ".join(tool.name for tool in request.runtime.tools)
-        return _tool_error(call, f"there is no tool {name!r}; use one of: {names}")
+    offered = [tool.name for tool in agentic_tools(request.runtime.context)]
+    if request.tool is None or name not in offered:
+        return _tool_error(call, f"there is no tool {name!r}; use one of: {', '.join(offered)}")
     try:
         return await execute(request)
-    except GraphBubbleUp:  # LangGraph's own control flow (interrupts) is not a failure
-        raise
+    except (GraphBubbleUp, EndpointUnreachable):  # LangGraph's own control flow (interrupts),
+        raise  # and an outage that outlasted the patience (the run stops) are no tool failures
     except ToolInvocationError as error:  # arguments the schema rejects
         problems = "; ".join(
             f"{'.'.join(map(str, problem['loc'])) or 'arguments'}: {problem['msg']}"
@@ -328,5 +459,8 @@ async def _answer_failures(
 
 
 def agentic_tool_node() -> ToolNode:
-    """LangGraph's tool executor for the agentic tools; every failure is answered as text."""
-    return ToolNode(AGENTIC_TOOLS, handle_tool_errors=False, awrap_tool_call=_answer_failures)
+    """LangGraph's tool executor for the agentic tools (``edit_images`` runs only where it is
+    offered, :func:`agentic_tools`); every failure is answered as text."""
+    return ToolNode(
+        [*AGENTIC_TOOLS, EDIT_IMAGES], handle_tool_errors=False, awrap_tool_call=_answer_failures
+    )

@@ -73,3 +73,12 @@ def auc_interval(
     )
     interval = result.confidence_interval
     return auc, float(interval.low), float(interval.high)
+
+
+def normalised_drops(before: np.ndarray, after: np.ndarray, floor: float) -> np.ndarray:
+    """How far an edit brought each image's activation down to the unit's typical level
+    ``floor``: ``(before - after) / (before - floor)`` clipped to [-1, 1] (1: down to the
+    floor, 0: unchanged, below 0: it rose), for the images that were above ``floor`` to begin
+    with (the others say nothing about what was edited out)."""
+    above = before > floor + 1e-9
+    return np.clip((before[above] - after[above]) / (before[above] - floor), -1.0, 1.0)

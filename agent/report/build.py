@@ -138,6 +138,13 @@ class ReportBuilder:
             for pair in n.ablation
             for picture in (pair.source, pair.edited, pair.control)
         }
+        wanted |= {
+            picture.image_id
+            for n in run.neurons
+            for edit in n.edits
+            for pair in edit.pairs
+            for picture in (pair.source, pair.edited)
+        }
         available = ThumbnailWriter(self.out, source).ensure(wanted)
         missing = len(wanted - available)
         if missing:
@@ -158,6 +165,7 @@ class ReportBuilder:
             previous = pages[position - 1] if position > 0 else None
             following = pages[position + 1] if position + 1 < len(pages) else None
             ids = sorted(i.image_id for i in neuron.images())
+            ids += [p.edited.image_id for edit in neuron.edits for p in edit.pairs]
             key = _digest(
                 [
                     BUILD_VERSION,

@@ -509,9 +509,7 @@ def edit_views(edits: Iterable[Mapping[str, Any]]) -> list[EditView]:
                 strict=False,
             )
         ]
-        views.append(
-            EditView(index, instruction, iteration, pairs, finite(edit.get("mean_drop")))
-        )
+        views.append(EditView(index, instruction, iteration, pairs, finite(edit.get("mean_drop"))))
     return views
 
 

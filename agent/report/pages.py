@@ -20,6 +20,7 @@ from markupsafe import Markup
 from agent.report.data import (
     STATUS_ORDER,
     CosyRow,
+    EditView,
     EntryView,
     ImageView,
     NeuronView,
@@ -91,10 +92,25 @@ class ScoreboardRow:
 
 @dataclass(frozen=True)
 class TimelineStep:
-    """A concept of the iteration timeline."""
+    """A step of the iteration timeline: a concept tried, or (``edit``) an ``edit_images``
+    experiment of the agent."""
 
-    entry: EntryView
+    entry: EntryView | None
     is_label: bool
+    edit: EditView | None = None
+
+
+def timeline_steps(neuron: NeuronView, label: str) -> list[TimelineStep]:
+    """The concepts in the order tried, each edit experiment after the measurements it
+    followed."""
+    steps: list[TimelineStep] = []
+    edits = list(neuron.edits)
+    for entry in neuron.entries:
+        while edits and edits[0].after_iteration < entry.iteration:
+            steps.append(TimelineStep(None, False, edits.pop(0)))
+        steps.append(TimelineStep(entry, normalise(entry.concept) == label))
+    steps += [TimelineStep(None, False, edit) for edit in edits]
+    return steps
 
 
 @dataclass(frozen=True)
@@ -366,7 +382,14 @@ def message_text(message: Any, limit: int = 4000) -> str:
     """A logged message's text (and tool calls), shortened."""
     if not isinstance(message, dict):
         return str(message)[:limit]
-    text = str(message.get("content") or "")
+    content = message.get("content") or ""
+    if isinstance(content, list):  # content blocks: text, and images shown to a vision LLM
+        content = "\n".join(
+            block.get("text", "") if block.get("type") == "text" else f"[{block.get('type')}]"
+            for block in content
+            if isinstance(block, dict)
+        )
+    text = str(content)
     calls = message.get("tool_calls") or []
     if calls:
         text += ("\n" if text else "") + "\n".join(
@@ -424,7 +447,7 @@ def neuron_page(
         plot=Markup(score_plot(neuron.entries, neuron.label)),  # an autoescaped template's SVG
         top_images=neuron.top_images(TOP_IMAGES),
         scoreboard=scoreboard_rows(neuron),
-        timeline=[TimelineStep(e, normalise(e.concept) == label) for e in neuron.entries],
+        timeline=timeline_steps(neuron, label),
         calls=logged_calls(neuron),
         more_calls=len(neuron.llm_log) - LLM_LOG_LIMIT,
         no_selective_concept=NO_SELECTIVE_CONCEPT,
