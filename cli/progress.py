@@ -12,7 +12,8 @@ from agent.runner import RunProgress
 
 @contextmanager
 def run_progress(quiet: bool) -> Iterator[Callable[[RunProgress], None] | None]:
-    """A bar over a run's neurons with images, LLM calls and tokens (``None`` when quiet)."""
+    """A bar over a run's neurons with images, LLM calls and tokens (``None`` when quiet); while
+    an endpoint is down its description says ``waiting for <endpoint> (down since HH:MM:SS)``."""
     if quiet:
         yield None
         return
@@ -23,6 +24,7 @@ def run_progress(quiet: bool) -> Iterator[Callable[[RunProgress], None] | None]:
         if bar is None:
             bar = tqdm(total=progress.total, unit="neuron", dynamic_ncols=True)
         bar.n = progress.done + progress.failed
+        bar.set_description_str("; ".join(progress.waiting), refresh=False)
         bar.set_postfix(
             images=progress.images,
             llm_calls=progress.llm_calls,

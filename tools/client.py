@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, NoReturn, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import httpx
 from pydantic import BaseModel
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay
 
 from inference.wire import (
     ActivationsRequest,
@@ -33,12 +34,16 @@ from inference.wire import (
     UploadRequest,
     UploadResponse,
 )
+from tools.availability import AvailabilityGate, EndpointUnreachable, clock_time
 from tools.retry import RetryPolicy
 
 RETRY_STATUSES = (502, 503, 504)
 MAX_BACKOFF_S = 5.0
-CONNECTION_ERRORS = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
-"""A server that is down or restarting: refused, dropped or garbled connections."""
+CONNECTION_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
+"""A server that is down or restarting: refused, dropped, garbled or unanswered connections
+(left to the client's :class:`~tools.availability.AvailabilityGate`)."""
+HEALTH_PROBE_TIMEOUT_S = 5.0
+"""How long a probe of ``/healthz`` waits for the answer."""
 
 
 class LineServerError(RuntimeError):
@@ -58,12 +63,22 @@ class LineServerUnavailable(ConnectionError):
     """The server could not be reached after all retries."""
 
 
+class LineServerDown(LineServerUnavailable, EndpointUnreachable):
+    """The server stayed unreachable for the client's whole patience (an outage it gave up
+    on): a run stops, and ``line run --resume`` continues it."""
+
+
 @runtime_checkable
 class InferenceClient(Protocol):
     """What LINE asks of the inference server: one server (``LineClient``) or a pool of them
     (``ServerPool``)."""
 
     base_url: str
+
+    @property
+    def gates(self) -> list[AvailabilityGate]:
+        """The availability gates of the server(s): their outages, for progress and results."""
+        ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -151,14 +166,14 @@ class InferenceClient(Protocol):
 
 
 def _is_transient(error: BaseException) -> bool:
-    """A server that is down, restarting or overloaded: worth another try."""
-    if isinstance(error, LineServerError):
-        return error.status in RETRY_STATUSES
-    return isinstance(error, CONNECTION_ERRORS)
+    """A server that is restarting or overloaded (502, 503, 504): worth another try."""
+    return isinstance(error, LineServerError) and error.status in RETRY_STATUSES
 
 
 class LineClient:
-    """Pooled async HTTP client with timeouts, retries (backoff + jitter) and readable errors."""
+    """Pooled async HTTP client with timeouts, retries (backoff + jitter), readable errors and
+    one wait per outage (:class:`~tools.availability.AvailabilityGate`): when the server stops
+    answering, every request of this client waits for it together, for ``patience_s``."""
 
     def __init__(
         self,
@@ -174,8 +189,12 @@ class LineClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.patience_s = patience_s
+        self.retries = retries
         self.retry_policy = RetryPolicy(
             max_attempts=retries + 1, base_delay_s=backoff_s, max_delay_s=MAX_BACKOFF_S
+        )
+        self.gate = AvailabilityGate(
+            f"inference server {self.base_url}", self.answers, patience_s=patience_s
         )
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -197,21 +216,70 @@ class LineClient:
     ) -> None:
         await self.aclose()
 
+    @property
+    def gates(self) -> list[AvailabilityGate]:
+        """This server's availability gate."""
+        return [self.gate]
+
     async def aclose(self) -> None:
-        """Close pooled connections."""
+        """Stop probing and close pooled connections."""
+        await self.gate.close()
         await self._http.aclose()
 
+    async def answers(self) -> bool:
+        """Whether ``GET /healthz`` answers 200 now (one try, never raises)."""
+        try:
+            response = await self._http.get("/healthz", timeout=HEALTH_PROBE_TIMEOUT_S)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send with retries: ``retries`` times with backoff, and for a server that is down
-        (refused or dropped connections, 502/503/504) also until ``patience_s`` has passed,
-        so a run survives a server restart. Every request is idempotent (content-addressed)."""
-        retrying = AsyncRetrying(
-            stop=self.retry_policy.stop() & stop_after_delay(self.patience_s),
-            wait=self.retry_policy.wait(),
-            retry=retry_if_exception(_is_transient),
-            retry_error_callback=self._give_up,
+        """Send once the server answers. A server that cannot be reached (refused, dropped or
+        unanswered connections) is left to the gate: this request and every other wait for it
+        together, up to ``patience_s`` (:class:`LineServerDown` after that), and are sent
+        again when it is back, at most ``retries`` times when it fails again and again;
+        502/503/504 are retried ``retries`` times with backoff, and until ``patience_s`` has
+        passed. Every request is idempotent (content-addressed)."""
+        started = time.monotonic()
+        tries = 0
+        while True:
+            try:
+                await self.gate.wait_until_up()
+            except EndpointUnreachable as error:
+                raise self._down(error) from error
+            tries += 1
+            retrying = AsyncRetrying(
+                stop=self.retry_policy.stop() & stop_after_delay(self.patience_s),
+                wait=self.retry_policy.wait(),
+                retry=retry_if_exception(_is_transient),
+                reraise=True,
+            )
+            try:
+                return await retrying(self._send_once, method, path, **kwargs)
+            except CONNECTION_ERRORS as error:
+                if tries > self.retries:
+                    raise LineServerUnavailable(
+                        f"cannot reach the inference server at {self.base_url} after {tries} "
+                        f"tries in {time.monotonic() - started:.0f} s ({error}); is `line "
+                        "serve` running there?"
+                    ) from error
+                self.gate.report(error)
+
+    def _down(self, error: EndpointUnreachable) -> LineServerDown:
+        """The gate gave up: the server's outage in plain words."""
+        outage = error.outage
+        since = ""
+        if error.patience_s > 0:
+            since = (
+                f" since {clock_time(outage.started)} ({outage.seconds:.0f} s, the outage patience)"
+            )
+        return LineServerDown.of(
+            outage,
+            error.patience_s,
+            f"cannot reach the inference server at {self.base_url}{since}: {outage.error}; is "
+            "`line serve` running there?",
         )
-        return await retrying(self._send_once, method, path, **kwargs)
 
     async def _send_once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = await self._http.request(method, path, **kwargs)
@@ -220,19 +288,6 @@ class LineClient:
                 response.status_code, _message(response), f"{method} {path}", response
             )
         return response
-
-    def _give_up(self, retry_state: RetryCallState) -> NoReturn:
-        """Out of tries: a server error as it came, an unreachable server in plain words."""
-        assert retry_state.outcome is not None  # tenacity gives up only after an attempt
-        error = retry_state.outcome.exception()
-        assert error is not None  # only failed attempts are retried
-        if isinstance(error, CONNECTION_ERRORS):
-            raise LineServerUnavailable(
-                f"cannot reach the inference server at {self.base_url} after "
-                f"{retry_state.attempt_number} tries in {retry_state.seconds_since_start:.0f} s "
-                f"({error}); is `line serve` running there?"
-            ) from error
-        raise error
 
     async def health(self) -> dict[str, Any]:
         """``GET /healthz``."""

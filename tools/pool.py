@@ -9,7 +9,9 @@ For users with one ``line serve`` per GPU (or per machine). ``ServerPool`` is an
 - uploads (control-set photos) go to every server: their ids hash the bytes, so they agree;
 - a server that stops answering is set aside for a while and its work goes elsewhere. An image
   whose server is gone is rendered again on another one: image ids hash the generator, prompt,
-  seed and settings, so the new copy has the same id and nothing already recorded changes.
+  seed and settings, so the new copy has the same id and nothing already recorded changes;
+- when none answers, the pool's :class:`~tools.availability.AvailabilityGate` makes every
+  request wait together while one prober asks the servers' ``/healthz``, for ``patience_s``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from typing import Any, Self, TypeVar
 import numpy as np
 
 from inference.wire import ActivationsResponse, EditEntry, ImageEntry, ProbeResponse
-from tools.client import InferenceClient, LineClient, LineServerError, LineServerUnavailable
+from tools.availability import AvailabilityGate, EndpointUnreachable, clock_time
+from tools.client import (
+    InferenceClient,
+    LineClient,
+    LineServerDown,
+    LineServerError,
+    LineServerUnavailable,
+)
 
 log = logging.getLogger("line.pool")
 
@@ -98,11 +107,15 @@ class ServerPool:
         if not urls:
             raise ValueError("a server pool needs at least one server URL")
         client_options.setdefault("retries", 2)
+        client_options["patience_s"] = 0.0  # a member that is down fails over at once
         self.members = [
             PoolMember(url, LineClient(url, token=token, **client_options)) for url in urls
         ]
         self.base_url = ",".join(urls)
         self.patience_s = patience_s
+        self.gate = AvailabilityGate(
+            f"inference servers {', '.join(urls)}", self._any_answers, patience_s=patience_s
+        )
         self._owner: dict[str, PoolMember] = {}
         self._recipes: dict[str, RenderRecipe] = {}
         self._turn = itertools.count()
@@ -119,9 +132,40 @@ class ServerPool:
     ) -> None:
         await self.aclose()
 
+    @property
+    def gates(self) -> list[AvailabilityGate]:
+        """The pool's gate: down when no server answers (one server down is failed over)."""
+        return [self.gate]
+
     async def aclose(self) -> None:
-        """Close every member's connections."""
+        """Stop probing and close every member's connections."""
+        await self.gate.close()
         await asyncio.gather(*(member.client.aclose() for member in self.members))
+
+    async def _any_answers(self) -> bool:
+        """Whether any server answers ``/healthz`` now."""
+        answers = await asyncio.gather(*(member.client.answers() for member in self.members))
+        now = time.monotonic()
+        for member, answered in zip(self.members, answers, strict=True):
+            if answered and not member.is_up(now):
+                member.down_until = 0.0  # back: the next request may go there
+        return any(answers)
+
+    async def _wait_for_a_server(self, error: BaseException) -> None:
+        """No server could take a request: wait (with every other request) until one answers;
+        :class:`LineServerDown` once none has for ``patience_s``."""
+        self.gate.report(error)
+        try:
+            await self.gate.wait_until_up()
+        except EndpointUnreachable as gave_up:
+            outage = gave_up.outage
+            raise LineServerDown.of(
+                outage,
+                gave_up.patience_s,
+                f"none of the inference servers answered for {outage.seconds:.0f} s (since "
+                f"{clock_time(outage.started)}; the outage patience is {self.patience_s:.0f} "
+                f"s): {self.base_url}; is `line serve` running there?",
+            ) from gave_up
 
     # ----- choosing a server ---------------------------------------------------------------
     def _least_outstanding(self, exclude: Sequence[PoolMember] = ()) -> PoolMember | None:
@@ -140,10 +184,12 @@ class ServerPool:
         member.requests += 1
         try:
             result = await call(member.client)
-        except LineServerUnavailable:
+        except LineServerUnavailable as error:
             member.failures += 1
             member.down_until = time.monotonic() + DOWN_FOR_S
             log.warning("inference server %s is not answering; using the others", member.url)
+            if isinstance(error, LineServerDown):  # one member's outage does not stop a run
+                raise LineServerUnavailable(str(error)) from error
             raise
         finally:
             member.outstanding -= 1
@@ -152,24 +198,26 @@ class ServerPool:
 
     async def _with_failover(self, call: ClientCall[ResultT]) -> tuple[PoolMember, ResultT]:
         """Send ``call`` to the least busy server; on a server that is down, to the next one,
-        and when all are down, again until ``patience_s`` has passed."""
-        started = time.monotonic()
+        and when all are down, again once one answers (up to ``patience_s``)."""
         tried: list[PoolMember] = []
+        last: BaseException = LineServerUnavailable("no server answers")
         while True:
+            await self._gate_open()
             member = self._least_outstanding(exclude=tried)
             if member is None:
-                if time.monotonic() - started > self.patience_s:
-                    raise LineServerUnavailable(
-                        f"none of the inference servers answered for {self.patience_s:.0f} s: "
-                        f"{self.base_url}; is `line serve` running there?"
-                    )
+                await self._wait_for_a_server(last)
                 tried = []
-                await asyncio.sleep(1.0)
                 continue
             try:
                 return member, await self._on(member, call)
-            except LineServerUnavailable:
+            except LineServerUnavailable as error:
                 tried.append(member)
+                last = error
+
+    async def _gate_open(self) -> None:
+        """Wait while no server answers (see :meth:`_wait_for_a_server`)."""
+        if not self.gate.is_up:
+            await self._wait_for_a_server(LineServerUnavailable("no server answers"))
 
     # ----- the InferenceClient interface ---------------------------------------------------
     async def health(self) -> dict[str, Any]:
@@ -291,8 +339,8 @@ class ServerPool:
         by_options: dict[RenderOptions, list[str]] = {}
         for image_id in ids:
             by_options.setdefault(self._recipes[image_id].options, []).append(image_id)
-        started = time.monotonic()
         while True:
+            await self._gate_open()
             member = self._least_outstanding(exclude=[lost_on]) or lost_on
             try:
                 for options, group in by_options.items():
@@ -319,10 +367,8 @@ class ServerPool:
                     "rendered %d images of %s again on %s", len(ids), lost_on.url, member.url
                 )
                 return await self._on(member, measure)
-            except LineServerUnavailable:
-                if time.monotonic() - started > self.patience_s:
-                    raise
-                await asyncio.sleep(1.0)
+            except LineServerUnavailable as error:
+                await self._wait_for_a_server(error)
 
     async def edit_images(
         self,

@@ -24,6 +24,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 
+from tools.availability import EndpointUnreachable
+
 
 class FaultKind(StrEnum):
     """A transient fault worth retrying; the value is its counter and ``results.csv`` column."""
@@ -64,6 +66,8 @@ def classify_fault(error: BaseException) -> FaultKind | None:
     timeouts and connection errors count; else the exception it was raised from decides (SDKs
     wrap the httpx error they met).
     """
+    if isinstance(error, EndpointUnreachable):  # an outage waited out already: stop
+        return None
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -126,6 +130,20 @@ class wait_retry_after(wait_base):
         return self.fallback(retry_state)
 
 
+class wait_unless(wait_base):
+    """No wait after a failure ``skip`` accepts, else what ``wait`` says."""
+
+    def __init__(self, wait: wait_base, skip: Callable[[BaseException], bool]) -> None:
+        self.wait = wait
+        self.skip = skip
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        error = _failed_with(retry_state)
+        if error is not None and self.skip(error):
+            return 0.0
+        return self.wait(retry_state)
+
+
 class stop_when_retry_after_exceeds(stop_base):
     """Stop when the server asks to wait longer than ``limit_s`` (a quota, not a hiccup)."""
 
@@ -170,9 +188,12 @@ class RetryPolicy:
         *,
         on_fault: Callable[[FaultKind], None] | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        waited_elsewhere: Callable[[BaseException], bool] | None = None,
     ) -> AsyncRetrying:
         """A tenacity retrier for one call: retries the faults ``classify`` names, calls
-        ``on_fault`` with each one, and re-raises the last error when it gives up."""
+        ``on_fault`` with each one, and re-raises the last error when it gives up. A fault
+        ``waited_elsewhere`` accepts is retried without backoff (an availability gate waits
+        for the endpoint before the next attempt)."""
 
         def count(retry_state: RetryCallState) -> None:
             error = _failed_with(retry_state)
@@ -180,9 +201,12 @@ class RetryPolicy:
             if on_fault is not None and kind is not None:
                 on_fault(kind)
 
+        wait = self.wait()
+        if waited_elsewhere is not None:
+            wait = wait_unless(wait, waited_elsewhere)
         return AsyncRetrying(
             stop=self.stop(),
-            wait=self.wait(),
+            wait=wait,
             retry=retry_if_exception(lambda error: classify(error) is not None),
             after=count,
             sleep=sleep,

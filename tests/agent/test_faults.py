@@ -208,10 +208,11 @@ def test_a_misbehaving_llm_is_survived_and_every_fault_counted(toy_world_server,
 
 RESULTS_HEADER = [
     "target", "layer", "unit", "label", "score", "score_low", "score_high", "verdict",
-    "selective", "mean_activation", "search_score", "candidates", "choice", "status", "reason",
-    "summary", "llm_calls", "tokens", "images", "confirmation_images", "reasks", "faults",
-    "rate_limited", "server_errors", "timeouts",
-    "connection_errors", "tool_errors", "lost_rounds", "restarts",
+    "selective", "mean_activation", "inhibitor", "inhibitor_score", "inhibitor_verdict",
+    "search_score", "candidates", "choice", "status", "reason", "summary", "llm_calls", "tokens",
+    "llm_images", "images", "edits", "confirmation_images", "reasks", "faults",
+    "rate_limited", "server_errors", "timeouts", "connection_errors", "tool_errors",
+    "lost_rounds", "restarts", "outages", "outage_s",
 ]  # fmt: skip
 RETRIED_FAULTS = [
     Reply.disconnect(),  # the connection drops before the answer

@@ -1,7 +1,9 @@
-"""The async client: retries with backoff on 503 and lost connections, no retry on 4xx."""
+"""The async client: retries with backoff on 503, one wait per outage for lost connections, no
+retry on 4xx."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -9,7 +11,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from inference.app import free_port, start_server_thread
-from tools.client import LineClient, LineServerError, LineServerUnavailable
+from testing.cuttable_proxy import start_cuttable_proxy
+from tools.client import LineClient, LineServerDown, LineServerError, LineServerUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +60,14 @@ async def test_4xx_is_not_retried_and_carries_the_message(flaky_server):
 
 
 async def test_an_unreachable_server_is_a_clear_error():
-    async with LineClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff_s=0.01) as client:
-        with pytest.raises(LineServerUnavailable, match=r"after 3 tries.*is `line serve` running"):
+    url = f"http://127.0.0.1:{free_port()}"
+    async with LineClient(url, retries=2, backoff_s=0.01) as client:
+        with pytest.raises(
+            LineServerDown, match=r"cannot reach .*is `line serve` running"
+        ) as error:
             await client.health()
+    assert error.value.outage.outcome == "gave up"  # a client without patience does not wait
+    assert isinstance(error.value, LineServerUnavailable)
 
 
 async def test_a_retry_after_is_honoured(flaky_server):
@@ -70,11 +78,35 @@ async def test_a_retry_after_is_honoured(flaky_server):
     assert calls["metrics"] == 2 and time.monotonic() - started >= 1.0
 
 
-async def test_a_server_that_is_down_is_retried_until_patience_has_passed():
+async def test_a_server_that_is_down_is_waited_for_until_the_patience_has_passed():
     url = f"http://127.0.0.1:{free_port()}"
     async with LineClient(url, retries=1, backoff_s=0.01, patience_s=1.0) as client:
-        started = time.monotonic()
-        with pytest.raises(LineServerUnavailable, match=r"after \d+ tries in \d+ s") as raised:
+        with pytest.raises(
+            LineServerDown, match=r"since \d\d:\d\d:\d\d \(1 s, the outage patience\)"
+        ) as raised:
+            await asyncio.gather(*(client.health() for _ in range(20)))
+    [outage] = client.gate.outages
+    assert raised.value.outage is outage and outage.outcome == "gave up"
+    assert outage.seconds >= 1.0 and outage.endpoint == f"inference server {url}"
+    assert 1 < outage.probes < 20  # one prober for twenty requests
+
+
+async def test_requests_during_an_outage_wait_together_and_go_on_when_it_ends(toy_world_server):
+    with start_cuttable_proxy(toy_world_server) as proxy:
+        async with LineClient(proxy.url, patience_s=60) as client:
             await client.health()
-    assert time.monotonic() - started >= 1.0
-    assert int(str(raised.value).split(" after ")[1].split()[0]) > 2  # more than retries + 1
+            proxy.cut()
+            first = asyncio.create_task(client.health())
+            while client.gate.down is None:  # the first failure and probe: the server is down
+                await asyncio.sleep(0.01)
+            waiting = [asyncio.create_task(client.health()) for _ in range(30)]
+            while client.gate.waiting < 31:
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(proxy.restore)
+            answers = await asyncio.gather(first, *waiting)
+    assert all(answer["status"] == "ok" for answer in answers)
+    [outage] = client.gate.outages
+    assert outage.outcome == "recovered" and outage.probes >= 2
+    # the requests that waited never tried: the failed attempts are the first request's and
+    # the prober's, not one per request
+    assert proxy.stats.while_cut <= 1 + outage.probes < 31
