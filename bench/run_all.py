@@ -12,6 +12,7 @@ BENCHMARKS = [
     "bench.toyworld_bench",
     "bench.learned_bench",
     "bench.load_bench",
+    "bench.outage_bench",
     "bench.simulation_bench",
 ]
 

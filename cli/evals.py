@@ -13,6 +13,7 @@ import typer
 
 from agent.launch import execute_run, parse_units, read_basis, settings_from_options
 from agent.run_folder import RunFolder, RunSettings
+from agent.runner import RunStopped
 from analysis.similarity import EmbedderUnavailable
 from analysis.simulators import SIMULATOR_SPECS, load_simulator
 from cli.options import (
@@ -29,6 +30,7 @@ from cli.options import (
     ServerURL,
     TargetSpec,
     UnitsSpec,
+    exit_stopped,
     exit_with_error,
     warn,
 )
@@ -631,6 +633,8 @@ def variants_command(
             panels = asyncio.run(_neuron_panels(session, runs, space, shown))
     except RunSetupError as error:
         exit_with_error(str(error))
+    except RunStopped as stopped:  # an endpoint stayed down: that arm's run resumes
+        exit_stopped(str(stopped))
     add_cosy_figures(runs, cosy)
     add_groundtruth_matches(runs, target, space)
     typer.echo(write_comparison(runs, out))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from inference.app import create_app, free_port, start_server_thread
+from testing.cuttable_proxy import start_cuttable_proxy
 from testing.toy_service import toy_world_service
 from tools.client import InferenceClient, LineServerUnavailable
 from tools.pool import ServerPool, connect
@@ -131,3 +133,33 @@ def test_connect_gives_one_client_or_a_pool():
     assert type(one).__name__ == "LineClient"
     assert isinstance(several, ServerPool)
     assert isinstance(one, InferenceClient) and isinstance(several, InferenceClient)
+
+
+async def test_when_no_server_answers_requests_wait_together_for_the_first_one_back(tmp_path):
+    (first, _), (second, _) = toy_server(tmp_path / "a"), toy_server(tmp_path / "b")
+    try:
+        with start_cuttable_proxy(first.url) as a, start_cuttable_proxy(second.url) as b:
+            async with ServerPool([a.url, b.url], patience_s=60) as pool:
+                await pool.generate_images(["a red circle"], [1])
+                await asyncio.to_thread(a.cut)
+                await asyncio.to_thread(b.cut)
+                trying = asyncio.create_task(pool.generate_images(["a blue square"], [2]))
+                while pool.gate.down is None:  # both servers failed it: none answers
+                    await asyncio.sleep(0.01)
+                waiting = [
+                    asyncio.create_task(pool.generate_images([f"a green star {i}"], [i]))
+                    for i in range(20)
+                ]
+                while pool.gate.waiting < 21:
+                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(b.restore)
+                answers = await asyncio.gather(trying, *waiting)
+    finally:
+        first.stop()
+        second.stop()
+    assert all(len(images) == 1 for images in answers)
+    [outage] = pool.gate.outages
+    assert outage.outcome == "recovered" and outage.endpoint.startswith("inference servers ")
+    # the first request tried each server once, each member's gate and the pool's prober asked
+    # them; the twenty waiting requests tried nothing
+    assert a.stats.while_cut + b.stats.while_cut <= 4 + 2 * outage.probes
