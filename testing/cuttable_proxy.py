@@ -2,7 +2,8 @@
 
 ``start_cuttable_proxy(url)`` forwards every connection to the server at ``url``. ``cut()``
 resets the connections open now and every new one (it accepts them and resets them at once, so
-each attempt to reach the server is counted in ``stats``); ``restore()`` forwards again. The
+each attempt to reach the server is counted in ``stats``); ``freeze()`` keeps every connection
+open but passes nothing either way (a server that hangs); ``restore()`` forwards again. The
 server behind it keeps running, so what the client sees is exactly an unreachable endpoint.
 """
 
@@ -39,6 +40,7 @@ class CuttableProxy:
         self.cut_now = False
         self._open: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
+        self._flowing = asyncio.Event()
         self._ready = threading.Event()
         self._port = 0
         self._server: asyncio.Server | None = None
@@ -55,8 +57,12 @@ class CuttableProxy:
         """Reset every open connection, and every new one until :meth:`restore`."""
         self._call(self._cut)
 
+    def freeze(self) -> None:
+        """Keep connections open but pass no byte until :meth:`restore`."""
+        self._call(self._flowing.clear)
+
     def restore(self) -> None:
-        """Forward connections again."""
+        """Forward connections again (after a cut or a freeze)."""
         self._call(self._restore)
 
     def close(self) -> None:
@@ -85,6 +91,7 @@ class CuttableProxy:
         self._server = self._loop.run_until_complete(
             asyncio.start_server(self._handle, "127.0.0.1", 0)
         )
+        self._flowing.set()
         self._port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
@@ -105,12 +112,17 @@ class CuttableProxy:
 
     def _restore(self) -> None:
         self.cut_now = False
+        self._flowing.set()
 
     async def _shutdown(self) -> None:
         for writer in list(self._open):
             _reset(writer)
         if self._server is not None:
             self._server.close()
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.connections += 1
@@ -125,24 +137,24 @@ class CuttableProxy:
             return
         self._open.update((writer, up_writer))
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         finally:
             for side in (writer, up_writer):
                 self._open.discard(side)
                 with contextlib.suppress(Exception):
                     side.close()
 
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.write_eof()
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self._flowing.wait()  # frozen: hold the bytes
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.write_eof()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -7,6 +7,7 @@ server) and ``tools.pool.ServerPool`` (several) both are one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -39,11 +40,25 @@ from tools.retry import RetryPolicy
 
 RETRY_STATUSES = (502, 503, 504)
 MAX_BACKOFF_S = 5.0
-CONNECTION_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
-"""A server that is down or restarting: refused, dropped, garbled or unanswered connections
-(left to the client's :class:`~tools.availability.AvailabilityGate`)."""
 HEALTH_PROBE_TIMEOUT_S = 5.0
 """How long a probe of ``/healthz`` waits for the answer."""
+STALL_CHECK_S = 30.0
+"""A request unanswered this long has the client ask ``/healthz`` whether the server is alive."""
+
+
+class ServerStalled(ConnectionError):
+    """A request got no answer and neither did ``/healthz``: the server accepts connections but
+    has stopped answering (frozen, not dead)."""
+
+
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    httpx.ConnectTimeout,
+    ServerStalled,
+)
+"""A server that is down, restarting or frozen: refused, dropped, garbled, unanswered or stalled
+connections (left to the client's :class:`~tools.availability.AvailabilityGate`)."""
 
 
 class LineServerError(RuntimeError):
@@ -184,12 +199,16 @@ class LineClient:
         backoff_s: float = 0.25,
         max_connections: int = 64,
         patience_s: float = 0.0,
+        stall_s: float = STALL_CHECK_S,
+        probe_timeout_s: float = HEALTH_PROBE_TIMEOUT_S,
     ) -> None:
         token = token or os.environ.get("LINE_SERVER_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.patience_s = patience_s
         self.retries = retries
+        self.stall_s = stall_s
+        self.probe_timeout_s = probe_timeout_s
         self.retry_policy = RetryPolicy(
             max_attempts=retries + 1, base_delay_s=backoff_s, max_delay_s=MAX_BACKOFF_S
         )
@@ -229,16 +248,17 @@ class LineClient:
     async def answers(self) -> bool:
         """Whether ``GET /healthz`` answers 200 now (one try, never raises)."""
         try:
-            response = await self._http.get("/healthz", timeout=HEALTH_PROBE_TIMEOUT_S)
+            response = await self._http.get("/healthz", timeout=self.probe_timeout_s)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send once the server answers. A server that cannot be reached (refused, dropped or
-        unanswered connections) is left to the gate: this request and every other wait for it
-        together, up to ``patience_s`` (:class:`LineServerDown` after that), and are sent
-        again when it is back, at most ``retries`` times when it fails again and again;
+        unanswered connections; a request unanswered for ``stall_s`` while ``/healthz`` does not
+        answer either) is left to the gate: this request and every other wait for it together,
+        up to ``patience_s`` (:class:`LineServerDown` after that), and are sent again when it
+        is back, at most ``retries`` times when it fails again and again;
         502/503/504 are retried ``retries`` times with backoff, and until ``patience_s`` has
         passed. Every request is idempotent (content-addressed)."""
         started = time.monotonic()
@@ -256,7 +276,7 @@ class LineClient:
                 reraise=True,
             )
             try:
-                return await retrying(self._send_once, method, path, **kwargs)
+                return await self._send_watched(retrying, method, path, **kwargs)
             except CONNECTION_ERRORS as error:
                 if tries > self.retries:
                     raise LineServerUnavailable(
@@ -265,6 +285,29 @@ class LineClient:
                         "serve` running there?"
                     ) from error
                 self.gate.report(error)
+
+    async def _send_watched(
+        self, retrying: AsyncRetrying, method: str, path: str, **kwargs: Any
+    ) -> httpx.Response:
+        """Send (with its 5xx retries); every ``stall_s`` without an answer, ask ``/healthz``:
+        a server that answers it is slow and is waited for, one that does not has stalled
+        (:class:`ServerStalled`, the request is dropped and sent again after the outage)."""
+        sending: asyncio.Future[httpx.Response] = asyncio.ensure_future(
+            retrying(self._send_once, method, path, **kwargs)
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait({sending}, timeout=self.stall_s)
+                if done:
+                    return sending.result()
+                if self.gate.is_up and await self.answers():
+                    continue  # slow, not stuck
+                if self.gate.is_up or self.gate.down is not None:
+                    raise ServerStalled(
+                        f"no answer to {method} {path} in {self.stall_s:g} s, nor to GET /healthz"
+                    )
+        finally:
+            sending.cancel()  # a no-op once it is done
 
     def _down(self, error: EndpointUnreachable) -> LineServerDown:
         """The gate gave up: the server's outage in plain words."""

@@ -110,3 +110,26 @@ async def test_requests_during_an_outage_wait_together_and_go_on_when_it_ends(to
     # the requests that waited never tried: the failed attempts are the first request's and
     # the prober's, not one per request
     assert proxy.stats.while_cut <= 1 + outage.probes < 31
+
+
+async def test_a_server_that_stops_answering_without_dropping_connections_is_an_outage_too(
+    toy_world_server,
+):
+    with start_cuttable_proxy(toy_world_server) as proxy:
+        async with LineClient(proxy.url, patience_s=60, stall_s=0.3, probe_timeout_s=0.3) as client:
+            await client.models()
+            await asyncio.to_thread(proxy.freeze)  # connections stay open, nothing comes back
+            asking = [asyncio.create_task(client.models()) for _ in range(10)]
+            while client.gate.down is None:  # unanswered, and /healthz unanswered too
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(proxy.restore)
+            answers = await asyncio.gather(*asking)
+    assert all(answer["targets"] for answer in answers)
+    [outage] = client.gate.outages
+    assert outage.outcome == "recovered" and outage.error.startswith("ServerStalled")
+
+
+async def test_a_slow_answer_is_waited_for_while_the_server_answers_healthz(toy_world_server):
+    async with LineClient(toy_world_server, patience_s=60, stall_s=0.01) as client:
+        images = await client.generate_images(["a red circle"] * 4, [1, 2, 3, 4])
+    assert len(images) == 4 and not client.gate.outages
