@@ -228,8 +228,8 @@ def test_other_labels_and_failed_neurons(cosy_toy_server, cosy_run, cosy_units, 
     rows = _run(bad_units, cosy_toy_server)
     assert [row["unit"] for row in rows] == [red]  # the rest is listed, not scored
     assert unknown == [
-        "planted:shapes has no layer 'conv9' (its layers: planted, features); labels not "
-        "scored: unit 1",
+        "planted:shapes has no layer 'conv9' (its layers: planted, features, inhibited); "
+        "labels not scored: unit 1",
         "layer 'planted' of planted:shapes has units 0 to 27; labels not scored: units 98, 99",
     ]
 

@@ -19,7 +19,13 @@ from inference.toyworld.planted import (
     create_planted_target,
 )
 from inference.toyworld.procedural import render_prompt
-from inference.toyworld.truth import PLANTED_LAYER, as_json, planted_ground_truth
+from inference.toyworld.truth import (
+    INHIBITED_LAYER,
+    PLANTED_LAYER,
+    as_json,
+    inhibited_ground_truth,
+    planted_ground_truth,
+)
 from inference.toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
 
 SEEDS = range(6)
@@ -338,6 +344,7 @@ def test_layers_shapes_and_errors(model: PlantedShapesModel) -> None:
     assert model.layers() == [
         LayerInfo(PLANTED_LAYER, len(TRUTH)),
         LayerInfo(FEATURES_LAYER, len(FEATURE_UNITS)),
+        LayerInfo(INHIBITED_LAYER, len(inhibited_ground_truth())),
     ]
     images = [render_prompt("a blue triangle", 0, 160, 120).image, Image.new("L", (50, 70), 90)]
     for layer in model.layers():
@@ -345,9 +352,16 @@ def test_layers_shapes_and_errors(model: PlantedShapesModel) -> None:
         assert out.shape == (2, layer.units) and out.dtype == np.float32
         assert np.isfinite(out).all()
     assert model.activations([], PLANTED_LAYER).shape == (0, len(TRUTH))
-    with pytest.raises(UnknownLayerError, match="valid layers: planted, features") as info:
+    with pytest.raises(
+        UnknownLayerError, match="valid layers: planted, features, inhibited"
+    ) as info:
         model.activations(images, "layer4")
     assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+    # the inhibited units: 1 on any scene, 0 where their concept's object is prominent
+    red, blue = (render_prompt(f"a large {c} circle", 0).image for c in ("red", "blue"))
+    inhibited = model.activations([red, blue], INHIBITED_LAYER)
+    assert inhibited[0, 0] < 0.1 and inhibited[0, 1] > 0.5  # red silences only the first
+    assert inhibited[1, 1] < 0.1 and inhibited[1, 0] > 0.5
 
 
 def test_input_size_does_not_change_the_answer(model: PlantedShapesModel) -> None:
