@@ -292,3 +292,28 @@ def test_the_scripted_server_records_image_parts(line_cache):
         == [{"mime_type": "image/png", "bytes": len(png.getvalue()), "width": 20, "height": 10}] * 2
     )
     assert llm.stats.prompt_tokens >= 2 * 85
+
+
+def test_line_run_with_llm_images_and_an_editor(tmp_path):
+    """The issue's goal run: `line run --llm-images 4 --prompts agentic` (and an editor) sends
+    image parts in every proposal once something is measured, and offers edit_images."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    args = [
+        "run", "--target", "planted:shapes", "--layer", "planted", "--units", "9",
+        "--generator", "procedural:shapes", "--llm", OPENAI, "--prompts", "agentic",
+        "--llm-images", "4", "--editor", "procedural:shapes", "--out", str(tmp_path / "run"),
+        "--quiet", "--no-groups", "--no-report", "--device", "cpu",
+    ]  # fmt: skip
+    with start_scripted_llm(ProposerPolicy()) as llm:
+        result = CliRunner().invoke(app, [*args, "--llm-base-url", llm.url])
+        turns = requests_with(llm, "generate_images")
+    assert result.exit_code == 0, result.output
+    assert all("edit_images" in turn["tools"] for turn in turns)
+    assert [len(turn["images"]) > 0 for turn in turns[:3]] == [False, False, True]
+    assert all(len(turn["images"]) == 8 for turn in turns[4:])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["editor"] == "procedural:shapes"
+    assert config["variant_overrides"] == {"llm_images": 4}
