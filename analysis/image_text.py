@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from analysis.simulator_specs import TINY_CLIP
 from inference.registry import resolve_device
 
 if TYPE_CHECKING:  # transformers and torch are imported when a model is first loaded
     from transformers import PreTrainedModel, ProcessorMixin
 
-TINY_CLIP = "tiny-clip"
-"""The name of the offline random-weight CLIP."""
 TINY_CLIP_IMAGE_SIZE = 32
 
 

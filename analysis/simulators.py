@@ -32,22 +32,14 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from analysis.image_text import TINY_CLIP, ImageTextModel
+from analysis.image_text import ImageTextModel
+from analysis.simulator_specs import CLIP_PREFIX, EXACT, SIMULATOR_SPECS, TINY_CLIP
 from inference.toyworld.probes import MANY_OBJECTS, object_size
 from inference.toyworld.scenes import COUNT_VALUES, PlacedObject, Scene, compose_scene
 from inference.toyworld.vocabulary import ObjectSpec, SceneSpec, parse_scene_text
 
-EXACT = "exact"
-CLIP_PREFIX = "clip:"
 CLIP_TEMPLATE = "a photo of {label}"
 """What an image-text simulator compares each image with."""
-SIMULATOR_SPECS = (
-    f"{EXACT} (toy world: the scene's known attributes against the label's)",
-    f"{CLIP_PREFIX}HUB_ID_OR_FOLDER (a CLIP-style image-text model, e.g. "
-    f"{CLIP_PREFIX}openai/clip-vit-base-patch32)",
-    f"{TINY_CLIP} (a random-weight CLIP built offline, for tests: its predictions are noise)",
-)
-"""What :func:`load_simulator` accepts, for help texts and error messages."""
 
 
 class SimulatorError(ValueError):

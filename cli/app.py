@@ -5,16 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
 
-from agent.launch import execute_run, run_demo, settings_from_options
-from agent.report import ReportError, build_report, serve_viewer
-from agent.run_folder import RunFolder
-from agent.runner import RunStopped
-from analysis.selectivity import shown_label
 from cli.evals import eval_app
 from cli.options import (
     BasisSpec,
@@ -38,13 +32,9 @@ from cli.options import (
 )
 from cli.progress import run_progress
 from cli.toyworld import toyworld_app
-from inference.app import create_app
-from inference.bases import BasisError, BasisRegistry, load_basis
-from inference.config import ServeConfig, ServeConfigError, build_service
-from inference.ray_serve import serve_with_ray
-from inference.registry import BackendSpecError, GeneratorOptions, load_target
-from inference.service import BatchingConfig, ServiceLimits
-from tools.server_session import RunSetupError
+
+if TYPE_CHECKING:  # each command imports what it runs (a CLI that answers at once)
+    from agent.run_folder import RunFolder
 
 app = typer.Typer(
     help="LINE: LLM-based iterative neuron explanations for vision models.",
@@ -137,6 +127,10 @@ def serve(
     ] = None,
 ) -> None:
     """Run the batched inference server (image generation and activation measurement)."""
+    from inference.config import ServeConfig, ServeConfigError, build_service
+    from inference.registry import BackendSpecError, GeneratorOptions
+    from inference.service import BatchingConfig, ServiceLimits
+
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     config = ServeConfig(
         generators=generator or [],
@@ -157,11 +151,17 @@ def serve(
     if ray:
         if replicas < 1:
             exit_with_error("--replicas must be at least 1")
+        from inference.ray_serve import serve_with_ray
+
         try:
             serve_with_ray(config, replicas, gpus_per_replica, cpus_per_replica, ray_address)
         except (ServeConfigError, BackendSpecError, OSError) as error:
             exit_with_error(str(error))
         return
+    import uvicorn
+
+    from inference.app import create_app
+
     try:
         service = build_service(config)
     except (ServeConfigError, BackendSpecError, OSError) as error:
@@ -188,6 +188,9 @@ def layers(
     basis: BasisSpec = None,
 ) -> None:
     """List a target model's layers and unit counts (and a basis's unit spaces and size)."""
+    from inference.bases import BasisError, BasisRegistry, load_basis
+    from inference.registry import BackendSpecError, load_target
+
     try:
         model = load_target(target, device, trust_checkpoints)
         unit_basis = load_basis(basis) if basis is not None else None
@@ -224,6 +227,8 @@ def _print_results(
     rows: list[dict], folder: RunFolder, extra: tuple[str, ...] = (), limit: int = 40
 ) -> None:
     """The results table (first ``limit`` neurons), totals and the failed neurons' reasons."""
+    from analysis.selectivity import shown_label
+
     columns = ["unit", "label", "score", "status", *extra]
     shown = [{**row, "label": shown_label(row["label"], row.get("selective"))} for row in rows]
     table = [columns] + [
@@ -355,6 +360,10 @@ def run(
     --outage-patience (--resume continues it); 2 the run could not start (bad options,
     unreachable LLM or server); 1 an unexpected error.
     """
+    from agent.launch import execute_run, settings_from_options
+    from agent.runner import RunStopped
+    from tools.server_session import RunSetupError
+
     try:
         settings, folder = settings_from_options(
             target=target, layer=layer, units=units, generator=generator, llm=llm,
@@ -409,6 +418,10 @@ def demo(
     Exit status as for `line run`: 0 every neuron done, 3 some failed, 4 stopped (an endpoint
     stayed unreachable), 2 could not start.
     """
+    from agent.launch import run_demo
+    from agent.runner import RunStopped
+    from tools.server_session import RunSetupError
+
     try:
         with run_progress(quiet or as_json) as update:
             rows, folder = run_demo(out, llm, llm_base_url, concurrency, on_progress=update)
@@ -442,6 +455,8 @@ def report(
     ] = None,
 ) -> None:
     """Write a run's static HTML report: opens from file://, no server or network needed."""
+    from agent.report import ReportError, build_report
+
     try:
         index = build_report(run_dir, store=store, out=out)
     except ReportError as error:
@@ -456,6 +471,8 @@ def view(
     store: RunStore = None,
 ) -> None:
     """Serve a run's report on 127.0.0.1; pages refresh while the run is still going."""
+    from agent.report import ReportError, serve_viewer
+
     try:
         serve_viewer(
             run_dir,
@@ -469,6 +486,8 @@ def view(
 
 def _write_report(folder: RunFolder, store: Path | None = None, echo: bool = True) -> Path | None:
     """Write the run's HTML report; a failure only warns (the results are safe)."""
+    from agent.report import build_report
+
     try:
         return build_report(folder.path, store=store)
     except Exception as error:  # the run's results are safe; the report can be rebuilt

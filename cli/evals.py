@@ -6,16 +6,11 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
-from agent.launch import execute_run, parse_units, read_basis, settings_from_options
-from agent.run_folder import RunFolder, RunSettings
-from agent.runner import RunStopped
-from analysis.similarity import EmbedderUnavailable
-from analysis.simulators import SIMULATOR_SPECS, load_simulator
+from analysis.simulator_specs import SIMULATOR_SPECS
 from cli.options import (
     BasisSpec,
     Concurrency,
@@ -35,83 +30,24 @@ from cli.options import (
     warn,
 )
 from cli.progress import count_progress, repeats_progress
-from evals.ablation import (
-    ABLATION_SUMMARY_COLUMNS,
-    DEFAULT_TEMPLATE,
-    DEFAULT_TOP_K,
-    TOY_TARGET_FAMILIES,
-    evaluate_ablation,
-    summarize_ablation,
-    write_ablation,
-)
-from evals.baseline import (
-    BaselineResult,
-    concept_discovery,
-    read_vocabulary,
-    vocabulary_baseline,
-)
-from evals.compare import (
-    MethodComparison,
-    compare_methods,
-    comparison_text,
-    load_methods,
-    parse_method_sources,
-    setup_line,
-    write_method_comparison,
-)
-from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt
-from evals.cosy_eval import (
-    control_cache,
-    control_spec_of,
-    cosy_neurons,
-    cosy_template_of,
-    evaluate_cosy,
-    read_label_csv,
-    summarize_cosy,
-    write_cosy_csv,
-)
-from evals.fidelity import (
+from evals.defaults import (
+    DEFAULT_ABLATION_TEMPLATE,
+    DEFAULT_ABLATION_TOP_K,
+    DEFAULT_COSY_TEMPLATE,
     DEFAULT_MIN_SIMILARITY,
-    FIDELITY_COLUMNS,
-    FIDELITY_SUMMARY_TABLE,
-    FIDELITY_TABLE,
-    check_class_folders,
-    evaluate_fidelity,
-    fidelity_markdown,
-    fidelity_summary_rows,
 )
-from evals.groundtruth import figures_text, run_groundtruth_benchmark, summary_table
-from evals.iterations import analyse_runs, iterations_text, write_iterations
-from evals.simulation import (
-    SIMULATION_COLUMNS,
-    SIMULATION_SUMMARY_TABLE,
-    SIMULATION_TABLE,
-    check_simulation_inputs,
-    default_simulator,
-    evaluate_simulation,
-    simulation_markdown,
-    simulation_summary_rows,
-)
-from evals.tables import text_table, write_rows
-from evals.variants import (
-    COMPARISON_FILES,
-    Arm,
-    ArmRun,
-    NeuronPanel,
-    add_cosy_figures,
-    add_groundtruth_matches,
-    neuron_figure_path,
-    neuron_panels,
-    plot_neuron_panels,
-    run_arms,
-    write_comparison,
-)
-from inference.bases import unit_space
-from inference.toyworld.dissection import PROBE_SCENES
-from prompts.variant import PromptVariant, VariantError, load_variant
-from tools.client import LineServerError, LineServerUnavailable
-from tools.controlset import ControlSet, ControlSetError, control_activations
-from tools.server_session import RunSetupError, ServerSession, server_session
+from inference.toyworld.defaults import PROBE_SCENES
+
+if TYPE_CHECKING:  # each command imports what it runs (a CLI that answers at once)
+    import numpy as np
+
+    from agent.run_folder import RunFolder, RunSettings
+    from evals.baseline import BaselineResult
+    from evals.compare import MethodComparison
+    from evals.variants import Arm, ArmRun, NeuronPanel
+    from prompts.variant import PromptVariant
+    from tools.controlset import ControlSet
+    from tools.server_session import ServerSession
 
 eval_app = typer.Typer(
     help="Evaluate explanations: CoSy, method comparison, iterations, ground truth, vocabulary "
@@ -152,6 +88,11 @@ def _cosy_inputs(
     settings: RunSettings, control: str | None, template: str | None, server: str | None
 ) -> tuple[ControlSet, str]:
     """The control set and template to score a run's labels with (checked before any work)."""
+    from evals.cosy import cosy_prompt
+    from evals.cosy_eval import control_spec_of, cosy_template_of
+    from tools.controlset import ControlSet
+    from tools.server_session import RunSetupError
+
     control_set = ControlSet.resolve(control_spec_of(control, settings))
     chosen_template = template or cosy_template_of(settings)
     cosy_prompt(chosen_template, "x")
@@ -188,6 +129,18 @@ def cosy_command(
     concurrency: CosyConcurrency = 16,
 ) -> None:
     """CoSy: score labels by how well the neuron separates their images from natural images."""
+    from agent.run_folder import RunFolder
+    from evals.cosy_eval import (
+        control_cache,
+        evaluate_cosy,
+        read_label_csv,
+        summarize_cosy,
+        write_cosy_csv,
+    )
+    from tools.client import LineServerError, LineServerUnavailable
+    from tools.controlset import ControlSetError
+    from tools.server_session import server_session
+
     folder = RunFolder(run_dir)
     try:
         settings = folder.read_settings()
@@ -261,6 +214,21 @@ def compare_command(
     concurrency: CosyConcurrency = 16,
 ) -> None:
     """Compare methods' labels with CoSy on the same neurons, control set and label images."""
+    from agent.run_folder import RunFolder
+    from evals.baseline import read_vocabulary
+    from evals.compare import (
+        compare_methods,
+        comparison_text,
+        load_methods,
+        parse_method_sources,
+        setup_line,
+        write_method_comparison,
+    )
+    from evals.cosy_eval import control_cache
+    from tools.client import LineServerError, LineServerUnavailable
+    from tools.controlset import ControlSetError
+    from tools.server_session import server_session
+
     try:
         reference, methods = load_methods(parse_method_sources(labels))
         settings = reference.read_settings()
@@ -307,6 +275,9 @@ def iterations_command(
     ] = None,
 ) -> None:
     """Iteration analysis: relative best score so far and discovery rate per step (1..N, S)."""
+    from agent.run_folder import RunFolder
+    from evals.iterations import analyse_runs, iterations_text, write_iterations
+
     try:
         analysed = analyse_runs(runs)
     except (FileNotFoundError, ValueError) as error:
@@ -372,6 +343,11 @@ def groundtruth_command(
     quiet: NoProgressBar = False,
 ) -> None:
     """Ground-truth benchmark: explain toy-world units, score labels vs their known concepts."""
+    from agent.launch import parse_units
+    from analysis.similarity import EmbedderUnavailable
+    from evals.groundtruth import figures_text, run_groundtruth_benchmark, summary_table
+    from tools.server_session import RunSetupError
+
     out = out or Path("runs") / f"groundtruth-{datetime.now():%Y%m%d-%H%M%S}"
     try:
         unit_list = parse_units(units) if units else None
@@ -422,6 +398,9 @@ async def _vocabulary_scores(
     control_set: ControlSet | None,
 ) -> BaselineResult:
     """Every concept's score on every unit, measured on the session's server."""
+    from evals.baseline import vocabulary_baseline
+    from tools.controlset import control_activations
+
     async with session.connect() as client:
         matrix: np.ndarray | None = None
         if control_set is not None:
@@ -452,6 +431,13 @@ def vocab_command(
     basis: BasisSpec = None,
 ) -> None:
     """The vocabulary baseline: score every concept of a vocabulary, label each unit by the best."""
+    from agent.launch import parse_units, read_basis
+    from evals.baseline import read_vocabulary
+    from inference.bases import unit_space
+    from prompts.variant import VariantError, load_variant
+    from tools.controlset import ControlSet, ControlSetError
+    from tools.server_session import RunSetupError, server_session
+
     try:
         concepts = read_vocabulary(vocabulary)
         unit_list = parse_units(units)
@@ -485,6 +471,9 @@ def discovery_command(
     vocabulary: Annotated[Path, typer.Option(help="E.g. the ImageNet class names.")],
 ) -> None:
     """Concept discovery: the share of final labels not in a vocabulary."""
+    from agent.run_folder import RunFolder
+    from evals.baseline import concept_discovery, read_vocabulary
+
     folder = RunFolder(run_dir)
     if not folder.results_csv.is_file():
         exit_with_error(
@@ -508,6 +497,9 @@ async def _cosy_of_run(
 ) -> list[dict]:
     """CoSy rows of a finished run, label images rendered with ``generator`` (written to its
     cosy.csv as well)."""
+    from evals.cosy_eval import evaluate_cosy, write_cosy_csv
+    from tools.controlset import ControlSet
+
     async with session.connect() as client:
         rows = await evaluate_cosy(
             folder, client, ControlSet.resolve(control), n_images, generator=generator
@@ -519,6 +511,8 @@ async def _cosy_of_run(
 async def _neuron_panels(
     session: ServerSession, runs: dict[Arm, list[ArmRun]], layer: str, unit: int
 ) -> list[NeuronPanel]:
+    from evals.variants import neuron_panels
+
     async with session.connect() as client:
         return await neuron_panels(client, runs, layer, unit)
 
@@ -566,6 +560,23 @@ def variants_command(
     """Compare prompt variants, LLMs and generators: scores with 95% CIs, paired Wilcoxon
     tests, plots. A variant with images for the LLM or the edit_images tool (agentic-vision)
     is an arm like any other; its runs' editor is loaded by the local server."""
+    from agent.launch import execute_run, parse_units, read_basis, settings_from_options
+    from agent.run_folder import RunFolder
+    from agent.runner import RunStopped
+    from evals.variants import (
+        COMPARISON_FILES,
+        Arm,
+        add_cosy_figures,
+        add_groundtruth_matches,
+        neuron_figure_path,
+        plot_neuron_panels,
+        run_arms,
+        write_comparison,
+    )
+    from inference.bases import unit_space
+    from prompts.variant import VariantError, load_variant
+    from tools.server_session import RunSetupError, server_session
+
     if generator and generators:
         exit_with_error("give --generator (one for every arm) or --generators (one arm each)")
     generator_list = [g.strip() for g in (generators or "").split(",") if g.strip()]
@@ -653,7 +664,7 @@ def ablation_command(
         ),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Images edited per neuron.")] = (
-        DEFAULT_TOP_K
+        DEFAULT_ABLATION_TOP_K
     ),
     editor: Annotated[
         str | None,
@@ -665,7 +676,7 @@ def ablation_command(
     ] = None,
     template: Annotated[
         str, typer.Option(help="Edit instruction with {label}.")
-    ] = DEFAULT_TEMPLATE,
+    ] = DEFAULT_ABLATION_TEMPLATE,
     control_concepts: Annotated[
         Path | None,
         typer.Option(
@@ -681,6 +692,21 @@ def ablation_command(
 ) -> None:
     """Concept ablation: edit the label out of each neuron's top images and measure the drop,
     against a random concept's edit of the same images."""
+    from agent.run_folder import RunFolder
+    from evals.ablation import (
+        ABLATION_SUMMARY_COLUMNS,
+        TOY_TARGET_FAMILIES,
+        evaluate_ablation,
+        summarize_ablation,
+        write_ablation,
+    )
+    from evals.baseline import read_vocabulary
+    from evals.cosy_eval import control_cache
+    from evals.tables import text_table
+    from tools.client import LineServerError, LineServerUnavailable
+    from tools.controlset import ControlSet, ControlSetError
+    from tools.server_session import RunSetupError, server_session
+
     folder = RunFolder(run_dir)
     try:
         settings = folder.read_settings()
@@ -730,6 +756,8 @@ def ablation_command(
 
 def _check_has_labels(folder: RunFolder, run_dir: Path) -> None:
     """Some neuron of the run has a final label (else the notes say why, and it exits)."""
+    from evals.cosy_eval import cosy_neurons
+
     neurons, notes = cosy_neurons(folder)
     if not neurons:
         for text in notes:
@@ -760,6 +788,24 @@ def simulate_command(
 ) -> None:
     """Simulation scoring: how well each label predicts the neuron's activations on the control
     images (Pearson, Spearman, AUPRC of the top activations)."""
+    from agent.run_folder import RunFolder
+    from analysis.simulators import load_simulator
+    from evals.cosy_eval import control_cache
+    from evals.simulation import (
+        SIMULATION_COLUMNS,
+        SIMULATION_SUMMARY_TABLE,
+        SIMULATION_TABLE,
+        check_simulation_inputs,
+        default_simulator,
+        evaluate_simulation,
+        simulation_markdown,
+        simulation_summary_rows,
+    )
+    from evals.tables import text_table, write_rows
+    from tools.client import LineServerError, LineServerUnavailable
+    from tools.controlset import ControlSetError
+    from tools.server_session import server_session
+
     folder = RunFolder(run_dir)
     try:
         settings = folder.read_settings()
@@ -825,6 +871,23 @@ def fidelity_command(
     cache_dir: ControlCacheDir = None,
 ) -> None:
     """Fidelity: do generated images of a label stand in for real images of its class?"""
+    from agent.run_folder import RunFolder
+    from analysis.similarity import EmbedderUnavailable
+    from evals.cosy_eval import control_cache
+    from evals.fidelity import (
+        FIDELITY_COLUMNS,
+        FIDELITY_SUMMARY_TABLE,
+        FIDELITY_TABLE,
+        check_class_folders,
+        evaluate_fidelity,
+        fidelity_markdown,
+        fidelity_summary_rows,
+    )
+    from evals.tables import text_table, write_rows
+    from tools.client import LineServerError, LineServerUnavailable
+    from tools.controlset import ControlSetError
+    from tools.server_session import server_session
+
     folder = RunFolder(run_dir)
     try:
         settings = folder.read_settings()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from agent.runner import RunProgress
+if TYPE_CHECKING:
+    from agent.runner import RunProgress
 
 
 @contextmanager
@@ -17,6 +17,8 @@ def run_progress(quiet: bool) -> Iterator[Callable[[RunProgress], None] | None]:
     if quiet:
         yield None
         return
+    from tqdm import tqdm  # here, not at the top: a command without a bar never loads it
+
     bar: tqdm | None = None
 
     def update(progress: RunProgress) -> None:
@@ -45,6 +47,8 @@ def repeats_progress(quiet: bool, repeats: int) -> Iterator[Callable[[RunProgres
     if quiet:
         yield None
         return
+    from tqdm import tqdm
+
     bar: tqdm | None = None
     repeat = 0
 
@@ -76,6 +80,8 @@ def repeats_progress(quiet: bool, repeats: int) -> Iterator[Callable[[RunProgres
 @contextmanager
 def count_progress(description: str) -> Iterator[Callable[[int, int], None]]:
     """A bar fed ``(done, total)`` counts of neurons."""
+    from tqdm import tqdm
+
     bar: tqdm | None = None
 
     def update(done: int, total: int) -> None:

@@ -6,33 +6,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.options import exit_with_error
-from inference.bases import BasisError, load_basis
-from inference.toyworld.dissection import (
-    SELECTIVE_AUC,
-    DissectionError,
-    cached_dissection,
-    load_toy_world_target,
-)
-from inference.toyworld.latents import toy_basis_truth, write_toy_bases
-from inference.toyworld.learned import (
-    TARGET_NAMES,
-    WEIGHTS_PATH,
-    TrainConfig,
-    save_weights,
-    train_learned_shapes,
-)
-from inference.toyworld.procedural import render_prompt
-from inference.toyworld.truth import (
-    PlantedUnit,
-    as_json,
-    inhibited_ground_truth,
-    planted_ground_truth,
-)
+from inference.toyworld.defaults import TrainConfig
+
+if TYPE_CHECKING:  # each command imports what it runs (a CLI that answers at once)
+    from inference.toyworld.truth import PlantedUnit
 
 toyworld_app = typer.Typer(
     help="The offline toy world: procedural:shapes generator, planted:shapes and learned:shapes "
@@ -96,6 +78,8 @@ def truth(
     """Print the units' known concepts: planted, or from dissection over scenes whose
     attributes are known (the reference concept, or none when no concept reaches AUC 0.85),
     or the latents of a toy basis (--basis, the files `line toyworld bases` writes)."""
+    from inference.toyworld.truth import as_json, inhibited_ground_truth, planted_ground_truth
+
     if basis is not None and (target != PLANTED_TARGET or dissect):
         exit_with_error(f"--basis reads the toy bases of {PLANTED_TARGET}, without --dissect")
     if target == PLANTED_TARGET and not dissect:
@@ -125,6 +109,13 @@ def truth(
         ]  # fmt: skip
         _print_table(rows)
         return
+    from inference.toyworld.dissection import (
+        SELECTIVE_AUC,
+        DissectionError,
+        cached_dissection,
+        load_toy_world_target,
+    )
+
     try:
         model = load_toy_world_target(target)
         typer.secho("dissecting (cached after the first time)...", err=True)
@@ -151,6 +142,9 @@ def truth(
 
 def _toy_basis_truth(spec: str) -> list[PlantedUnit]:
     """The truth of a toy basis's latents, or an error exit for any other basis."""
+    from inference.bases import BasisError, load_basis
+    from inference.toyworld.latents import toy_basis_truth
+
     try:
         truth = toy_basis_truth(load_basis(spec))
     except BasisError as error:
@@ -169,6 +163,8 @@ def bases(
 ) -> None:
     """Write the toy world's known bases for planted:shapes's planted layer: an SAE (SAELens
     format) and a directions matrix whose latents are known combinations of planted units."""
+    from inference.toyworld.latents import write_toy_bases
+
     specs = write_toy_bases(out)
     for kind, spec in specs.items():
         typer.echo(f"{kind}: {spec}")
@@ -194,6 +190,13 @@ def train(
 ) -> None:
     """Train learned:shapes from scratch on procedural:shapes scenes (seeded, reproducible on
     one machine; the defaults made the shipped weights, a few minutes on 2 CPU cores)."""
+    from inference.toyworld.learned import (
+        TARGET_NAMES,
+        WEIGHTS_PATH,
+        save_weights,
+        train_learned_shapes,
+    )
+
     family, _, name = target.partition(":")
     if family != "learned" or name not in TARGET_NAMES:
         valid = ", ".join(f"learned:{n}" for n in TARGET_NAMES)
@@ -219,6 +222,8 @@ def render(
     out: Annotated[Path, typer.Option(help="Where to write the PNG.")] = DEFAULT_RENDER_PATH,
 ) -> None:
     """Render one prompt with procedural:shapes and say which words it understood."""
+    from inference.toyworld.procedural import render_prompt
+
     rendered = render_prompt(prompt, seed, size, size)
     rendered.image.save(out)
     understood = ", ".join(rendered.understood or []) or "(nothing: random distractors)"

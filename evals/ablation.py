@@ -32,6 +32,7 @@ from agent.run_folder import EvaluationFiles, RunFolder
 from agent.runner import thread_id
 from evals.baseline import read_vocabulary
 from evals.cosy_eval import CosyNeuron, cosy_neurons
+from evals.defaults import DEFAULT_ABLATION_TEMPLATE, DEFAULT_ABLATION_TOP_K
 from evals.tables import markdown_table, write_rows
 from inference.toyworld.vocabulary import describes_disjoint_objects
 from tools.client import InferenceClient, LineServerError
@@ -43,8 +44,6 @@ from tools.controlset import (
 )
 from tools.scoring import normalised_drops
 
-DEFAULT_TEMPLATE = "remove the {label}"
-DEFAULT_TOP_K = 10
 EVERYDAY_CONCEPTS_PATH = Path(__file__).parent / "vocab" / "everyday.txt"
 """Random control concepts for models of natural images (``--control-concepts`` overrides)."""
 TOY_TARGET_FAMILIES = ("planted", "learned")
@@ -81,7 +80,7 @@ def instruction_for(template: str, label: str) -> str:
     """The edit instruction for a label; the template must contain ``{label}``."""
     if "{label}" not in template:
         raise AblationError(
-            f"the edit template {template!r} has no {{label}}; e.g. {DEFAULT_TEMPLATE!r}"
+            f"the edit template {template!r} has no {{label}}; e.g. {DEFAULT_ABLATION_TEMPLATE!r}"
         )
     return template.replace("{label}", label)
 
@@ -144,8 +143,8 @@ async def evaluate_ablation(
     folder: RunFolder,
     client: InferenceClient,
     control: ControlSet | None = None,
-    top_k: int = DEFAULT_TOP_K,
-    template: str = DEFAULT_TEMPLATE,
+    top_k: int = DEFAULT_ABLATION_TOP_K,
+    template: str = DEFAULT_ABLATION_TEMPLATE,
     *,
     editor: str | None = None,
     control_concepts: Sequence[str] | None = None,

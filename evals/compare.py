@@ -23,7 +23,6 @@ from matplotlib.figure import Figure
 
 from agent.run_folder import EvaluationFiles, RunFolder, RunSettings
 from evals.baseline import concept_discovery
-from evals.cosy import DEFAULT_COSY_TEMPLATE
 from evals.cosy_eval import (
     CosyNeuron,
     Notes,
@@ -36,6 +35,7 @@ from evals.cosy_eval import (
     target_layers,
     write_cosy_csv,
 )
+from evals.defaults import DEFAULT_COSY_TEMPLATE
 from evals.tables import format_cell, markdown_table, text_table, write_rows
 from evals.variants import paired_wilcoxon
 from tools.client import InferenceClient

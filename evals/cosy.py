@@ -27,8 +27,7 @@ import numpy as np
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import roc_auc_score
 
-DEFAULT_COSY_TEMPLATE = "realistic photo of a close up of {label}"
-"""CoSy's prompt template; ``{label}`` is replaced by the neuron's label."""
+from evals.defaults import DEFAULT_COSY_TEMPLATE
 
 
 def _sample(values: object, name: str) -> np.ndarray:

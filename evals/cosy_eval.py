@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from agent.run_folder import RunFolder, RunSettings
 from agent.runner import thread_id
-from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_prompt, cosy_scores, cosy_seeds
+from evals.cosy import cosy_prompt, cosy_scores, cosy_seeds
+from evals.defaults import DEFAULT_COSY_TEMPLATE
 from inference.store import default_cache_dir
 from prompts.variant import VariantError, load_variant
 from tools.client import InferenceClient

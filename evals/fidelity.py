@@ -34,7 +34,7 @@ from scipy.stats import spearmanr
 
 from agent.run_folder import RunFolder
 from analysis.similarity import SentenceEmbedder, default_embedder
-from evals.cosy import DEFAULT_COSY_TEMPLATE, cosy_scores
+from evals.cosy import cosy_scores
 from evals.cosy_eval import (
     CosyNeuron,
     LabelMap,
@@ -44,15 +44,13 @@ from evals.cosy_eval import (
     score_neurons,
     search_seeds,
 )
+from evals.defaults import DEFAULT_COSY_TEMPLATE, DEFAULT_MIN_SIMILARITY
 from evals.tables import markdown_table
 from tools.client import InferenceClient
 from tools.controlset import ControlSet, ControlSetError
 
 log = logging.getLogger("line.eval.fidelity")
 
-DEFAULT_MIN_SIMILARITY = 0.8
-"""A label names the control class it is most similar to from this cosine up (all-MiniLM-L6-v2
-gives related but different words, "blue" and "red", about 0.73; "circle" and "circles" 0.87)."""
 MIN_RANK_CORRELATION = 0.5
 MAX_AUC_GAP = 0.1
 MIN_NEURONS = 3

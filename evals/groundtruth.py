@@ -70,9 +70,9 @@ from analysis.polysemanticity import history_polysemanticity
 from analysis.similarity import SentenceEmbedder
 from evals.baseline import read_vocabulary, vocabulary_baseline
 from inference.bases import out_of_range, split_unit_space
+from inference.toyworld.defaults import PROBE_SCENES
 from inference.toyworld.dissection import (
     HELDOUT_PROBE_SEED,
-    PROBE_SCENES,
     PROBE_SEED,
     SELECTIVE_AUC,
     WEAK_AUC,

@@ -34,9 +34,8 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import average_precision_score
 
 from agent.run_folder import RunFolder
+from analysis.simulator_specs import CLIP_PREFIX, EXACT
 from analysis.simulators import (
-    CLIP_PREFIX,
-    EXACT,
     SimulatedImage,
     Simulator,
     SimulatorError,

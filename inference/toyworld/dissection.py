@@ -45,6 +45,7 @@ from scipy.stats import rankdata
 from inference.protocols import BackendSpecError, TargetModel
 from inference.registry import load_target
 from inference.store import default_cache_dir
+from inference.toyworld.defaults import PROBE_SCENES
 from inference.toyworld.probes import ATTRIBUTES, MANY_OBJECTS, Probe, object_size, probe_set
 from inference.toyworld.scenes import COUNT_VALUES, SIZE_RANGES
 from inference.toyworld.vocabulary import (
@@ -66,7 +67,6 @@ PAIR_MARGIN = 0.02
 """A pair (AND/OR) must beat its better single attribute's AUC by this much to be chosen."""
 MIN_SUPPORT = 40
 """Least number of probe scenes with (and without) a candidate concept."""
-PROBE_SCENES = 3000
 PROBE_SEED = 3000
 """The probe set's scenes are disjoint from the learned target's training and held-out scenes."""
 HELDOUT_PROBE_SEED = 4000

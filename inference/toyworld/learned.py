@@ -34,6 +34,7 @@ from torch import nn
 
 from inference.protocols import BackendSpecError
 from inference.targets.torch_target import TorchTarget, file_fingerprint
+from inference.toyworld.defaults import TrainConfig
 from inference.toyworld.probes import ATTRIBUTES, Probe, attribute_matrix, probe_set
 
 TARGET_NAMES = ("shapes",)
@@ -137,18 +138,6 @@ def create_learned_target(
 
 
 # ----- training ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainConfig:
-    """What ``line toyworld train`` takes; the defaults made the shipped weights."""
-
-    seed: int = 0
-    train_scenes: int = 4000
-    held_out_scenes: int = 1000
-    epochs: int = 24
-    batch_size: int = 64
-    learning_rate: float = 5e-3
-
-
 @dataclass
 class TrainResult:
     """What a training run did: the loss per epoch and the held-out figures."""
