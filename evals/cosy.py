@@ -1,21 +1,10 @@
 """CoSy scores of a neuron label: concept images against a control set of natural images.
 
 CoSy (Kopf et al., 2024) renders images of a neuron's label and asks how well the neuron's
-activations separate them from natural control images. With ``control`` (n1 values) and
-``concept`` (n2 values) of one neuron:
-
-* ``u``: the Mann-Whitney U of the control sample against the concept sample, i.e. the number
-  of (control, concept) pairs in which the control activation is the larger, ties counting one
-  half. This is ``scipy.stats.mannwhitneyu(control, concept).statistic``. Small U means the
-  concept images activate the neuron more.
-* ``auc``: the ROC AUC with concept images as the positive class
-  (``sklearn.metrics.roc_auc_score``), i.e. the probability that a concept image's activation
-  exceeds a control image's, ties counting one half. It equals ``1 - u / (n1 * n2)``.
-* ``p``: the two-sided p-value of that Mann-Whitney test (scipy's default method: exact for
-  small samples without ties, otherwise the normal approximation with continuity correction);
-  1 when every value is tied.
-* ``mad``: ``(mean(concept) - mean(control)) / std(control, ddof=1)``, 0 when that deviation
-  is 0 (or there is a single control value).
+activations separate them from natural control images: AUC, MAD, the Mann-Whitney U of the
+control sample and its two-sided p. The formulas are :mod:`tools.scoring`'s (the same functions
+score the search and the confirmation); this module checks the samples and picks CoSy's seeds
+and prompts.
 """
 
 from __future__ import annotations
@@ -24,10 +13,9 @@ import hashlib
 from collections.abc import Iterable
 
 import numpy as np
-from scipy.stats import mannwhitneyu
-from sklearn.metrics import roc_auc_score
 
 from evals.defaults import DEFAULT_COSY_TEMPLATE
+from tools.scoring import separation
 
 
 def _sample(values: object, name: str) -> np.ndarray:
@@ -42,21 +30,9 @@ def _sample(values: object, name: str) -> np.ndarray:
 
 
 def cosy_scores(control: Iterable[float], concept: Iterable[float]) -> dict[str, float]:
-    """AUC, MAD, Mann-Whitney U (control vs concept) and its two-sided p; see the module doc."""
-    control = _sample(control, "control")
-    concept = _sample(concept, "concept")
-    pairs = control.size * concept.size
-    # U of the control sample: pairs where control > concept, ties one half (by ranks via scipy)
-    if np.all(control == control[0]) and np.all(concept == control[0]):
-        u, p = 0.5 * pairs, 1.0
-    else:
-        test = mannwhitneyu(control, concept, alternative="two-sided")
-        u, p = float(test.statistic), float(test.pvalue)
-    spread = float(np.std(control, ddof=1)) if control.size > 1 else 0.0
-    mad = (float(concept.mean()) - float(control.mean())) / spread if spread > 0 else 0.0
-    is_concept = np.r_[np.zeros(control.size), np.ones(concept.size)]
-    auc = float(roc_auc_score(is_concept, np.r_[control, concept]))
-    return {"auc": auc, "mad": mad, "u": u, "p": p}
+    """AUC, MAD, Mann-Whitney U (control vs concept) and its two-sided p
+    (:func:`tools.scoring.separation`) of checked samples."""
+    return separation(_sample(concept, "concept"), _sample(control, "control")).as_dict()
 
 
 def cosy_seed(run_seed: int, label: str, index: int) -> int:

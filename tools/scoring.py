@@ -1,8 +1,26 @@
-"""How a concept's activations become its score."""
+"""Every score formula of LINE, in one place: the search's scores (:func:`score_activations`),
+the confirmation's AUC with its interval (:func:`auc_interval`) and CoSy's four figures
+(:func:`separation`, which ``evals.cosy`` reports) all come from here.
+
+With ``concept`` (the activations on a concept's images, n values) and ``control`` (on the
+control images, m values) of one unit:
+
+* **mean**: ``mean(concept)`` (the paper's default search score);
+* **wins**: the pairs (concept image, control image) in which the concept image's activation is
+  the larger, ties counting one half; the Mann-Whitney U of the concept sample;
+* **AUC**: ``wins / (n * m)``, the chance that a concept image outranks a control image (the
+  ROC AUC with concept images as the positive class);
+* **U** (CoSy's): the Mann-Whitney U of the control sample, ``n * m - wins``; small U means the
+  concept images activate the unit more; **p** is that test's two-sided p-value (scipy's
+  default method), 1 when every value is tied;
+* **MAD**: ``(mean(concept) - mean(control)) / std(control, ddof=1)``, 0 when that std is 0 or
+  there is a single control value.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -12,7 +30,7 @@ def mean_score(activations: Sequence[float]) -> float:
     return float(np.mean(activations)) if len(activations) else float("-inf")
 
 
-def mad_score(activations: Sequence[float], control: np.ndarray) -> float:
+def mad_score(activations: Sequence[float] | np.ndarray, control: np.ndarray) -> float:
     """(mean concept - mean control) / std(control, ddof=1); 0 when that std is 0."""
     spread = float(np.std(control, ddof=1)) if len(control) > 1 else 0.0
     if spread == 0.0:
@@ -20,11 +38,51 @@ def mad_score(activations: Sequence[float], control: np.ndarray) -> float:
     return (float(np.mean(activations)) - float(np.mean(control))) / spread
 
 
+def concept_wins(activations: Sequence[float] | np.ndarray, control: np.ndarray) -> float:
+    """Pairs (concept, control) in which the concept's activation is the larger, ties one half
+    (the Mann-Whitney U of the concept sample); by sorting, so large samples cost no n x m."""
+    ordered = np.sort(np.asarray(control, dtype=np.float64))
+    concept = np.asarray(activations, dtype=np.float64)
+    below = np.searchsorted(ordered, concept, side="left")
+    at_most = np.searchsorted(ordered, concept, side="right")
+    return float(np.sum(below) + 0.5 * np.sum(at_most - below))
+
+
 def auc_score(activations: Sequence[float] | np.ndarray, control: np.ndarray) -> float:
     """P(concept activation > control activation), ties counting one half."""
-    concept = np.asarray(activations, dtype=np.float64)[:, None]
-    control = np.asarray(control, dtype=np.float64)[None, :]
-    return float(np.mean((concept > control) + 0.5 * (concept == control)))
+    pairs = len(activations) * len(control)
+    return concept_wins(activations, control) / pairs if pairs else float("nan")
+
+
+@dataclass(frozen=True)
+class Separation:
+    """How well a unit's activations separate concept images from control images (module doc);
+    CoSy's figures."""
+
+    auc: float
+    mad: float
+    u: float
+    """Mann-Whitney U of the control sample."""
+    p: float
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"auc", "mad", "u", "p"}``."""
+        return asdict(self)
+
+
+def separation(activations: Sequence[float] | np.ndarray, control: np.ndarray) -> Separation:
+    """AUC, MAD, Mann-Whitney U of the control sample and its two-sided p (module doc)."""
+    from scipy.stats import mannwhitneyu
+
+    concept = np.asarray(activations, dtype=np.float64)
+    reference = np.asarray(control, dtype=np.float64)
+    pairs = concept.size * reference.size
+    wins = concept_wins(concept, reference)
+    if np.all(reference == reference[0]) and np.all(concept == reference[0]):
+        p = 1.0  # every value tied: scipy's normal approximation would divide by zero
+    else:
+        p = float(mannwhitneyu(reference, concept, alternative="two-sided").pvalue)
+    return Separation(wins / pairs, mad_score(concept, reference), pairs - wins, p)
 
 
 def score_activations(

@@ -15,7 +15,7 @@ from evals.cosy import (
     cosy_seed,
     cosy_seeds,
 )
-from tools.scoring import auc_score, mad_score
+from tools.scoring import auc_interval, auc_score, mad_score, score_activations
 
 
 def test_keys_and_a_hand_computed_case_with_a_tie():
@@ -86,6 +86,20 @@ def test_random_samples_agree_with_brute_force_and_scipy():
     # the search's scores are the same quantities
     assert scores["auc"] == pytest.approx(auc_score(concept, control))
     assert scores["mad"] == pytest.approx(mad_score(concept, control))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cosy_search_and_confirmation_score_alike(seed):
+    """One formula: on the same activations CoSy's AUC and MAD, the search's AUC and MAD scores
+    and the confirmation's AUC (with its interval) are the same numbers, ties included."""
+    rng = np.random.default_rng(seed)
+    control = np.round(rng.normal(size=int(rng.integers(2, 300))), 1)
+    concept = np.round(rng.normal(rng.uniform(-1, 2), size=int(rng.integers(2, 60))), 1)
+    scores = cosy_scores(control, concept)
+    confirmed, low, high = auc_interval(concept, control, resamples=200)
+    assert scores["auc"] == confirmed == score_activations("auc", concept, control)
+    assert scores["mad"] == score_activations("mad", concept, control)
+    assert low <= confirmed <= high
 
 
 @pytest.mark.parametrize("seed", range(20))
