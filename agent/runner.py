@@ -32,6 +32,7 @@ from agent.graph import build_graph
 from agent.providers import LLMCallError, LLMClient
 from agent.run_folder import FAULT_COUNTERS, OutageRecord, RunFolder, RunSettings
 from agent.state import NeuronState, RunContext
+from inference.wire import RenderOptions
 from prompts.variant import PromptVariant
 from tools.agent_tools import add_counters
 from tools.availability import (
@@ -420,7 +421,7 @@ async def _explain_units(
                 target=settings.target,
                 layer=settings.layer,
                 unit=unit,
-                generator=settings.generator,
+                render=RenderOptions(generator=settings.generator),
                 run_seed=settings.seed,
                 control_activations=control_by_unit.get(unit),
                 editor=settings.editor if variant.settings.strategy == "agentic" else None,

@@ -35,6 +35,7 @@ from evals.cosy_eval import CosyNeuron, cosy_neurons
 from evals.defaults import DEFAULT_ABLATION_TEMPLATE, DEFAULT_ABLATION_TOP_K
 from evals.tables import markdown_table, write_rows
 from inference.toyworld.vocabulary import describes_disjoint_objects
+from inference.wire import RenderOptions
 from tools.client import InferenceClient, LineServerError
 from tools.controlset import (
     ControlSet,
@@ -134,7 +135,9 @@ async def _top_generated(
         raise AblationError(f"{name} has no generated images in its history")
     ranked = sorted(images, key=lambda key: -images[key][0])[:k]
     rendered = await client.generate_images(
-        [images[key][1] for key in ranked], [images[key][2] for key in ranked], generator=generator
+        [images[key][1] for key in ranked],
+        [images[key][2] for key in ranked],
+        RenderOptions(generator=generator),
     )
     return [image.id for image in rendered], float(np.median([v for v, _, _ in images.values()]))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.wire import RenderOptions
 from prompts.variant import PromptVariant
 from tools.client import InferenceClient
 from tools.scoreboard import normalise_concept
@@ -97,7 +98,7 @@ async def vocabulary_baseline(
         prompts = [variant.image_prompt(c, s) for c, s in zip(
             [c for c in chunk for _ in range(per_concept)], seeds, strict=True
         )]  # fmt: skip
-        images = await client.generate_images(prompts, seeds, generator=generator)
+        images = await client.generate_images(prompts, seeds, RenderOptions(generator=generator))
         values = (await client.activations(target, layer, [i.id for i in images], units)).values
         for offset, _concept in enumerate(chunk):
             block = values[offset * per_concept : (offset + 1) * per_concept]

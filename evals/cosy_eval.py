@@ -24,6 +24,7 @@ from agent.runner import thread_id
 from evals.cosy import cosy_prompt, cosy_scores, cosy_seeds
 from evals.defaults import DEFAULT_COSY_TEMPLATE
 from inference.store import default_cache_dir
+from inference.wire import RenderOptions
 from prompts.variant import VariantError, load_variant
 from tools.client import InferenceClient
 from tools.controlset import (
@@ -271,7 +272,9 @@ async def _render_label(
     ids: list[str] = []
     for start in range(0, len(seeds), batch):
         chunk = seeds[start : start + batch]
-        images = await client.generate_images([prompt] * len(chunk), chunk, generator=generator)
+        images = await client.generate_images(
+            [prompt] * len(chunk), chunk, RenderOptions(generator=generator)
+        )
         ids += [image.id for image in images]
     return ids
 

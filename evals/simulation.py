@@ -50,6 +50,7 @@ from evals.cosy_eval import (
     target_layers,
 )
 from evals.tables import markdown_table
+from inference.wire import RenderOptions
 from tools.client import InferenceClient
 from tools.controlset import ControlActivations, ControlSet
 
@@ -126,7 +127,9 @@ async def _sources(
         return [image.file() for image in images]
     scenes = [image.scene() for image in images]
     entries = await client.generate_images(
-        [prompt for prompt, _ in scenes], [seed for _, seed in scenes], generator=generator
+        [prompt for prompt, _ in scenes],
+        [seed for _, seed in scenes],
+        RenderOptions(generator=generator),
     )  # already rendered for the activations: the server's store answers
     return list(await asyncio.gather(*(client.image_png(entry.id) for entry in entries)))
 

@@ -168,15 +168,7 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
     @app.post(f"/{API_VERSION}/images", response_model=ImagesResponse)
     async def images(body: ImagesRequest) -> ImagesResponse:
         """Render one image per prompt/seed pair; stored images are not rendered again."""
-        records = await service.generate_images(
-            body.prompts,
-            body.seeds,
-            generator=body.generator,
-            width=body.width,
-            height=body.height,
-            steps=body.steps,
-            guidance=body.guidance,
-        )
+        records = await service.generate_images(body.prompts, body.seeds, body.render_options())
         return ImagesResponse(images=records)
 
     @app.post(f"/{API_VERSION}/edits", response_model=EditsResponse)
@@ -232,11 +224,7 @@ def create_app(service: InferenceService, token: str | None = None) -> FastAPI:
             body.target,
             body.layer,
             body.units,
-            generator=body.generator,
-            width=body.width,
-            height=body.height,
-            steps=body.steps,
-            guidance=body.guidance,
+            body.render_options(),
         )
 
     @app.post(f"/{API_VERSION}/activations", response_model=ActivationsResponse)

@@ -58,7 +58,15 @@ from inference.store import (
     image_id,
     upload_id,
 )
-from inference.wire import ActivationsResponse, BasisEntry, EditEntry, ImageEntry, ProbeResponse
+from inference.wire import (
+    DEFAULT_RENDER,
+    ActivationsResponse,
+    BasisEntry,
+    EditEntry,
+    ImageEntry,
+    ProbeResponse,
+    RenderOptions,
+)
 
 log = logging.getLogger("line.server")
 
@@ -274,22 +282,15 @@ class InferenceService:
         return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
 
     # ----- images --------------------------------------------------------------------------
-    def resolve_settings(
-        self,
-        generator: ImageGenerator,
-        width: int | None,
-        height: int | None,
-        steps: int | None,
-        guidance: float | None,
-    ) -> RenderSettings:
+    def resolve_settings(self, generator: ImageGenerator, options: RenderOptions) -> RenderSettings:
         """Fill a request's missing settings from the generator's defaults and check them."""
         settings = generator.default_settings()
         settings = replace(
             settings,
-            width=settings.width if width is None else width,
-            height=settings.height if height is None else height,
-            steps=settings.steps if steps is None else steps,
-            guidance=float(settings.guidance if guidance is None else guidance),
+            width=settings.width if options.width is None else options.width,
+            height=settings.height if options.height is None else options.height,
+            steps=settings.steps if options.steps is None else options.steps,
+            guidance=float(settings.guidance if options.guidance is None else options.guidance),
         )
         limit = self.limits.max_side
         for side in ("width", "height"):
@@ -333,15 +334,11 @@ class InferenceService:
         self,
         prompts: Sequence[str],
         seeds: Sequence[int],
-        generator: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
+        options: RenderOptions = DEFAULT_RENDER,
     ) -> list[ImageEntry]:
         """Render one image per (prompt, seed) unless the store already has it."""
-        backend = self._generator(generator)
-        settings = self.resolve_settings(backend, width, height, steps, guidance)
+        backend = self._generator(options.generator)
+        settings = self.resolve_settings(backend, options)
         self._check_prompts(prompts, seeds)
         keys = [
             image_id(backend.identity, prompt, seed, settings)
@@ -584,11 +581,7 @@ class InferenceService:
         target: str,
         layer: str,
         units: Sequence[int] | None = None,
-        generator: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
+        options: RenderOptions = DEFAULT_RENDER,
     ) -> ProbeResponse:
         """Render one image per (prompt, seed) and read the layer on them, in one round trip.
 
@@ -596,8 +589,8 @@ class InferenceService:
         its PNG is encoded and written in the background (its id is known up front, and a GET
         of it waits for the write). Images already stored are measured like /v1/activations.
         """
-        backend = self._generator(generator)
-        settings = self.resolve_settings(backend, width, height, steps, guidance)
+        backend = self._generator(options.generator)
+        settings = self.resolve_settings(backend, options)
         self._check_prompts(prompts, seeds)
         units = self._check_units(target, layer, units)
         keys = [

@@ -70,31 +70,52 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="What is wrong and what is valid.")
 
 
-class ImagesRequest(BaseModel):
-    """Render one image per (prompt, seed) pair."""
+class RenderOptions(BaseModel):
+    """How to render, besides prompts and seeds: the one spelling of these settings from the
+    agent's tools through the client, the server pool, the HTTP app and the service (``None``:
+    the server's default for that generator). ``POST /v1/images`` and ``/v1/probe`` take them
+    as top-level fields."""
 
-    model_config = ConfigDict(extra="forbid")
-    prompts: list[Text] = Field(description="One prompt per image.")
-    seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     generator: Text | None = Field(
-        None, description="Generator name; the server's first if absent."
+        default=None, description="Generator name; the server's first if absent."
     )
     width: int | None = Field(
-        None,
+        default=None,
         ge=MIN_SIDE,
         description=f"Image width in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
         "limit (2048 unless configured); the generator's default if absent.",
     )
     height: int | None = Field(
-        None,
+        default=None,
         ge=MIN_SIDE,
         description=f"Image height in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
         "limit (2048 unless configured); the generator's default if absent.",
     )
     steps: int | None = Field(
-        None, description="Denoising steps, 1 to the server's limit (500 unless configured)."
+        default=None,
+        description="Denoising steps, 1 to the server's limit (500 unless configured).",
     )
-    guidance: float | None = Field(None, description="Guidance scale, 0 to 100.")
+    guidance: float | None = Field(default=None, description="Guidance scale, 0 to 100.")
+
+    def render_options(self) -> RenderOptions:
+        """Just the render options (of a request that carries them among other fields)."""
+        if type(self) is RenderOptions:
+            return self
+        return RenderOptions.model_construct(
+            **{name: getattr(self, name) for name in RenderOptions.model_fields}
+        )
+
+
+DEFAULT_RENDER = RenderOptions()
+"""Every render option at the server's default."""
+
+
+class ImagesRequest(RenderOptions):
+    """Render one image per (prompt, seed) pair."""
+
+    prompts: list[Text] = Field(description="One prompt per image.")
+    seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
 
 
 class ImageEntry(BaseModel):
@@ -216,22 +237,14 @@ class BasisEntry(BaseModel):
     source: str
 
 
-class ProbeRequest(BaseModel):
+class ProbeRequest(RenderOptions):
     """Render one image per (prompt, seed) pair and read a layer of a target on them."""
 
-    model_config = ConfigDict(extra="forbid")
     prompts: list[Text] = Field(description="One prompt per image.")
     seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
-    generator: Text | None = Field(
-        None, description="Generator name; the server's first if absent."
-    )
     target: Text
     layer: Text
     units: list[int] | None = Field(None, description="Unit indices; all units when absent.")
-    width: int | None = Field(None, ge=MIN_SIDE, description="As in POST /v1/images.")
-    height: int | None = Field(None, ge=MIN_SIDE, description="As in POST /v1/images.")
-    steps: int | None = Field(None, description="As in POST /v1/images.")
-    guidance: float | None = Field(None, description="As in POST /v1/images.")
 
 
 class ProbeResponse(ActivationsResponse):

@@ -26,6 +26,7 @@ from langgraph.prebuilt.tool_node import ToolCallRequest, ToolInvocationError
 from langgraph.types import Command
 from pydantic import BaseModel, Field
 
+from inference.wire import DEFAULT_RENDER, RenderOptions
 from prompts.variant import PromptVariant
 from tools.availability import EndpointUnreachable
 from tools.client import InferenceClient, LineServerError
@@ -56,7 +57,7 @@ class NeuronContext:
     target: str
     layer: str
     unit: int
-    generator: str | None = None
+    render: RenderOptions = DEFAULT_RENDER  # the generator and its settings, for every image
     run_seed: int = 0
     control_activations: np.ndarray | None = None  # this unit on the control set, for MAD/AUC
     editor: str | None = None  # the server's image editor: the agentic edit_images tool
@@ -90,7 +91,7 @@ async def probe_concept(
     (``POST /v1/probe``): activations, image ids and prompts."""
     prompts = [ctx.variant.image_prompt(concept, seed) for seed in seeds]
     probed = await ctx.client.probe(
-        prompts, list(seeds), ctx.target, ctx.layer, units=[ctx.unit], generator=ctx.generator
+        prompts, list(seeds), ctx.target, ctx.layer, units=[ctx.unit], options=ctx.render
     )
     values = [float(value) for value in probed.values[:, 0]]
     return values, [image.id for image in probed.images], prompts
@@ -99,7 +100,7 @@ async def probe_concept(
 async def render_concept(ctx: NeuronContext, concept: str, count: int) -> dict[str, list]:
     """Render ``count`` images of a concept through the server; prompts, seeds and ids."""
     prompts, seeds = concept_prompts(ctx, concept, count)
-    images = await ctx.client.generate_images(prompts, seeds, generator=ctx.generator)
+    images = await ctx.client.generate_images(prompts, seeds, ctx.render)
     return {"prompts": prompts, "seeds": seeds, "image_ids": [image.id for image in images]}
 
 

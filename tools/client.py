@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay
 
 from inference.wire import (
+    DEFAULT_RENDER,
     ActivationsRequest,
     ActivationsResponse,
     BasisEntry,
@@ -32,6 +33,7 @@ from inference.wire import (
     ImagesResponse,
     ProbeRequest,
     ProbeResponse,
+    RenderOptions,
     UploadRequest,
     UploadResponse,
 )
@@ -120,11 +122,7 @@ class InferenceClient(Protocol):
         self,
         prompts: Sequence[str],
         seeds: Sequence[int],
-        generator: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
+        options: RenderOptions = DEFAULT_RENDER,
     ) -> list[ImageEntry]:
         """Render one image per (prompt, seed); their ids in order."""
         ...
@@ -146,11 +144,7 @@ class InferenceClient(Protocol):
         target: str,
         layer: str,
         units: Sequence[int] | None = None,
-        generator: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
+        options: RenderOptions = DEFAULT_RENDER,
     ) -> ProbeResponse:
         """Render one image per (prompt, seed) and read a layer on them in one round trip."""
         ...
@@ -344,22 +338,14 @@ class LineClient:
         self,
         prompts: Sequence[str],
         seeds: Sequence[int],
-        generator: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
+        options: RenderOptions = DEFAULT_RENDER,
     ) -> list[ImageEntry]:
         """Render one image per (prompt, seed); returns their ids in order."""
         body = _body(
             ImagesRequest,
             prompts=list(prompts),
             seeds=list(seeds),
-            generator=generator,
-            width=width,
-            height=height,
-            steps=steps,
-            guidance=guidance,
+            **dict(options),
         )
         response = await self._request("POST", "/v1/images", json=body)
         return ImagesResponse.model_validate_json(response.content).images
@@ -389,11 +375,7 @@ class LineClient:
         target: str,
         layer: str,
         units: Sequence[int] | None = None,
-        generator: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
+        options: RenderOptions = DEFAULT_RENDER,
     ) -> ProbeResponse:
         """Render one image per (prompt, seed) and read a layer on them in one round trip."""
         body = _body(
@@ -403,11 +385,7 @@ class LineClient:
             target=target,
             layer=layer,
             units=None if units is None else list(units),
-            generator=generator,
-            width=width,
-            height=height,
-            steps=steps,
-            guidance=guidance,
+            **dict(options),
         )
         response = await self._request("POST", "/v1/probe", json=body)
         return ProbeResponse.model_validate_json(response.content)

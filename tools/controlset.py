@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.toyworld.controls import random_toy_concepts, random_toy_scene_prompts
+from inference.wire import RenderOptions
 from tools.client import InferenceClient, LineServerError
 
 log = logging.getLogger("line.control")
@@ -235,7 +236,7 @@ async def _store_batch(
         rendered = await client.generate_images(
             [prompt for prompt, _ in scenes],
             [seed for _, seed in scenes],
-            generator=generator,
+            RenderOptions(generator=generator),
         )
         return [index for index, _ in chunk], [image.id for image in rendered], []
     readable: list[tuple[int, Path, bytes]] = []

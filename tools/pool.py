@@ -27,7 +27,14 @@ from typing import Any, Self, TypeVar
 
 import numpy as np
 
-from inference.wire import ActivationsResponse, EditEntry, ImageEntry, ProbeResponse
+from inference.wire import (
+    DEFAULT_RENDER,
+    ActivationsResponse,
+    EditEntry,
+    ImageEntry,
+    ProbeResponse,
+    RenderOptions,
+)
 from tools.availability import AvailabilityGate, EndpointUnreachable, clock_time
 from tools.client import (
     InferenceClient,
@@ -61,17 +68,6 @@ class PoolMember:
     def is_up(self, now: float) -> bool:
         """Whether the server is not being passed over at time ``now``."""
         return now >= self.down_until
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """The settings of a render request besides prompts and seeds (``None``: server default)."""
-
-    generator: str | None = None
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -232,14 +228,9 @@ class ServerPool:
         self,
         prompts: Sequence[str],
         seeds: Sequence[int],
-        generator: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
+        options: RenderOptions = DEFAULT_RENDER,
     ) -> list[ImageEntry]:
         """Render on the least busy server; remembers where each image lives."""
-        options = RenderOptions(generator, width, height, steps, guidance)
         member, images = await self._with_failover(_render(prompts, seeds, options))
         for image in images:
             self._owner[image.id] = member
@@ -254,20 +245,12 @@ class ServerPool:
         target: str,
         layer: str,
         units: Sequence[int] | None = None,
-        generator: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
+        options: RenderOptions = DEFAULT_RENDER,
     ) -> ProbeResponse:
         """Render and measure on the least busy server; remembers where each image lives."""
-        options = RenderOptions(generator, width, height, steps, guidance)
 
         def probe(client: LineClient) -> Awaitable[ProbeResponse]:
-            return client.probe(
-                prompts, seeds, target, layer, units,
-                generator=generator, width=width, height=height, steps=steps, guidance=guidance,
-            )  # fmt: skip
+            return client.probe(prompts, seeds, target, layer, units, options)
 
         member, answer = await self._with_failover(probe)
         for image in answer.images:
@@ -473,15 +456,7 @@ def _render(
     """A render request for whichever server the pool picks."""
 
     def render(client: LineClient) -> Awaitable[list[ImageEntry]]:
-        return client.generate_images(
-            prompts,
-            seeds,
-            generator=options.generator,
-            width=options.width,
-            height=options.height,
-            steps=options.steps,
-            guidance=options.guidance,
-        )
+        return client.generate_images(prompts, seeds, options)
 
     return render
 

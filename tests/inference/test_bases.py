@@ -24,6 +24,7 @@ from inference.bases import (
 from inference.config import ServeConfig, ServeConfigError, build_service
 from inference.registry import load_generator, load_target
 from inference.service import open_service
+from inference.wire import RenderOptions
 from tools.client import LineClient, LineServerError
 
 D_IN = 28  # planted:shapes's planted layer
@@ -143,7 +144,7 @@ def _call(url: str, work):
 def _image_ids(url: str, seed: int = 0) -> list[str]:
     async def render(client):
         images = await client.generate_images(
-            PROMPTS, [seed + i for i in range(len(PROMPTS))], width=64, height=64
+            PROMPTS, [seed + i for i in range(len(PROMPTS))], RenderOptions(width=64, height=64)
         )
         return [image.id for image in images]
 

@@ -16,6 +16,7 @@ from inference.registry import load_editor
 from inference.service import BatchingConfig, ServiceLimits, open_service
 from inference.store import edit_id
 from inference.toyworld.truth import planted_ground_truth
+from inference.wire import RenderOptions
 from tests.inference.test_server import metric
 from tools.client import LineClient, LineServerError
 
@@ -33,7 +34,9 @@ async def toy(toy_world_server):
 
 
 async def test_removing_the_concept_silences_its_planted_unit(toy):
-    images = await toy.generate_images(["a red circle"] * 4, [11, 12, 13, 14], width=96, height=96)
+    images = await toy.generate_images(
+        ["a red circle"] * 4, [11, 12, 13, 14], RenderOptions(width=96, height=96)
+    )
     ids = [image.id for image in images]
     edited = await toy.edit_images(ids, "remove the red circle", [0] * 4)
     assert [entry.source for entry in edited] == ids
@@ -49,7 +52,7 @@ async def test_removing_the_concept_silences_its_planted_unit(toy):
 
 
 async def test_an_edit_of_what_is_not_there_keeps_every_pixel(toy):
-    [image] = await toy.generate_images(["a red circle"], [21], width=64, height=64)
+    [image] = await toy.generate_images(["a red circle"], [21], RenderOptions(width=64, height=64))
     [edited] = await toy.edit_images([image.id], "remove the green hexagon", [0])
     original, unchanged = await asyncio.gather(toy.image_png(image.id), toy.image_png(edited.id))
     assert edited.id != image.id
@@ -57,7 +60,7 @@ async def test_an_edit_of_what_is_not_there_keeps_every_pixel(toy):
 
 
 async def test_replacement_recolours_only_the_named_objects(toy):
-    [image] = await toy.generate_images(["a red square"], [31], width=96, height=96)
+    [image] = await toy.generate_images(["a red square"], [31], RenderOptions(width=96, height=96))
     [edited] = await toy.edit_images([image.id], "replace the red square with blue", [0])
     units = [UNITS["red"], UNITS["blue"], UNITS["square"]]
     measured = await toy.activations("planted:shapes", "planted", [image.id, edited.id], units)
@@ -68,7 +71,9 @@ async def test_replacement_recolours_only_the_named_objects(toy):
 
 
 async def test_edits_are_content_addressed_and_never_made_twice(toy):
-    images = await toy.generate_images(["a striped star"] * 2, [41, 42], width=64, height=64)
+    images = await toy.generate_images(
+        ["a striped star"] * 2, [41, 42], RenderOptions(width=64, height=64)
+    )
     ids = [image.id for image in images]
     first = await toy.edit_images(ids, "remove the star", [5, 6])
     again = await toy.edit_images(ids, "remove the star", [5, 6])
@@ -168,7 +173,7 @@ async def test_the_toy_editor_refuses_what_it_cannot_edit(toy):
     with pytest.raises(LineServerError) as refused:
         await toy.edit_images([upload], "remove the red", [0])
     assert refused.value.status == 400 and "comes from an upload" in str(refused.value)
-    [image] = await toy.generate_images(["a red circle"], [1], width=64, height=64)
+    [image] = await toy.generate_images(["a red circle"], [1], RenderOptions(width=64, height=64))
     with pytest.raises(LineServerError) as vague:
         await toy.edit_images([image.id], "make it nicer", [0])
     assert "names no attribute the toy world knows" in str(vague.value)

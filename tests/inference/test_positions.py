@@ -28,6 +28,7 @@ from inference.positions import (
 from inference.registry import load_generator, load_target
 from inference.service import open_service, target_identity
 from inference.targets.torch_target import IMAGENET_MEAN, IMAGENET_STD, TorchTarget
+from inference.wire import RenderOptions
 from tools.client import LineClient, LineServerError
 from tools.server_session import RunSetupError, check_layer_units
 
@@ -215,7 +216,9 @@ def _probe(url: str, layer: str, seeds: list[int]):
     prompts = ["a red circle", "two blue squares", "a striped star"][: len(seeds)]
     return _call(
         url,
-        lambda client: client.probe(prompts, seeds, "learned:shapes", layer, width=64, height=64),
+        lambda client: client.probe(
+            prompts, seeds, "learned:shapes", layer, options=RenderOptions(width=64, height=64)
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from inference.pixels import pixels_of
 from inference.protocols import RenderJob
 from inference.service import BatchingConfig, ServiceLimits, open_service
 from inference.targets.torch_target import imagenet_preprocess
+from inference.wire import RenderOptions
 from tools.client import LineClient, LineServerError
 
 TARGET = "torchvision:resnet18:random"
@@ -103,7 +104,9 @@ async def test_batched_images_equal_the_same_requests_rendered_alone(client, tin
 
 
 async def test_settings_are_part_of_the_image(client):
-    small = await client.generate_images(["a boat"], [3], width=32, height=48, steps=2)
+    small = await client.generate_images(
+        ["a boat"], [3], RenderOptions(width=32, height=48, steps=2)
+    )
     default = await client.generate_images(["a boat"], [3])
     assert small[0].id != default[0].id
     png = Image.open(io.BytesIO(await client.image_png(small[0].id)))

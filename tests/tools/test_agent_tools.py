@@ -10,6 +10,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, StateGraph
 
+from inference.wire import RenderOptions
 from prompts.variant import load_variant
 from tools.agent_tools import (
     AGENTIC_TOOLS,
@@ -48,7 +49,7 @@ def run_calls(server_url: str, state: dict, *calls: dict, generator: str | None 
                 target="planted:shapes",
                 layer="planted",
                 unit=0,
-                generator=generator,
+                render=RenderOptions(generator=generator),
             )
             message = AIMessage("", tool_calls=list(calls))
             start = {**state, "messages": [*state.get("messages", []), message]}
