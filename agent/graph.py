@@ -45,6 +45,7 @@ from agent.answers import (
     required_args_of,
 )
 from agent.providers import LLMReply, count_tokens, trim_to_fit
+from agent.record import Confirmation, NeuronResult, SummaryStep
 from agent.state import NeuronState, RunContext
 from analysis.confirmation import (
     ConfirmedCandidate,
@@ -580,41 +581,37 @@ async def confirm(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
 
 async def finish(state: NeuronState, runtime: Runtime[RunContext]) -> dict:
     """The final label: the confirmation's choice, its AUC on the confirmation images with the
-    interval, and the verdict from the same images (:class:`analysis.selectivity.Verdict`)."""
-    confirmation = state.get("confirmation") or {}
-    summary = state.get("summary") or {}
-    chosen = next(c for c in confirmation["candidates"] if c["concept"] == confirmation["label"])
-    verdict = Verdict(chosen["auc"], chosen["auc_low"], chosen["auc_high"])
-    everything = [*confirmation["candidates"], *confirmation.get("inhibitor_candidates", [])]
-    silencer = next((c for c in everything if c["concept"] == confirmation.get("inhibitor")), None)
-    inhibitor: dict[str, Any] = {"inhibitor": "", "inhibitor_score": None, "inhibitor_verdict": ""}
+    interval, and the verdict from the same images (:class:`analysis.selectivity.Verdict`);
+    the state's ``result`` is a :class:`agent.record.NeuronResult`."""
+    confirmation = Confirmation.model_validate(state.get("confirmation") or {})
+    summary = SummaryStep.model_validate(state.get("summary") or {})
+    chosen = next(c for c in confirmation.candidates if c.concept == confirmation.label)
+    verdict = Verdict(chosen.auc, chosen.auc_low, chosen.auc_high)
+    everything = [*confirmation.candidates, *confirmation.inhibitor_candidates]
+    silencer = next((c for c in everything if c.concept == confirmation.inhibitor), None)
+    result = NeuronResult(
+        label=chosen.concept,
+        score=chosen.auc,
+        score_low=chosen.auc_low,
+        score_high=chosen.auc_high,
+        verdict=verdict.outcome,
+        selective=verdict.selective,
+        mean_activation=chosen.mean,
+        search_score=chosen.search_score,
+        label_source=chosen.source,
+        choice=confirmation.reason,
+        candidates=len(confirmation.candidates),
+        summary_concept=summary.concept or "",
+        summary_text=summary.text,
+    )
     if silencer is not None:
-        judged = Verdict(silencer["auc"], silencer["auc_low"], silencer["auc_high"]).inhibitor()
-        inhibitor = {
-            "inhibitor": silencer["concept"],
-            "inhibitor_score": silencer["auc"],
-            "inhibitor_low": silencer["auc_low"],
-            "inhibitor_high": silencer["auc_high"],
-            "inhibitor_verdict": judged.outcome,
-        }
-    return {
-        "result": {
-            **inhibitor,
-            "label": chosen["concept"],
-            "score": chosen["auc"],
-            "score_low": chosen["auc_low"],
-            "score_high": chosen["auc_high"],
-            "mean_activation": chosen["mean"],
-            "search_score": chosen["search_score"],
-            "label_source": chosen["source"],
-            "choice": confirmation["reason"],
-            "candidates": len(confirmation["candidates"]),
-            "summary_concept": summary.get("concept"),
-            "summary_text": summary.get("text", ""),
-            "verdict": verdict.outcome,
-            "selective": verdict.selective,
-        }
-    }
+        judged = Verdict(silencer.auc, silencer.auc_low, silencer.auc_high).inhibitor()
+        result.inhibitor = silencer.concept
+        result.inhibitor_score = silencer.auc
+        result.inhibitor_low = silencer.auc_low
+        result.inhibitor_high = silencer.auc_high
+        result.inhibitor_verdict = judged.outcome
+    return {"result": result.model_dump()}
 
 
 def build_graph(strategy: str) -> StateGraph[NeuronState, RunContext, NeuronState, NeuronState]:

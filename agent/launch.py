@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -17,18 +16,17 @@ from agent.providers import (
     check_llm_ready,
     probe_llm_endpoint,
 )
+from agent.record import NeuronRecord, TruthCheck
 from agent.run_folder import ConfigChange, RunFolder, RunSettings
-from agent.runner import RunProgress, run_neurons
+from agent.runner import RecordHook, RunProgress, run_neurons
 from analysis.groundtruth import attribute_match
-from analysis.polysemanticity import GROUP_COLUMNS, with_group_columns
-from analysis.similarity import EmbedderUnavailable
 from inference.bases import BasisError, UnitBasis, load_basis, out_of_range, unit_space
 from inference.positions import PositionsError, with_positions
-from inference.toyworld.dissection import TOY_WORLD_FAMILIES
-from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import VariantError, load_variant
 from tools.controlset import ControlSet, ControlSetError
 from tools.server_session import RunSetupError, server_session
+from toyworld.dissection import TOY_WORLD_FAMILIES
+from toyworld.truth import PlantedUnit, planted_ground_truth
 
 TOY_EDITOR = "procedural:shapes"
 """The editor a toy-world run whose variant edits images gets when it names none."""
@@ -78,6 +76,7 @@ def settings_from_options(
     outage_patience: float | None = None,
     editor: str | None = None,
     llm_images: int | None = None,
+    groups: bool | None = None,
 ) -> tuple[RunSettings, RunFolder]:
     """Resolve and check the options of ``line run`` (nothing heavy is loaded here), including
     the pre-flight of the LLM endpoint (:func:`preflight_llm`).
@@ -115,6 +114,7 @@ def settings_from_options(
             "concurrency": concurrency, "server": server or None,
             "outage_patience_s": outage_patience,
             "prompts": prompts if allow_variant_change else None,
+            "groups": groups,
         }  # fmt: skip
         for name, value in changes.items():
             if value is not None and value != getattr(settings, name):
@@ -166,6 +166,8 @@ def settings_from_options(
         )
         if outage_patience is not None:
             settings.outage_patience_s = outage_patience
+        if groups is not None:
+            settings.groups = groups
         if basis is not None:
             unit_basis = read_basis(basis)
             bad = [unit for unit in settings.units if unit >= unit_basis.size]
@@ -286,36 +288,22 @@ def make_llm_client(settings: RunSettings, context_window: int | None = None) ->
     )
 
 
-def add_group_columns(
-    rows: list[dict], folder: RunFolder, extra_columns: list[str] | None = None
-) -> list[dict]:
-    """Polysemanticity: the high-scoring concept groups of each neuron, as results columns.
-
-    Skipped (with a warning) when the offline sentence-embedding model is not installed.
-    """
-    try:
-        rows = with_group_columns(rows, folder)
-    except EmbedderUnavailable as error:
-        logging.getLogger("line.run").warning("no concept groups: %s", error)
-        return rows
-    folder.write_results(rows, extra_columns=[*(extra_columns or []), *GROUP_COLUMNS])
-    return rows
-
-
 def execute_run(
     settings: RunSettings,
     folder: RunFolder,
     device: str = "auto",
     store: Path | None = None,
     on_progress: Callable[[RunProgress], None] | None = None,
-    groups: bool = False,
+    complete: RecordHook | None = None,
 ) -> list[dict]:
     """Reach the run's servers (or start a local one for the run), then explain every unit;
     returns the results rows.
 
-    ``groups`` adds the polysemanticity columns to ``results.csv`` (loads the embedding model).
-    The LLM endpoint and the servers are checked before the run folder is made. An endpoint
-    that stays down for the run's outage patience raises :class:`agent.runner.RunStopped`.
+    ``settings.groups`` adds each neuron's polysemanticity groups to its record (loads the
+    embedding model); ``complete`` adds what the caller knows to each record before it is
+    written (the demo: the planted truth). The LLM endpoint and the servers are checked
+    before the run folder is made. An endpoint that stays down for the run's outage patience
+    raises :class:`agent.runner.RunStopped`.
     """
     context_window = preflight_llm(settings)
     with server_session(
@@ -337,11 +325,29 @@ def execute_run(
             llm = make_llm_client(settings, context_window)
             async with session.connect(patience_s=settings.outage_patience_s) as client:
                 return await run_neurons(
-                    settings, folder, client, llm, variant, on_progress, control=control
-                )
+                    settings, folder, client, llm, variant, on_progress, control=control,
+                    complete=complete,
+                )  # fmt: skip
 
-        rows = asyncio.run(explain())
-    return add_group_columns(rows, folder) if groups else rows
+        return asyncio.run(explain())
+
+
+def check_truth(truth: Mapping[int, PlantedUnit]) -> RecordHook:
+    """Adds to each record the check of its label against the planted unit's concept
+    (``line demo``'s ``truth``, ``match`` and ``verdict_right`` columns)."""
+
+    def check(record: NeuronRecord) -> NeuronRecord:
+        unit = truth[record.unit]
+        done = record.status == "done"
+        selective = bool(record.result and record.result.selective)
+        checked = TruthCheck(
+            concept=unit.concept,
+            match=attribute_match(record.label, unit) if done else False,
+            verdict_right=done and selective == (unit.kind != "none"),
+        )
+        return record.model_copy(update={"truth": checked})
+
+    return check
 
 
 DEMO_OFFLINE_ITERATIONS = 28  # the offline proposer's 23 single attributes, then combinations
@@ -365,15 +371,8 @@ def run_demo(
         out=out, concurrency=concurrency, seed=0,
         iterations=DEMO_OFFLINE_ITERATIONS if offline else None,
     )  # fmt: skip
-    rows = execute_run(settings, folder, device="cpu", on_progress=on_progress)
-    rows = add_group_columns(rows, folder)
-    for row in rows:
-        unit = truth[row["unit"]]
-        row["truth"] = unit.concept
-        match = attribute_match(row["label"], unit) if row["status"] == "done" else False
-        row["match"] = "-" if match is None else match
-        row["verdict_right"] = row["status"] == "done" and row["selective"] == (unit.kind != "none")
-    folder.write_results(
-        rows, extra_columns=["truth", "match", "verdict_right", "groups", "group_concepts"]
+
+    rows = execute_run(
+        settings, folder, device="cpu", on_progress=on_progress, complete=check_truth(truth)
     )
     return rows, folder

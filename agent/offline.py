@@ -32,7 +32,6 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr
 
-from inference.toyworld.vocabulary import parse_scene_text, tokenize
 from tools.agent_tools import (
     EDIT_IMAGES,
     GENERATE_IMAGES,
@@ -48,6 +47,7 @@ from tools.scoreboard import (
     TRIED_LINE,
     normalise_concept,
 )
+from toyworld.vocabulary import parse_scene_text, tokenize
 
 DEFAULT_VOCABULARY_PATH = Path(__file__).parent / "vocab" / "toyworld.txt"
 NOT_AN_LLM = "offline:vocab (not an LLM)"

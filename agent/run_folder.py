@@ -1,9 +1,10 @@
-"""The run folder: one class owns its layout (config, checkpoints, histories, results).
+"""The run folder: one class owns its layout (config, checkpoints, records, results).
 
 ``RUN_DIR/config.json`` (:class:`RunSettings`), ``checkpoints.sqlite`` (LangGraph threads),
-``neurons/<layer>__<unit>.json`` (one history per neuron), ``results.csv`` (+ ``.parquet``),
-``outages.json`` (every time an endpoint stopped answering during the run, :class:`OutageRecord`).
-The runner writes it; the report and the evaluations read it through :class:`RunFolder`.
+``neurons/<layer>__<unit>.json`` (one record per neuron, :class:`agent.record.NeuronRecord`),
+``results.csv`` (+ ``.parquet``, derived from the records), ``outages.json`` (every time an
+endpoint stopped answering during the run, :class:`OutageRecord`). The runner writes it; the
+report, the evaluations and the analyses read it through :class:`RunFolder`.
 """
 
 from __future__ import annotations
@@ -16,52 +17,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from agent.record import (
+    FAULT_COUNTERS,
+    RESULT_COLUMNS,
+    NeuronRecord,
+    result_fields,
+    result_row,
+)
 from tools.availability import DEFAULT_PATIENCE_S
-from tools.retry import FaultKind
 
-# what ``faults`` adds up: failed LLM requests (retried), unusable answers (re-asked) and
-# tool calls the agent got wrong (answered with an error)
-FAULT_COUNTERS = (*(kind.value for kind in FaultKind), "reasks", "tool_errors")
-RESULT_COLUMNS = [
-    "target",
-    "layer",
-    "unit",
-    "label",
-    "score",
-    "score_low",
-    "score_high",
-    "verdict",
-    "selective",
-    "mean_activation",
-    "inhibitor",
-    "inhibitor_score",
-    "inhibitor_verdict",
-    "search_score",
-    "candidates",
-    "choice",
-    "status",
-    "reason",
-    "summary",
-    "llm_calls",
-    "tokens",
-    "llm_images",
-    "images",
-    "edits",
-    "confirmation_images",
-    "reasks",
-    "faults",
-    *(kind.value for kind in FaultKind),
-    "tool_errors",
-    "lost_rounds",
-    "restarts",
-    "outages",
-    "outage_s",
-]
-"""``outages``: how many outages of the inference server or the LLM endpoint the neuron waited
-for (every neuron waits for the same outage together); ``outage_s``: the seconds it waited."""
-
+__all__ = ["FAULT_COUNTERS", "RESULT_COLUMNS", "NeuronRecord", "RunFolder", "RunSettings"]
 
 EVALUATIONS: dict[str, str] = {
     "ablation": "Concept ablation (edit the label out of the top images)",
@@ -132,6 +99,9 @@ class RunSettings(BaseModel):
     outage_patience_s: float = DEFAULT_PATIENCE_S
     """How long the run waits for an inference server or LLM endpoint that stopped answering
     before it stops (``--outage-patience``)."""
+    groups: bool = True
+    """Add each neuron's polysemanticity groups to its record and ``results.csv`` (loads the
+    offline sentence-embedding model; ``--no-groups``)."""
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     history: list[ConfigChange] = Field(default_factory=list)
     """Settings changed on ``--resume`` (LLM, base URL, concurrency, servers, the variant)."""
@@ -198,8 +168,8 @@ class RunFolder:
         """The evaluations that have run on this folder, in :data:`EVALUATIONS` order."""
         return [files for name in EVALUATIONS if (files := self.evaluation(name)).exists()]
 
-    def history_paths(self) -> list[Path]:
-        """Every neuron history written so far, sorted by file name."""
+    def record_paths(self) -> list[Path]:
+        """Every neuron record written so far, sorted by file name."""
         return sorted(self.neurons.glob("*.json"))
 
     def create(self, settings: RunSettings) -> None:
@@ -216,14 +186,27 @@ class RunFolder:
             )
         return RunSettings.model_validate_json(self.config.read_text())
 
-    def history_path(self, layer: str, unit: int) -> Path:
-        """Where a neuron's history lives."""
+    def record_path(self, layer: str, unit: int) -> Path:
+        """Where a neuron's record lives."""
         return self.neurons / f"{layer.replace('/', '_')}__{unit}.json"
 
-    def read_history(self, layer: str, unit: int) -> dict | None:
-        """A neuron's history, ``None`` while it has none."""
-        path = self.history_path(layer, unit)
-        return json.loads(path.read_text()) if path.is_file() else None
+    def read_record(self, layer: str, unit: int) -> NeuronRecord | None:
+        """A neuron's record, ``None`` while it has none. A file that is not a neuron record
+        raises :class:`RecordError` saying which file and what to do."""
+        path = self.record_path(layer, unit)
+        if not path.is_file():
+            return None
+        return read_record_file(path)
+
+    def records(self, units: Sequence[int] | None = None) -> list[NeuronRecord]:
+        """The records of the run's units (``units``; default: the config's), in that order;
+        a unit without a record yet is ``unfinished``."""
+        settings = self.read_settings()
+        out = []
+        for unit in settings.units if units is None else units:
+            record = self.read_record(settings.layer, unit)
+            out.append(record or NeuronRecord.unfinished(settings.target, settings.layer, unit))
+        return out
 
     def read_results(self) -> list[dict[str, str]]:
         """The rows of ``results.csv`` as written (strings); empty before the run has one."""
@@ -251,16 +234,19 @@ class RunFolder:
         partial.write_text(json.dumps(rows, indent=1))
         partial.replace(self.outages)
 
-    def write_history(self, layer: str, unit: int, history: dict) -> None:
-        """Write one neuron's history atomically."""
-        path = self.history_path(layer, unit)
+    def write_record(self, record: NeuronRecord) -> None:
+        """Write one neuron's record atomically."""
+        path = self.record_path(record.layer, record.unit)
         partial = path.with_suffix(".json.part")
-        partial.write_text(json.dumps(history, indent=1, default=str))
+        partial.write_text(record.model_dump_json(indent=1))
         partial.replace(path)
 
-    def write_results(self, rows: list[dict], extra_columns: Sequence[str] = ()) -> None:
-        """``results.csv`` (and Parquet when pyarrow is present)."""
-        columns = RESULT_COLUMNS + [c for c in extra_columns if c not in RESULT_COLUMNS]
+    def write_results(self, records: Sequence[NeuronRecord]) -> list[dict[str, Any]]:
+        """``results.csv`` (and Parquet when pyarrow is present), derived from the records;
+        returns its rows. The columns are :func:`agent.record.result_fields`."""
+        fields = result_fields(records)
+        columns = list(fields)
+        rows = [result_row(record, fields) for record in records]
         with self.results_csv.open("w", newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
@@ -278,3 +264,27 @@ class RunFolder:
                 frame.astype(dict.fromkeys(text, "string")).to_parquet(self.results_parquet)
         except ImportError:
             pass
+        return rows
+
+
+class RecordError(ValueError):
+    """A ``neurons/*.json`` file that is not a neuron record."""
+
+
+def read_record_file(path: Path) -> NeuronRecord:
+    """One ``neurons/<layer>__<unit>.json`` file as a :class:`NeuronRecord` (a history written
+    before the typed record is upgraded as it is read); :class:`RecordError` for a file that is
+    no neuron record, saying how to write it again."""
+    try:
+        return NeuronRecord.model_validate_json(path.read_text())
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the file"
+        why = f"{where}: {first['msg']}"
+    except (OSError, UnicodeDecodeError) as error:
+        why = str(error)
+    raise RecordError(
+        f"{path} is not a LINE neuron record ({why}); move it away and run "
+        f"`line run --resume {path.parent.parent}`: the run writes the neuron's record again "
+        "from its checkpoint (or explains the neuron again)"
+    )

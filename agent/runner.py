@@ -1,9 +1,10 @@
 """Explaining many neurons at once: concurrent LangGraph threads, checkpoints, the run folder.
 
 A run folder holds ``config.json`` (the resolved settings), ``checkpoints.sqlite`` (one LangGraph
-thread per neuron), ``neurons/<layer>__<unit>.json`` (each neuron's full history) and
-``results.csv`` (one row per neuron; plus ``results.parquet`` when pyarrow is installed) and,
-when an endpoint stopped answering, ``outages.json``.
+thread per neuron), ``neurons/<layer>__<unit>.json`` (each neuron's record,
+:class:`agent.record.NeuronRecord`), ``results.csv`` (one row per neuron, derived from the
+records; plus ``results.parquet`` when pyarrow is installed) and, when an endpoint stopped
+answering, ``outages.json``.
 
 When the inference server or the LLM endpoint stops answering, every neuron waits for it
 together (``tools.availability``): the progress says what is unreachable and since when, each
@@ -30,7 +31,8 @@ from langgraph.types import StateSnapshot
 
 from agent.graph import build_graph
 from agent.providers import LLMCallError, LLMClient
-from agent.run_folder import FAULT_COUNTERS, OutageRecord, RunFolder, RunSettings
+from agent.record import ConceptGroupRecord, NeuronRecord, NeuronSpec, Status
+from agent.run_folder import OutageRecord, RunFolder, RunSettings
 from agent.state import NeuronState, RunContext
 from inference.wire import RenderOptions
 from prompts.variant import PromptVariant
@@ -73,10 +75,6 @@ class RunStopped(RuntimeError):
         super().__init__(message)
         self.rows = rows
         self.cause = cause
-
-
-UNFINISHED = "unfinished"
-"""The status of a neuron a stopped run did not finish (``line run --resume`` continues it)."""
 
 
 def thread_id(layer: str, unit: int, attempt: int = 1) -> str:
@@ -154,17 +152,18 @@ def initial_state(
 ) -> NeuronState:
     """A neuron's first state; budgets are part of it so routing reads state alone."""
     settings = variant.settings
+    neuron = NeuronSpec(
+        seed_concepts=list(seeds),
+        target=target,
+        layer=layer,
+        unit=unit,
+        iterations=settings.iterations,
+        max_concepts=settings.max_concepts,
+        max_images=settings.max_images,
+        max_llm_turns=settings.max_llm_turns,
+    )
     return {
-        "neuron": {
-            "seed_concepts": list(seeds),
-            "target": target,
-            "layer": layer,
-            "unit": unit,
-            "iterations": settings.iterations,
-            "max_concepts": settings.max_concepts,
-            "max_images": settings.max_images,
-            "max_llm_turns": settings.max_llm_turns,
-        },
+        "neuron": neuron.model_dump(),
         "entries": [],
         "llm_log": [],
         "counters": {},
@@ -179,10 +178,12 @@ def previous_failed_calls(
     run keeps counting them: they are in no checkpoint); with ``key="outage_waits"``, the
     outages it waited for in earlier sessions."""
     try:
-        history = folder.read_history(layer, unit) or {}
+        record = folder.read_record(layer, unit)
     except (OSError, ValueError):  # unreadable: nothing to carry over
         return {}
-    return dict(history.get(key) or {})
+    if record is None:
+        return {}
+    return {name: int(value) for name, value in getattr(record, key).items()}
 
 
 def wait_counters(waits: OutageWaits) -> dict[str, int]:
@@ -218,66 +219,31 @@ def outage_records(
     return sorted(records, key=lambda record: record.started)
 
 
-def history_of(state: dict, status: str, reason: str = "") -> dict:
-    """A neuron's JSON history from its graph state."""
-    history = {
-        "neuron": state.get("neuron"),
-        "status": status,
-        "reason": reason,
-        "result": state.get("result"),
-        "summary": state.get("summary"),
-        "confirmation": state.get("confirmation"),
-        "counters": state.get("counters", {}),
-        "entries": state.get("entries", []),
-        "llm_log": state.get("llm_log", []),
-    }
-    if state.get("edits"):  # the agent's edit_images experiments
-        history["edits"] = state["edits"]
-    if state.get("messages"):
-        history["messages"] = [
-            {"role": message.type, "content": message.content} for message in state["messages"]
-        ]
-    return history
+RecordHook = Callable[[NeuronRecord], NeuronRecord]
+"""Completes a neuron's record before it is written (e.g. a known truth); see
+:func:`agent.launch.execute_run`."""
 
 
-def result_row(settings: RunSettings, unit: int, state: dict, status: str, reason: str) -> dict:
-    """One row of ``results.csv``."""
-    counters = state.get("counters", {})
-    result = state.get("result") or {}
-    return {
-        "target": settings.target,
-        "layer": settings.layer,
-        "unit": unit,
-        "label": result.get("label", ""),
-        "score": result.get("score", ""),
-        "score_low": result.get("score_low", ""),
-        "score_high": result.get("score_high", ""),
-        "verdict": result.get("verdict", ""),
-        "selective": result.get("selective", ""),
-        "mean_activation": result.get("mean_activation", ""),
-        "inhibitor": result.get("inhibitor", ""),
-        "inhibitor_score": result.get("inhibitor_score", ""),
-        "inhibitor_verdict": result.get("inhibitor_verdict", ""),
-        "search_score": result.get("search_score", ""),
-        "candidates": result.get("candidates", ""),
-        "choice": result.get("choice", ""),
-        "status": status,
-        "reason": reason,
-        "summary": result.get("summary_text", ""),
-        "llm_calls": counters.get("llm_calls", 0),
-        "tokens": counters.get("input_tokens", 0) + counters.get("output_tokens", 0),
-        "llm_images": counters.get("llm_images", 0),
-        "images": counters.get("images", 0),
-        "edits": counters.get("edits", 0),
-        "confirmation_images": counters.get("confirmation_images", 0),
-        "reasks": counters.get("reasks", 0),
-        "faults": sum(counters.get(key, 0) for key in FAULT_COUNTERS),
-        **{key: counters.get(key, 0) for key in FAULT_COUNTERS},
-        "lost_rounds": counters.get("lost_rounds", 0),
-        "restarts": counters.get("restarts", 0),
-        "outages": counters.get("outages", 0),
-        "outage_s": round(counters.get("outage_ms", 0) / 1000, 1),
-    }
+def add_groups(record: NeuronRecord) -> NeuronRecord:
+    """The record with its polysemanticity groups in the analysis's order (best first): the
+    one place a run's groups are computed (:func:`analysis.polysemanticity.analyse_entries`).
+    Without the offline sentence-embedding model the record says why it has none
+    (``groups_note``); a neuron that did not finish gets none."""
+    from analysis.polysemanticity import analyse_entries  # loads scikit-learn
+    from analysis.similarity import EmbedderUnavailable
+
+    if record.status != "done" or not record.entries:
+        return record
+    try:
+        found = analyse_entries(record.entries)
+    except EmbedderUnavailable as error:
+        log.warning("no concept groups: %s", error)
+        return record.model_copy(update={"groups": None, "groups_note": f"not grouped: {error}"})
+    groups = [
+        ConceptGroupRecord(concepts=group.concepts, scores=group.scores, cores=group.cores)
+        for group in found.groups
+    ]
+    return record.model_copy(update={"groups": groups, "groups_note": ""})
 
 
 async def run_neurons(
@@ -288,8 +254,12 @@ async def run_neurons(
     variant: PromptVariant,
     on_progress: Callable[[RunProgress], None] | None = None,
     control: ControlSet | None = None,
+    complete: RecordHook | None = None,
 ) -> list[dict]:
-    """Explain every unit of the run concurrently; returns the results rows (in unit order).
+    """Explain every unit of the run concurrently; writes each neuron's record as it ends
+    (with its polysemanticity groups when ``settings.groups``; ``complete`` adds what the
+    caller knows), then ``results.csv`` once, derived from the records; returns its rows (in
+    unit order).
 
     Every unit is first read on the control set (once, batched; without one, on
     :meth:`ControlSet.random_concepts` of the run's generator): its classes seed the paper
@@ -306,7 +276,7 @@ async def run_neurons(
     gates = [*client.gates, *llm.gates]
     seen = {id(gate): len(gate.outages) for gate in gates}
     waits: dict[int, OutageWaits] = {}
-    rows: dict[int, dict] = {}
+    records: dict[int, NeuronRecord] = {}
 
     def on_outage(_gate: AvailabilityGate) -> None:
         progress.waiting = [text for gate in gates if (text := gate.describe())]
@@ -317,7 +287,17 @@ async def run_neurons(
         gate.watch(on_outage)
     try:
         await _explain_units(
-            settings, folder, client, llm, variant, control, progress, rows, waits, on_progress
+            settings,
+            folder,
+            client,
+            llm,
+            variant,
+            control,
+            progress,
+            records,
+            waits,
+            on_progress,
+            complete,
         )
     except EndpointUnreachable as error:
         outage = error.outage
@@ -326,33 +306,31 @@ async def run_neurons(
             f"for {outage.seconds:.0f} s; line run --resume continues it"
         )
         ordered = [
-            rows.get(unit)
-            or result_row(
-                settings,
+            records.get(unit)
+            or NeuronRecord.unfinished(
+                settings.target,
+                settings.layer,
                 unit,
-                {"counters": wait_counters(waits.get(unit, OutageWaits()))},
-                UNFINISHED,
                 reason,
+                wait_counters(waits.get(unit, OutageWaits())),
             )
             for unit in settings.units
         ]
-        folder.write_results(ordered)
+        rows = folder.write_results(ordered)
         raise RunStopped(
             f"the run stopped: the {error.endpoint} has not answered since "
             f"{clock_time(outage.started)} ({outage.seconds:.0f} s, --outage-patience "
-            f"{error.patience_s:g}; {outage.error}). Nothing is lost: {len(rows)} of "
+            f"{error.patience_s:g}; {outage.error}). Nothing is lost: {len(records)} of "
             f"{len(settings.units)} neurons are finished and the others continue from their "
             f"last step. Once it answers again, run: line run --resume {folder.path}",
-            ordered,
+            rows,
             error,
         ) from error
     finally:
         for gate in gates:
             gate.unwatch(on_outage)
         folder.add_outages(outage_records(gates, seen, list(waits.values())))
-    ordered = [rows[unit] for unit in settings.units]
-    folder.write_results(ordered)
-    return ordered
+    return folder.write_results([records[unit] for unit in settings.units])
 
 
 async def _explain_units(
@@ -363,9 +341,10 @@ async def _explain_units(
     variant: PromptVariant,
     control: ControlSet | None,
     progress: RunProgress,
-    rows: dict[int, dict],
+    records: dict[int, NeuronRecord],
     waits: dict[int, OutageWaits],
     on_progress: Callable[[RunProgress], None] | None,
+    complete: RecordHook | None,
 ) -> None:
     """:func:`run_neurons`' work: the control set, the census, then every unit concurrently
     (each task counting the outages it waits for in ``waits``); the first
@@ -395,6 +374,12 @@ async def _explain_units(
         census.write(files.csv, files.summary)
         log.warning("%s", census.summary())
     dead = set(census.with_status("dead")) if census else set()
+
+    def completed(record: NeuronRecord) -> NeuronRecord:
+        if settings.groups:
+            record = add_groups(record)
+        return complete(record) if complete else record
+
     limit = asyncio.Semaphore(max(1, settings.concurrency))
     async with AsyncSqliteSaver.from_conn_string(str(folder.checkpoints)) as saver:
         graph = build_graph(variant.settings.strategy).compile(checkpointer=saver)
@@ -404,10 +389,11 @@ async def _explain_units(
                 reason = census.dead_reason(unit)
                 start = initial_state(settings.target, settings.layer, unit, variant)
                 dead_state = {**start, "result": {"selective": False, "verdict": "none"}}
-                history = history_of(dead_state, "dead", reason)
-                history["census"] = asdict(census.unit(unit))
-                folder.write_history(settings.layer, unit, history)
-                rows[unit] = result_row(settings, unit, dead_state, "dead", reason)
+                record = NeuronRecord.from_state(
+                    dead_state, "dead", reason, census=asdict(census.unit(unit))
+                )
+                records[unit] = completed(record)
+                folder.write_record(records[unit])
                 progress.done += 1
                 if on_progress:
                     on_progress(progress)
@@ -427,7 +413,8 @@ async def _explain_units(
                 editor=settings.editor if variant.settings.strategy == "agentic" else None,
             )
             async with limit:
-                status, reason = "done", ""
+                status: Status = "done"
+                reason = ""
                 failed_calls = previous_failed_calls(folder, settings.layer, unit)
                 attempt, snapshot = await latest_attempt(graph, settings.layer, unit)
                 config = attempt_config(settings.layer, unit, attempt, variant)
@@ -469,16 +456,18 @@ async def _explain_units(
                 )  # waits are in no checkpoint either
                 counters = add_counters(state.get("counters"), failed_calls)
                 state = {**state, "counters": add_counters(counters, outage_waits)}
-                history = history_of(state, status, reason)
-                history["failed_calls"] = failed_calls
-                history["outage_waits"] = outage_waits
-            folder.write_history(settings.layer, unit, history)
-            rows[unit] = result_row(settings, unit, state, status, reason)
+                record = completed(
+                    NeuronRecord.from_state(
+                        state, status, reason, failed_calls=failed_calls, outage_waits=outage_waits
+                    )
+                )
+            folder.write_record(record)
+            records[unit] = record
             progress.done += status == "done"
             progress.failed += status == "failed"
-            progress.images += rows[unit]["images"]
-            progress.llm_calls += rows[unit]["llm_calls"]
-            progress.tokens += rows[unit]["tokens"]
+            progress.images += int(record.counter("images"))
+            progress.llm_calls += int(record.counter("llm_calls"))
+            progress.tokens += int(record.tokens)
             if on_progress:
                 on_progress(progress)
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from analysis.similarity import SentenceEmbedder, default_embedder
-from inference.toyworld.vocabulary import parse_attributes
+from toyworld.vocabulary import parse_attributes
 
 KINDS = ("single", "and", "or", "count", "none")
 """Unit kinds, in report order; ``none`` is a unit with no concept."""

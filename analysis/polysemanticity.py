@@ -1,4 +1,7 @@
-"""Polysemanticity from a neuron's history: how many distinct meanings score high.
+"""Polysemanticity from a neuron's tried concepts: how many distinct meanings score high.
+
+A run computes it once per neuron and stores the groups, in this module's order, in the
+neuron's record (:func:`agent.runner.add_groups`, :class:`agent.record.NeuronRecord`).
 
 1. **High-scoring concepts.** Each concept keeps its best score (a concept tried twice, e.g. as
    a proposal and as the summary, counts once). A concept is *high* when its score reaches
@@ -34,13 +37,11 @@ hexagon", "red") with one.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering
@@ -82,16 +83,6 @@ class ConceptGroup:
         """The score of :attr:`best_concept`."""
         return self.scores[0]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "best_concept": self.best_concept,
-            "best_score": self.best_score,
-            "concepts": list(self.concepts),
-            "scores": list(self.scores),
-            "cores": list(self.cores),
-        }
-
 
 @dataclass
 class Polysemanticity:
@@ -106,10 +97,6 @@ class Polysemanticity:
     def count(self) -> int:
         """How many distinct meanings score high."""
         return len(self.groups)
-
-    def summary(self) -> str:
-        """``star (1.02) | cross (0.93)``: each group's best concept and score."""
-        return groups_text(self.groups)
 
 
 def best_scores(entries: Iterable[Mapping[str, Any] | Any]) -> dict[str, float]:
@@ -324,80 +311,3 @@ def core_concept(concept: str, scores: Mapping[str, float], supported: float) ->
             return concept
         concept = max(parts, key=lambda other: (scores[other], -len(content_words(other))))
         seen.add(concept)
-
-
-def history_polysemanticity(
-    history: Mapping[str, Any] | str | Path,
-    relative_threshold: float = RELATIVE_THRESHOLD,
-    similarity_threshold: float = SIMILARITY_THRESHOLD,
-    embedder: SentenceEmbedder | None = None,
-) -> Polysemanticity:
-    """Polysemanticity of a neuron history (a dict or a ``neurons/<layer>__<unit>.json`` path)."""
-    data: Mapping[str, Any] = (
-        json.loads(Path(history).read_text()) if isinstance(history, str | Path) else history
-    )
-    return analyse_entries(
-        data.get("entries") or [], relative_threshold, similarity_threshold, embedder
-    )
-
-
-def run_polysemanticity(
-    run_dir: str | Path,
-    relative_threshold: float = RELATIVE_THRESHOLD,
-    similarity_threshold: float = SIMILARITY_THRESHOLD,
-    embedder: SentenceEmbedder | None = None,
-) -> dict[tuple[str, int], Polysemanticity]:
-    """Polysemanticity of every neuron of a run folder, keyed by ``(layer, unit)``."""
-    neurons = Path(run_dir) / "neurons"
-    if not neurons.is_dir():
-        raise FileNotFoundError(
-            f"{run_dir} is not a LINE run folder (no neurons/); run `line run ... --out DIR` first"
-        )
-    out: dict[tuple[str, int], Polysemanticity] = {}
-    for path in sorted(neurons.glob("*__*.json")):
-        layer, _, unit = path.stem.rpartition("__")
-        if unit.isdigit():
-            out[(layer, int(unit))] = history_polysemanticity(
-                path, relative_threshold, similarity_threshold, embedder
-            )
-    return out
-
-
-GROUP_COLUMNS = ["groups", "group_concepts"]
-"""Extra columns for ``results.csv``: how many meanings score high, and each one's best."""
-
-
-def group_columns(result: Polysemanticity) -> dict[str, Any]:
-    """Columns for a results table: ``groups`` (how many) and ``group_concepts``."""
-    return {"groups": result.count, "group_concepts": result.summary()}
-
-
-class HistoryFolder(Protocol):
-    """Where a run keeps each neuron's history (:class:`agent.run_folder.RunFolder`)."""
-
-    def history_path(self, layer: str, unit: int) -> Path:
-        """The ``neurons/<layer>__<unit>.json`` file of one neuron."""
-        ...
-
-
-def with_group_columns(
-    rows: Iterable[Mapping[str, Any]],
-    folder: HistoryFolder,
-    embedder: SentenceEmbedder | None = None,
-) -> list[dict[str, Any]]:
-    """Results rows (``layer``, ``unit``) of a :class:`agent.run_folder.RunFolder` with
-    :data:`GROUP_COLUMNS` added from each neuron's history; then write them with
-    ``folder.write_results(rows, extra_columns=GROUP_COLUMNS)``."""
-    out = []
-    for row in rows:
-        path = folder.history_path(row["layer"], int(row["unit"]))
-        columns: dict[str, Any] = dict.fromkeys(GROUP_COLUMNS, "")
-        if path.is_file():
-            columns = group_columns(history_polysemanticity(path, embedder=embedder))
-        out.append({**row, **columns})
-    return out
-
-
-def groups_text(groups: Sequence[ConceptGroup], digits: int = 2) -> str:
-    """``star (1.02) | cross (0.93)``; empty for no group."""
-    return " | ".join(f"{group.best_concept} ({group.best_score:.{digits}f})" for group in groups)

@@ -6,7 +6,7 @@ Neuron_Eval, ICML 2025). Two kinds, by spec (:func:`load_simulator`):
 
 - ``exact``: the toy world's exact simulator. A toy control image is a ``procedural:shapes``
   render of a known (prompt, seed), so its scene, every object's colour, shape, fill and size and
-  the background, is known exactly (:func:`inference.toyworld.scenes.compose_scene`). The label
+  the background, is known exactly (:func:`toyworld.scenes.compose_scene`). The label
   is parsed into object groups with the same vocabulary (:func:`parse_scene_text`). For each
   group, the objects that fit it (each of its named colours, shapes or fills is an alternative;
   a named size must match) give a value: the share of the image the largest fitting object
@@ -34,9 +34,9 @@ from PIL import Image
 
 from analysis.image_text import ImageTextModel
 from analysis.simulator_specs import CLIP_PREFIX, EXACT, SIMULATOR_SPECS, TINY_CLIP
-from inference.toyworld.probes import MANY_OBJECTS, object_size
-from inference.toyworld.scenes import COUNT_VALUES, PlacedObject, Scene, compose_scene
-from inference.toyworld.vocabulary import ObjectSpec, SceneSpec, parse_scene_text
+from toyworld.probes import MANY_OBJECTS, object_size
+from toyworld.scenes import COUNT_VALUES, PlacedObject, Scene, compose_scene
+from toyworld.vocabulary import ObjectSpec, SceneSpec, parse_scene_text
 
 CLIP_TEMPLATE = "a photo of {label}"
 """What an image-text simulator compares each image with."""

@@ -34,10 +34,10 @@ import httpx
 from agent.launch import execute_run, settings_from_options
 from analysis.groundtruth import attribute_match
 from inference.app import create_app, free_port, start_server_thread
-from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import PROMPTS_DIR
 from testing.toy_service import toy_world_service
 from tools.scoreboard import validate_concept
+from toyworld.truth import planted_ground_truth
 
 CONTEXT = 2048
 MAX_TOKENS = 128  # a concept or a tool call with one sentence; rambling is cut here
@@ -131,7 +131,7 @@ def run_variant(
             {"unit": row["unit"], "truth": planted.concept, "label": row["label"],
              "status": row["status"], "match": match, "selective": row.get("selective")}
         )  # fmt: skip
-    histories = [folder.read_history("planted", int(row["unit"])) or {} for row in rows]
+    records = folder.records([int(row["unit"]) for row in rows])
     return {
         "variant": name,
         "neurons": len(rows),
@@ -142,7 +142,7 @@ def run_variant(
         "debris_labels": debris,
         "answers_refused": sum(int(row["reasks"]) + int(row["tool_errors"]) for row in rows),
         "lost_rounds": sum(int(row["lost_rounds"]) for row in rows),
-        "trimmed_turns": sum(h.get("counters", {}).get("trimmed_turns", 0) for h in histories),
+        "trimmed_turns": sum(record.counter("trimmed_turns") for record in records),
         "llm_calls": sum(int(row["llm_calls"]) for row in rows),
         "tokens": sum(int(row["tokens"]) for row in rows),
         "wall_s": round(wall, 1),

@@ -35,8 +35,8 @@ from inference.app import create_app, start_server_thread
 from inference.bases import BasisRegistry, UnitBasis, sae_basis
 from inference.registry import load_generator, load_target
 from inference.service import open_service
-from inference.toyworld.controls import random_toy_scene_prompts
 from tools.client import LineClient
+from toyworld.controls import random_toy_scene_prompts
 
 RESULTS = Path("bench-results")
 TARGET = "learned:shapes"

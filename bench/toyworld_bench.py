@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from inference.protocols import RenderJob, RenderSettings
-from inference.toyworld.controls import random_toy_scene_prompts
-from inference.toyworld.planted import PlantedShapesModel
-from inference.toyworld.procedural import ProceduralShapesGenerator
+from toyworld.controls import random_toy_scene_prompts
+from toyworld.planted import PlantedShapesModel
+from toyworld.procedural import ProceduralShapesGenerator
 
 PROMPTS = (
     "a red circle",

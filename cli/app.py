@@ -32,6 +32,7 @@ from cli.options import (
 )
 from cli.progress import run_progress
 from cli.toyworld import toyworld_app
+from inference.settings import DEFAULT_BATCHING, DEFAULT_HOST, DEFAULT_LIMITS, DEFAULT_PORT
 
 if TYPE_CHECKING:  # each command imports what it runs (a CLI that answers at once)
     from agent.run_folder import RunFolder
@@ -77,15 +78,17 @@ def serve(
             "read layer L in it as L@NAME. A server on loopback also loads bases runs name."
         ),
     ] = None,
-    host: Annotated[str, typer.Option(help="Address to bind; non-loopback needs --token.")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8400,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; non-loopback needs --token.")
+    ] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port to bind.")] = DEFAULT_PORT,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
-    max_batch: Annotated[int, typer.Option(help="A batch closes at this many items.")] = 32,
+    max_batch: Annotated[
+        int, typer.Option(help="A batch closes at this many items.")
+    ] = DEFAULT_BATCHING.max_batch,
     max_wait_ms: Annotated[
         float, typer.Option(help="...or this long after its first item.")
-    ] = 10.0,
+    ] = DEFAULT_BATCHING.max_wait_ms,
     store: Annotated[
         Path | None, typer.Option(help="Image store folder [default: ~/.cache/line/store].")
     ] = None,
@@ -100,7 +103,9 @@ def serve(
     guidance: Annotated[float | None, typer.Option(help="Default guidance scale.")] = None,
     width: Annotated[int | None, typer.Option(help="Default image width.")] = None,
     height: Annotated[int | None, typer.Option(help="Default image height.")] = None,
-    max_images_per_request: Annotated[int, typer.Option(help="Cap per request.")] = 256,
+    max_images_per_request: Annotated[
+        int, typer.Option(help="Cap per request.")
+    ] = DEFAULT_LIMITS.max_images_per_request,
     trust_checkpoints: Annotated[
         bool,
         typer.Option(help="Unpickle arbitrary objects in checkpoint files (only files you trust)."),
@@ -129,7 +134,7 @@ def serve(
     """Run the batched inference server (image generation and activation measurement)."""
     from inference.config import ServeConfig, ServeConfigError, build_service
     from inference.registry import BackendSpecError, GeneratorOptions
-    from inference.service import BatchingConfig, ServiceLimits
+    from inference.settings import BatchingConfig, ServiceLimits
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     config = ServeConfig(
@@ -344,9 +349,13 @@ def run(
     llm_images: LLMImages = None,
     editor: RunEditor = None,
     groups: Annotated[
-        bool,
-        typer.Option(help="Add polysemanticity groups to results.csv (loads a text model)."),
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--groups/--no-groups",
+            help="Add polysemanticity groups to the records and results.csv (loads a text "
+            "model) [default: on; a resumed run keeps its setting].",
+        ),
+    ] = None,
     report_html: Annotated[
         bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")
     ] = True,
@@ -373,12 +382,10 @@ def run(
             positions=positions,
             llm_context=llm_context, allow_variant_change=allow_variant_change,
             llm_max_tokens=llm_max_tokens, outage_patience=outage_patience,
-            llm_images=llm_images, editor=editor,
+            llm_images=llm_images, editor=editor, groups=groups,
         )  # fmt: skip
         with run_progress(quiet or as_json) as update:
-            rows = execute_run(
-                settings, folder, device=device, store=store, on_progress=update, groups=groups
-            )
+            rows = execute_run(settings, folder, device=device, store=store, on_progress=update)
     except RunSetupError as error:
         exit_with_error(str(error))
     except RunStopped as stopped:

@@ -36,7 +36,7 @@ from evals.defaults import (
     DEFAULT_COSY_TEMPLATE,
     DEFAULT_MIN_SIMILARITY,
 )
-from inference.toyworld.defaults import PROBE_SCENES
+from toyworld.defaults import PROBE_SCENES
 
 if TYPE_CHECKING:  # each command imports what it runs (a CLI that answers at once)
     import numpy as np

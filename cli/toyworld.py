@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.options import exit_with_error
-from inference.toyworld.defaults import TrainConfig
+from toyworld.defaults import TrainConfig
 
 if TYPE_CHECKING:  # each command imports what it runs (a CLI that answers at once)
-    from inference.toyworld.truth import PlantedUnit
+    from toyworld.truth import PlantedUnit
 
 toyworld_app = typer.Typer(
     help="The offline toy world: procedural:shapes generator, planted:shapes and learned:shapes "
@@ -78,7 +78,7 @@ def truth(
     """Print the units' known concepts: planted, or from dissection over scenes whose
     attributes are known (the reference concept, or none when no concept reaches AUC 0.85),
     or the latents of a toy basis (--basis, the files `line toyworld bases` writes)."""
-    from inference.toyworld.truth import as_json, inhibited_ground_truth, planted_ground_truth
+    from toyworld.truth import as_json, inhibited_ground_truth, planted_ground_truth
 
     if basis is not None and (target != PLANTED_TARGET or dissect):
         exit_with_error(f"--basis reads the toy bases of {PLANTED_TARGET}, without --dissect")
@@ -109,7 +109,7 @@ def truth(
         ]  # fmt: skip
         _print_table(rows)
         return
-    from inference.toyworld.dissection import (
+    from toyworld.dissection import (
         SELECTIVE_AUC,
         DissectionError,
         cached_dissection,
@@ -143,7 +143,7 @@ def truth(
 def _toy_basis_truth(spec: str) -> list[PlantedUnit]:
     """The truth of a toy basis's latents, or an error exit for any other basis."""
     from inference.bases import BasisError, load_basis
-    from inference.toyworld.latents import toy_basis_truth
+    from toyworld.latents import toy_basis_truth
 
     try:
         truth = toy_basis_truth(load_basis(spec))
@@ -163,7 +163,7 @@ def bases(
 ) -> None:
     """Write the toy world's known bases for planted:shapes's planted layer: an SAE (SAELens
     format) and a directions matrix whose latents are known combinations of planted units."""
-    from inference.toyworld.latents import write_toy_bases
+    from toyworld.latents import write_toy_bases
 
     specs = write_toy_bases(out)
     for kind, spec in specs.items():
@@ -190,7 +190,7 @@ def train(
 ) -> None:
     """Train learned:shapes from scratch on procedural:shapes scenes (seeded, reproducible on
     one machine; the defaults made the shipped weights, a few minutes on 2 CPU cores)."""
-    from inference.toyworld.learned import (
+    from toyworld.learned import (
         TARGET_NAMES,
         WEIGHTS_PATH,
         save_weights,
@@ -222,7 +222,7 @@ def render(
     out: Annotated[Path, typer.Option(help="Where to write the PNG.")] = DEFAULT_RENDER_PATH,
 ) -> None:
     """Render one prompt with procedural:shapes and say which words it understood."""
-    from inference.toyworld.procedural import render_prompt
+    from toyworld.procedural import render_prompt
 
     rendered = render_prompt(prompt, seed, size, size)
     rendered.image.save(out)

@@ -34,7 +34,6 @@ from evals.baseline import read_vocabulary
 from evals.cosy_eval import CosyNeuron, cosy_neurons
 from evals.defaults import DEFAULT_ABLATION_TEMPLATE, DEFAULT_ABLATION_TOP_K
 from evals.tables import markdown_table, write_rows
-from inference.toyworld.vocabulary import describes_disjoint_objects
 from inference.wire import RenderOptions
 from tools.client import InferenceClient, LineServerError
 from tools.controlset import (
@@ -44,6 +43,7 @@ from tools.controlset import (
     store_control_images,
 )
 from tools.scoring import normalised_drops
+from toyworld.vocabulary import describes_disjoint_objects
 
 EVERYDAY_CONCEPTS_PATH = Path(__file__).parent / "vocab" / "everyday.txt"
 """Random control concepts for models of natural images (``--control-concepts`` overrides)."""
@@ -119,15 +119,11 @@ async def _top_generated(
 ) -> tuple[list[str], float]:
     """The neuron's ``k`` most activating generated images (rendered again where the server lacks
     them: same ids) and the median activation of all its images."""
-    history = folder.read_history(neuron.layer, neuron.unit) or {}
+    record = folder.read_record(neuron.layer, neuron.unit)
     images: dict[str, tuple[float, str, int]] = {}
-    for entry in history.get("entries", []):
+    for entry in record.entries if record else []:
         for image_id, value, prompt, seed in zip(
-            entry.get("image_ids", []),
-            entry.get("activations", []),
-            entry.get("prompts", []),
-            entry.get("seeds", []),
-            strict=False,
+            entry.image_ids, entry.activations, entry.prompts, entry.seeds, strict=False
         ):
             images[image_id] = (float(value), prompt, int(seed))
     if not images:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from agent.run_folder import RunFolder, RunSettings
+from agent.run_folder import RunFolder, RunSettings, read_record_file
 from agent.runner import thread_id
 from evals.cosy import cosy_prompt, cosy_scores, cosy_seeds
 from evals.defaults import DEFAULT_COSY_TEMPLATE
@@ -66,26 +65,14 @@ class LabelRow(BaseModel):
 
 
 # ----- reading a run ------------------------------------------------------------------------
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        log.warning("cannot read %s (%s)", path, error)
-        return None
-
-
 def search_seeds(folder: RunFolder) -> set[int]:
-    """Every image seed recorded in the run's neuron histories (all neurons, all entries)."""
-    seeds: set[int] = set()
-    for path in folder.history_paths():
-        history = _read_json(path) or {}
-        for entry in history.get("entries", []):
-            seeds.update(int(seed) for seed in entry.get("seeds", []))
-    return seeds
-
-
-def _results_by_unit(folder: RunFolder) -> dict[int, dict]:
-    return {int(row["unit"]): row for row in folder.read_results() if row.get("unit")}
+    """Every image seed recorded in the run's neuron records (all neurons, all entries)."""
+    return {
+        seed
+        for path in folder.record_paths()
+        for entry in read_record_file(path).entries
+        for seed in entry.seeds
+    }
 
 
 def cosy_neurons(
@@ -112,31 +99,19 @@ def cosy_neurons(
                 )
         neurons = [CosyNeuron(layer, unit, label) for (layer, unit), label in by_neuron.items()]
         return sorted(neurons, key=lambda n: (n.layer, n.unit)), notes
-    results = _results_by_unit(folder)
     neurons, notes = [], []
     for unit in settings.units:
         name = thread_id(settings.layer, unit)
-        row = results.get(unit)
-        history = None
-        if row is None and folder.history_path(settings.layer, unit).is_file():
-            history = _read_json(folder.history_path(settings.layer, unit))
-        if row is not None:
-            status, reason = row.get("status", ""), row.get("reason", "")
-            final_label = row.get("label")
-        elif history is not None:
-            status, reason = history.get("status", ""), history.get("reason", "")
-            final_label = (history.get("result") or {}).get("label")
-        else:
+        record = folder.read_record(settings.layer, unit)
+        if record is None:
             notes.append(f"{name}: not explained yet, skipped (finish it with line run --resume)")
-            continue
-        final_label = (final_label or "").strip()
-        if status != "done":
-            why = reason or "no reason given"
-            notes.append(f"{name}: {status or 'unfinished'} ({why}), skipped")
-        elif not final_label:
+        elif record.status != "done":
+            why = record.reason or "no reason given"
+            notes.append(f"{name}: {record.status} ({why}), skipped")
+        elif not record.label.strip():
             notes.append(f"{name}: no final label, skipped")
         else:
-            neurons.append(CosyNeuron(settings.layer, unit, final_label))
+            neurons.append(CosyNeuron(settings.layer, unit, record.label.strip()))
     return neurons, notes
 
 

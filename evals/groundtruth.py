@@ -3,7 +3,7 @@
 ``line eval groundtruth`` runs the agent on units of a toy-world target (R times, with run seeds
 0..R-1) and scores each final label with :func:`analysis.groundtruth.score_label`. The truth is
 the planted concept for the planted units of ``planted:shapes``, and the dissection reference
-(:mod:`inference.toyworld.dissection`) for every other toy-world layer, ``learned:shapes``'s
+(:mod:`toyworld.dissection`) for every other toy-world layer, ``learned:shapes``'s
 learned units included. A unit with no concept counts as a false claim when the run's verdict
 calls its label selective (``results.csv``'s ``selective``). The same units are labelled by the
 vocabulary baseline (the offline proposer's vocabulary, or the one ``offline:vocab:FILE`` names;
@@ -22,7 +22,7 @@ repeat (``repeat-1/``, ...; an existing one is resumed) and
 Exact recovery is all or nothing (one extra word is a miss), so it has partial credit beside it,
 the attribute Jaccard |label's attributes & truth's| / |label's | truth's|, and the main figure
 does not depend on wording at all: **predicate AUC**. A label's predicate
-(:func:`inference.toyworld.dissection.label_predicate`, the same one dissection tests its
+(:func:`toyworld.dissection.label_predicate`, the same one dissection tests its
 candidates with) says which scenes of a held-out probe set, disjoint from the one that made the
 references, have the concept; its AUC is the chance that the unit's activation ranks a scene
 with it above one without (ties 1/2). A label with no predicate (no toy-world attribute, an
@@ -36,7 +36,7 @@ signed-rank test. Toy-world layers only: a toy basis's latents get none of these
 References are not exact either: the layer is dissected again on the held-out probes and the
 share of units whose reference (kind and attributes, or none) stays the same is reported. A
 dissection reference whose best AUC is in the weak band (``weak``,
-:attr:`inference.toyworld.dissection.DissectedUnit.verdict`) is not forced to yes or no: the
+:attr:`toyworld.dissection.DissectedUnit.verdict`) is not forced to yes or no: the
 verdict's agreement is computed on the other units, and reported apart for the weak ones.
 """
 
@@ -63,15 +63,17 @@ from agent.launch import (
 )
 from agent.offline import DEFAULT_VOCABULARY_PATH
 from agent.providers import parse_llm_spec
+from agent.record import NeuronRecord
 from agent.run_folder import RunFolder
-from agent.runner import RunProgress
+from agent.runner import RunProgress, add_groups
 from analysis.groundtruth import KINDS, GroundTruth, score_label
-from analysis.polysemanticity import history_polysemanticity
 from analysis.similarity import SentenceEmbedder
 from evals.baseline import read_vocabulary, vocabulary_baseline
 from inference.bases import out_of_range, split_unit_space
-from inference.toyworld.defaults import PROBE_SCENES
-from inference.toyworld.dissection import (
+from prompts.variant import load_variant
+from tools.server_session import server_session
+from toyworld.defaults import PROBE_SCENES
+from toyworld.dissection import (
     HELDOUT_PROBE_SEED,
     PROBE_SEED,
     SELECTIVE_AUC,
@@ -90,18 +92,16 @@ from inference.toyworld.dissection import (
     label_predicate,
     load_toy_world_target,
 )
-from inference.toyworld.latents import toy_basis_truth
-from inference.toyworld.probes import ATTRIBUTES
-from inference.toyworld.truth import (
+from toyworld.latents import toy_basis_truth
+from toyworld.probes import ATTRIBUTES
+from toyworld.truth import (
     INHIBITED_LAYER,
     PLANTED_LAYER,
     PlantedUnit,
     inhibited_ground_truth,
     planted_ground_truth,
 )
-from inference.toyworld.vocabulary import parse_attributes
-from prompts.variant import load_variant
-from tools.server_session import server_session
+from toyworld.vocabulary import parse_attributes
 
 TARGET = "planted:shapes"
 GENERATOR = "procedural:shapes"
@@ -463,8 +463,9 @@ def score_run_rows(
     for row in rows:
         unit = int(row["unit"])
         truth = GroundTruth.of(truths[unit])
-        history = folder.read_history(row["layer"], unit) or {}
-        entries = history.get("entries") or []
+        record = folder.read_record(row["layer"], unit) or NeuronRecord()
+        if record.groups is None:  # a run made without groups (--no-groups, or older)
+            record = add_groups(record)
         done = row["status"] == "done"
         label = row["label"] if done else ""
         score = row["score"] if done and row["score"] not in ("", None) else None
@@ -473,9 +474,8 @@ def score_run_rows(
             truth,
             embedder,
             score=None if score is None else float(score),
-            history_scores=[entry["score"] for entry in entries] if done else None,
+            history_scores=[entry.score for entry in record.entries] if done else None,
         )
-        groups = history_polysemanticity(history, embedder=embedder)
         verdict = run_verdict(row)
         claimed = None if verdict is None else done and verdict == "selective"
         reference_verdict = (
@@ -518,8 +518,8 @@ def score_run_rows(
             "baseline_attribute_jaccard": None
             if baseline_label is None
             else attribute_jaccard(baseline_label, truth),
-            "groups": groups.count,
-            "group_concepts": groups.summary(),
+            "groups": len(record.groups or []),
+            "group_concepts": record.groups_text(),
             **_inhibitor_columns(row, truth),
         }
         if heldout is not None:

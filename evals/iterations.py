@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from agent.record import ConceptEntry, NeuronRecord
 from agent.run_folder import EvaluationFiles, RunFolder
 from evals.tables import markdown_table, text_table, write_rows
 
@@ -45,9 +46,9 @@ class NeuronSteps:
     found_at: str
 
 
-def step_of(entry: dict) -> str:
-    """The step of a history entry: ``S`` for the summary, else its iteration (``0``: seeds)."""
-    return SUMMARY_STEP if entry.get("source") == "summary" else str(int(entry["iteration"]))
+def step_of(entry: ConceptEntry) -> str:
+    """The step of a record's entry: ``S`` for the summary, else its iteration (``0``: seeds)."""
+    return SUMMARY_STEP if entry.source == "summary" else str(int(entry.iteration))
 
 
 def step_order(rounds: int, seeded: bool) -> list[str]:
@@ -60,17 +61,17 @@ def step_rank(step: str) -> tuple[bool, int]:
     return (step == SUMMARY_STEP, 0 if step == SUMMARY_STEP else int(step))
 
 
-def neuron_steps(history: dict, steps: Sequence[str]) -> NeuronSteps | None:
-    """The steps of a finished neuron's history (``None`` unless done, labelled and measured)."""
-    label = (history.get("result") or {}).get("label")
-    entries = history.get("entries") or []
-    if history.get("status") != "done" or not label or not entries:
+def neuron_steps(record: NeuronRecord, steps: Sequence[str]) -> NeuronSteps | None:
+    """The steps of a finished neuron's record (``None`` unless done, labelled and measured)."""
+    label = record.label
+    entries = record.entries
+    if record.status != "done" or not label or not entries:
         return None
     scores: dict[str, list[float]] = {}
     found_at = None
     for entry in entries:
-        scores.setdefault(step_of(entry), []).append(float(entry["score"]))
-        if found_at is None and entry["concept"] == label:
+        scores.setdefault(step_of(entry), []).append(entry.score)
+        if found_at is None and entry.concept == label:
             found_at = step_of(entry)
     best_by_step: dict[str, float] = {}
     best = -math.inf
@@ -81,16 +82,17 @@ def neuron_steps(history: dict, steps: Sequence[str]) -> NeuronSteps | None:
     return NeuronSteps(best_by_step, best, found_at or SUMMARY_STEP)
 
 
-def iteration_rows(histories: Sequence[dict], run: str = "") -> tuple[list[dict], list[str]]:
+def iteration_rows(
+    histories: Sequence[NeuronRecord], run: str = ""
+) -> tuple[list[dict], list[str]]:
     """Per step of the histories (one run, or several pooled): neurons counted, mean relative
     best so far, labels found at that step and the discovery rate; plus notes on neurons left
     out."""
-    measured = [h for h in histories if h.get("entries")]
     rounds = max(
-        (int(e["iteration"]) for h in measured for e in h["entries"] if step_of(e) != "S"),
+        (int(e.iteration) for h in histories for e in h.entries if step_of(e) != "S"),
         default=0,
     )
-    seeded = any(step_of(e) == SEED_STEP for h in measured for e in h["entries"])
+    seeded = any(step_of(e) == SEED_STEP for h in histories for e in h.entries)
     steps = step_order(rounds, seeded)
     neurons = [n for n in (neuron_steps(h, steps) for h in histories) if n is not None]
     notes = []
@@ -119,15 +121,15 @@ def iteration_rows(histories: Sequence[dict], run: str = "") -> tuple[list[dict]
     return rows, notes
 
 
-def run_histories(folder: RunFolder) -> list[dict]:
-    """Every neuron history of a run with results (a clear error for one without)."""
+def run_histories(folder: RunFolder) -> list[NeuronRecord]:
+    """Every neuron record of a run with results (a clear error for one without)."""
     settings = folder.read_settings()
     if not folder.results_csv.is_file():
         raise ValueError(
             f"{folder.path} has no {folder.results_csv.name} yet; finish the run first "
             f"(line run --resume {folder.path})"
         )
-    histories = [folder.read_history(settings.layer, unit) for unit in settings.units]
+    histories = [folder.read_record(settings.layer, unit) for unit in settings.units]
     found = [history for history in histories if history is not None]
     if not found:
         raise ValueError(f"{folder.path} holds no neuron history; finish the run first")

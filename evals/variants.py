@@ -24,8 +24,8 @@ from scipy import stats
 from agent.run_folder import RunFolder
 from analysis.groundtruth import attribute_match
 from evals.tables import markdown_table, present_columns, write_rows
-from inference.toyworld.truth import planted_ground_truth
 from tools.client import InferenceClient
+from toyworld.truth import planted_ground_truth
 
 
 @dataclass(frozen=True)
@@ -172,15 +172,15 @@ def best_so_far_curves(runs: Sequence[ArmRun]) -> np.ndarray:
     for run in runs:
         folder = RunFolder(run.folder)
         for row in run.rows:
-            history = folder.read_history(row["layer"], int(row["unit"]))
-            entries = history["entries"] if history else []
+            record = folder.read_record(row["layer"], int(row["unit"]))
+            entries = record.entries if record else []
             if not entries:
                 continue
-            first = min(entry["iteration"] for entry in entries)
-            last = max(entry["iteration"] for entry in entries)
+            first = min(entry.iteration for entry in entries)
+            last = max(entry.iteration for entry in entries)
             curve, best = [math.nan] * first, -math.inf
             for iteration in range(first, last + 1):
-                scores = [e["score"] for e in entries if e["iteration"] == iteration]
+                scores = [e.score for e in entries if e.iteration == iteration]
                 best = max([best, *scores])
                 curve.append(best if best > -math.inf else math.nan)
             curves.append(curve)
@@ -267,18 +267,18 @@ async def neuron_panels(
     label that activated the unit most (fetched from the server)."""
     panels = []
     for arm, runs in runs_by_arm.items():
-        history = RunFolder(runs[0].folder).read_history(layer, unit) if runs else None
-        label = ((history or {}).get("result") or {}).get("label")
-        entry = next((e for e in (history or {}).get("entries", []) if e["concept"] == label), None)
+        record = RunFolder(runs[0].folder).read_record(layer, unit) if runs else None
+        label = record.label if record else ""
+        entry = next((e for e in record.entries if e.concept == label), None) if record else None
         if entry is None:
             panels.append(NeuronPanel(arm.name, "(no label)", math.nan, []))
             continue
-        ranked = sorted(zip(entry["activations"], entry["image_ids"], strict=True), reverse=True)
+        ranked = sorted(zip(entry.activations, entry.image_ids, strict=True), reverse=True)
         images = [
             Image.open(io.BytesIO(await client.image_png(image_id))).convert("RGB")
             for _, image_id in ranked[:count]
         ]
-        panels.append(NeuronPanel(arm.name, str(label), float(entry["score"]), images))
+        panels.append(NeuronPanel(arm.name, label, entry.score, images))
     return panels
 
 

@@ -11,7 +11,8 @@ from inference.app import is_loopback
 from inference.bases import BasisError, BasisRegistry, check_fits
 from inference.protocols import GeneratorOptions, ImageEditor, ImageGenerator, TargetModel
 from inference.registry import load_editor, load_generator, load_target
-from inference.service import BatchingConfig, InferenceService, ServiceLimits, open_service
+from inference.service import InferenceService, open_service
+from inference.settings import DEFAULT_HOST, DEFAULT_PORT, BatchingConfig, ServiceLimits
 from inference.store import default_store_dir
 
 log = logging.getLogger("line.server")
@@ -28,8 +29,8 @@ class ServeConfig:
     generators: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     editors: list[str] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    port: int = 8400
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     device: str = "auto"
     store: Path = field(default_factory=default_store_dir)
     token: str | None = None

@@ -1,15 +1,26 @@
 """Turns backend specs from the command line into backends.
 
-Generators: ``tiny-sd``, ``procedural:shapes``, or any diffusers text-to-image pipeline by hub id
-or local folder. Editors: ``procedural:shapes``, ``tiny-pix2pix``, or any diffusers image-editing
-pipeline. Targets: ``torchvision:<arch>[:<weights>]``, ``places365:<checkpoint>``,
-``python:<file.py>:<factory>``, ``planted:shapes``, ``learned:shapes``.
+A spec is ``<family>[:<arguments>]``. Families are Python entry points, one registration
+mechanism for the backends this package ships, for separately installed worlds and for a
+user's own package: a distribution declares them in its ``pyproject.toml``::
+
+    [project.entry-points."line.targets"]
+    mymodel = "mypackage.targets:create_target"
+
+and ``--target mymodel:anything`` then calls ``create_target("anything", device=...,
+trust_checkpoints=...)``. The groups are :data:`GENERATOR_GROUP`, :data:`EDITOR_GROUP` and
+:data:`TARGET_GROUP`; a factory takes the arguments after the first ``:`` and returns an
+:class:`~inference.protocols.ImageGenerator`, :class:`~inference.protocols.ImageEditor` or
+:class:`~inference.protocols.TargetModel`. A generator or editor spec with no registered family
+is a diffusers pipeline by hub id or local folder (the ``diffusers`` family); a target module
+in a file is ``python:<file.py>:<factory>``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from inference.protocols import (
@@ -20,46 +31,73 @@ from inference.protocols import (
     TargetModel,
 )
 
-# Backend families by spec prefix, as "module:function" so heavy imports happen only on use.
-GENERATOR_FAMILIES: dict[str, str] = {
-    "tiny-sd": "inference.generators.tiny_sd:create_tiny_sd_generator",
-    "procedural": "inference.toyworld.procedural:create_procedural_generator",
-}
-DIFFUSERS_FACTORY = "inference.generators.diffusers_generator:create_diffusers_generator"
-EDITOR_FAMILIES: dict[str, str] = {
-    "tiny-pix2pix": "inference.generators.tiny_sd:create_tiny_pix2pix_editor",
-    "procedural": "inference.toyworld.editing:create_procedural_editor",
-}
-DIFFUSERS_EDITOR_FACTORY = "inference.generators.diffusers_editor:create_diffusers_editor"
-TARGET_FAMILIES: dict[str, str] = {
-    "torchvision": "inference.targets.torch_target:create_torchvision_target",
-    "places365": "inference.targets.torch_target:create_places365_target",
-    "python": "inference.targets.torch_target:create_python_target",
-    "planted": "inference.toyworld.planted:create_planted_target",
-    "learned": "inference.toyworld.learned:create_learned_target",
-}
-GENERATOR_SPEC_HELP = (
-    "'tiny-sd' (offline random weights, images are noise), 'procedural:shapes' (offline toy "
-    "world), or a diffusers text-to-image pipeline by hub id (e.g. 'stabilityai/sd-turbo') or "
-    "local folder"
-)
-EDITOR_SPEC_HELP = (
-    "'procedural:shapes' (offline toy world: the same scene re-rendered with the named "
-    "attributes removed or replaced), 'tiny-pix2pix' (offline random weights, edits are noise), "
-    "or a diffusers image-editing pipeline by hub id or local folder: instruction editing (e.g. "
-    "'timbrooks/instruct-pix2pix'), image-to-image or inpainting"
-)
-TARGET_SPEC_HELP = (
-    "'torchvision:<arch>[:<weights>|random]' (e.g. 'torchvision:resnet50', "
-    "'torchvision:resnet18:random'), 'places365:<checkpoint.pth.tar>', "
-    "'python:<file.py>:<factory>', 'planted:shapes' or 'learned:shapes'"
-)
+GENERATOR_GROUP = "line.generators"
+EDITOR_GROUP = "line.editors"
+TARGET_GROUP = "line.targets"
+DIFFUSERS_FAMILY = "diffusers"
+"""The generator and editor family of specs that name no registered family (hub id, folder)."""
+REINSTALL_HINT = "a family added to pyproject.toml appears after `pip install -e .`"
 
 
-def _import_factory(path: str) -> Callable[..., Any]:
-    """The function a ``"module:function"`` path names, imported on first use."""
-    module_name, function_name = path.split(":")
-    return getattr(importlib.import_module(module_name), function_name)
+def registered_families(group: str) -> dict[str, EntryPoint]:
+    """The backend families installed in an entry-point group, by name (nothing is imported)."""
+    return {entry.name: entry for entry in entry_points(group=group)}
+
+
+def _family_list(group: str) -> str:
+    names = sorted(registered_families(group))
+    return ", ".join(names) if names else "none"
+
+
+def _load_factory(group: str, entry: EntryPoint) -> Callable[..., Any]:
+    """The factory an entry point names, imported on first use."""
+    try:
+        factory: Callable[..., Any] = entry.load()
+    except (ImportError, AttributeError) as error:
+        raise BackendSpecError(
+            f"backend family {entry.name!r} (entry point {entry.value!r} in {group}) cannot "
+            f"be imported: {error}; install the package that provides it"
+        ) from error
+    return factory
+
+
+def _is_local_path(spec: str) -> bool:
+    try:
+        return Path(spec).expanduser().exists()
+    except OSError:
+        return False
+
+
+def _pipeline_factory(group: str, kind: str, spec: str) -> tuple[Callable[..., Any], str]:
+    """The factory of a generator or editor spec and the arguments it receives."""
+    if not spec.strip():
+        raise BackendSpecError(f"empty {kind} spec; use {spec_help(group, kind)}")
+    families = registered_families(group)
+    family, sep, rest = spec.partition(":")
+    if family in families:
+        return _load_factory(group, families[family]), rest
+    if sep and "/" not in family and not _is_local_path(spec):
+        # A hub id never contains ':'; a spec that does names a family nobody registered.
+        raise BackendSpecError(f"unknown {kind} family {family!r} in {spec!r}; {_use(group, kind)}")
+    if DIFFUSERS_FAMILY not in families:
+        raise BackendSpecError(f"no {kind} family {DIFFUSERS_FAMILY!r}; {_use(group, kind)}")
+    return _load_factory(group, families[DIFFUSERS_FAMILY]), spec
+
+
+def spec_help(group: str, kind: str) -> str:
+    """How to name a backend of a group, with the families registered now."""
+    pipeline = {
+        GENERATOR_GROUP: " or a diffusers text-to-image pipeline by hub id (e.g. "
+        "'stabilityai/sd-turbo') or local folder",
+        EDITOR_GROUP: " or a diffusers image-editing pipeline by hub id (e.g. "
+        "'timbrooks/instruct-pix2pix') or local folder",
+    }.get(group, "")
+    families = _family_list(group)
+    return f"'<family>[:<arguments>]' with a registered {kind} family ({families}){pipeline}"
+
+
+def _use(group: str, kind: str) -> str:
+    return f"use {spec_help(group, kind)} (entry-point group {group}; {REINSTALL_HINT})"
 
 
 def resolve_device(device: str) -> str:
@@ -79,14 +117,11 @@ def load_generator(
     spec: str, device: str = "auto", options: GeneratorOptions | None = None
 ) -> ImageGenerator:
     """Build the image generator a spec names."""
-    options = options or GeneratorOptions()
-    device = resolve_device(device)
-    if not spec.strip():
-        raise BackendSpecError(f"empty generator spec; use {GENERATOR_SPEC_HELP}")
-    family, _, rest = spec.partition(":")
-    if family in GENERATOR_FAMILIES:
-        return _import_factory(GENERATOR_FAMILIES[family])(rest, device=device, options=options)
-    return _import_factory(DIFFUSERS_FACTORY)(spec, device=device, options=options)
+    factory, arguments = _pipeline_factory(GENERATOR_GROUP, "generator", spec)
+    generator: ImageGenerator = factory(
+        arguments, device=resolve_device(device), options=options or GeneratorOptions()
+    )
+    return generator
 
 
 def load_editor(
@@ -94,21 +129,21 @@ def load_editor(
 ) -> ImageEditor:
     """Build the image editor a spec names (``options.dtype`` and ``steps``/``guidance``
     defaults apply to diffusers editors)."""
-    options = options or GeneratorOptions()
-    device = resolve_device(device)
-    if not spec.strip():
-        raise BackendSpecError(f"empty editor spec; use {EDITOR_SPEC_HELP}")
-    family, _, rest = spec.partition(":")
-    if family in EDITOR_FAMILIES:
-        return _import_factory(EDITOR_FAMILIES[family])(rest, device=device, options=options)
-    return _import_factory(DIFFUSERS_EDITOR_FACTORY)(spec, device=device, options=options)
+    factory, arguments = _pipeline_factory(EDITOR_GROUP, "editor", spec)
+    editor: ImageEditor = factory(
+        arguments, device=resolve_device(device), options=options or GeneratorOptions()
+    )
+    return editor
 
 
 def load_target(spec: str, device: str = "auto", trust_checkpoints: bool = False) -> TargetModel:
     """Build the target model a spec names."""
-    device = resolve_device(device)
-    family, sep, rest = spec.partition(":")
-    if not sep or family not in TARGET_FAMILIES:
-        raise BackendSpecError(f"unknown target {spec!r}; use {TARGET_SPEC_HELP}")
-    factory = _import_factory(TARGET_FAMILIES[family])
-    return factory(rest, device=device, trust_checkpoints=trust_checkpoints)
+    families = registered_families(TARGET_GROUP)
+    family, _, rest = spec.partition(":")
+    if family not in families:
+        raise BackendSpecError(f"unknown target {spec!r}; {_use(TARGET_GROUP, 'target')}")
+    factory = _load_factory(TARGET_GROUP, families[family])
+    target: TargetModel = factory(
+        rest, device=resolve_device(device), trust_checkpoints=trust_checkpoints
+    )
+    return target

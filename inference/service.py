@@ -47,6 +47,7 @@ from inference.protocols import (
     RenderSettings,
     TargetModel,
 )
+from inference.settings import MIN_SIDE, BatchingConfig, ServiceLimits
 from inference.store import (
     ActivationCache,
     ImageStore,
@@ -91,25 +92,6 @@ class ServiceError(Exception):
         super().__init__(message)
         if status is not None:
             self.status = status
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    """Caps that keep one request from hogging the server."""
-
-    max_images_per_request: int = 256
-    max_prompt_chars: int = 1000
-    max_side: int = 2048
-    max_steps: int = 500
-    max_upload_bytes: int = 20_000_000
-
-
-@dataclass(frozen=True)
-class BatchingConfig:
-    """When a batch closes."""
-
-    max_batch: int = 32
-    max_wait_ms: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -295,8 +277,10 @@ class InferenceService:
         limit = self.limits.max_side
         for side in ("width", "height"):
             value = getattr(settings, side)
-            if not 8 <= value <= limit or value % 8:
-                raise ServiceError(f"{side} must be a multiple of 8 from 8 to {limit}, got {value}")
+            if not MIN_SIDE <= value <= limit or value % 8:
+                raise ServiceError(
+                    f"{side} must be a multiple of 8 from {MIN_SIDE} to {limit}, got {value}"
+                )
         self._check_steps_and_guidance(settings.steps, settings.guidance)
         return settings
 
@@ -440,9 +424,7 @@ class InferenceService:
 
     # ----- edits ---------------------------------------------------------------------------
     def _editor(self, name: str | None) -> ImageEditor:
-        example = (
-            " (e.g. procedural:shapes for the toy world, or a diffusers image-editing pipeline)"
-        )
+        example = " (a registered editor family, e.g. tiny-pix2pix, or a diffusers pipeline)"
         return _named_backend("editor", self.editors, self.default_editor, name, example)
 
     def resolve_edit_settings(

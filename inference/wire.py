@@ -20,9 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-MIN_SIDE = 16
-"""The smallest image side the server accepts: every backend renders it (procedural:shapes
-refuses anything smaller)."""
+from inference.settings import DEFAULT_LIMITS, MIN_SIDE
 
 
 def _plain_text(value: str) -> str:
@@ -84,17 +82,18 @@ class RenderOptions(BaseModel):
         default=None,
         ge=MIN_SIDE,
         description=f"Image width in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
-        "limit (2048 unless configured); the generator's default if absent.",
+        f"limit ({DEFAULT_LIMITS.max_side} unless configured); the generator's default if absent.",
     )
     height: int | None = Field(
         default=None,
         ge=MIN_SIDE,
         description=f"Image height in pixels: a multiple of 8 from {MIN_SIDE} to the server's "
-        "limit (2048 unless configured); the generator's default if absent.",
+        f"limit ({DEFAULT_LIMITS.max_side} unless configured); the generator's default if absent.",
     )
     steps: int | None = Field(
         default=None,
-        description="Denoising steps, 1 to the server's limit (500 unless configured).",
+        description=f"Denoising steps, 1 to the server's limit ({DEFAULT_LIMITS.max_steps} unless "
+        "configured).",
     )
     guidance: float | None = Field(default=None, description="Guidance scale, 0 to 100.")
 
@@ -141,7 +140,7 @@ class EditsRequest(BaseModel):
     image_ids: list[str] = Field(description="Ids of stored images (rendered or uploaded).")
     instruction: Text = Field(
         description="What to change, e.g. 'remove the red circle'; at most the server's prompt "
-        "limit (1000 characters unless configured)."
+        f"limit ({DEFAULT_LIMITS.max_prompt_chars} characters unless configured)."
     )
     seeds: list[int] = Field(description="One seed per image, 0 to 2**63-1.")
     editor: Text | None = Field(None, description="Editor name; the server's first if absent.")

@@ -14,8 +14,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference.toyworld.procedural import render_prompt
-from inference.toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
+from toyworld.procedural import render_prompt
+from toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
 
 REAL_TEMPLATE = "two small {concept} objects on a {background} background"
 BACKGROUNDS = ("gray", "white", "black")

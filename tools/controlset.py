@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.toyworld.controls import random_toy_concepts, random_toy_scene_prompts
 from inference.wire import RenderOptions
 from tools.client import InferenceClient, LineServerError
+from toyworld.controls import random_toy_concepts, random_toy_scene_prompts
 
 log = logging.getLogger("line.control")
 

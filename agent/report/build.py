@@ -4,9 +4,9 @@ The folder holds ``index.html``, ``neurons/<layer>__<unit>.html``, ``thumbs/`` (
 thumbnails, written once) and ``assets/`` (one stylesheet, one small script). It opens from
 ``file://``: no server, no network, no CDN; all data is in the HTML.
 
-Builds are incremental: a neuron page is rewritten only when its history (or what else it
-shows) changed, its concept groups are cached in ``.build.json``, and thumbnails that exist are
-kept. The live viewer rebuilds the same folder every time the run writes a file.
+Builds are incremental: a neuron page is rewritten only when its record (or what else it
+shows) changed (``.build.json`` keeps each page's key), and thumbnails that exist are kept.
+The live viewer rebuilds the same folder every time the run writes a file.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.report.data import NeuronView, RunView, load_run
-from agent.report.groups import group_from_json, group_to_json, neuron_groups
+from agent.report.data import RunView, load_run
 from agent.report.pages import index_page, neuron_page, page_path
 from agent.report.render import templates_fingerprint
 from agent.report.thumbs import ImageSource, ThumbnailWriter
@@ -31,7 +30,7 @@ from inference.store import default_store_dir
 
 log = logging.getLogger("line.report")
 
-BUILD_VERSION = "4"
+BUILD_VERSION = "5"
 """Bump when what a page is drawn from changes shape, so every page of an old report is
 rewritten (a change of the templates alone is noticed without it)."""
 STATIC = Path(__file__).parent / "static"
@@ -82,23 +81,10 @@ class ReportBuilder:
         try:
             cache = json.loads((self.out / CACHE_FILE).read_text())
         except (OSError, json.JSONDecodeError):
-            return {"pages": {}, "groups": {}}
+            return {"pages": {}}
         if cache.get("version") != BUILD_VERSION:
-            return {"pages": {}, "groups": {}}
+            return {"pages": {}}
         return cache
-
-    def _add_groups(self, neuron: NeuronView, cache: dict[str, Any]) -> None:
-        if not neuron.has_page:
-            return
-        key = f"{neuron.slug}:{neuron.history_signature}"
-        cached = cache["groups"].get(key)
-        if cached is not None:
-            neuron.groups = group_from_json(cached["groups"])
-            neuron.groups_note = cached.get("note", "")
-            return
-        neuron.groups, neuron.groups_note = neuron_groups(neuron.entries)
-        if neuron.groups is not None:
-            cache["groups"][key] = {"groups": group_to_json(neuron.groups), "note": ""}
 
     def _copy_assets(self) -> None:
         target = self.out / "assets"
@@ -124,11 +110,6 @@ class ReportBuilder:
         self.out.mkdir(parents=True, exist_ok=True)
         self._copy_assets()
         cache = self._read_cache()
-        live_keys = set()
-        for neuron in run.neurons:
-            self._add_groups(neuron, cache)
-            live_keys.add(f"{neuron.slug}:{neuron.history_signature}")
-        cache["groups"] = {k: v for k, v in cache["groups"].items() if k in live_keys}
 
         source = ImageSource(self.store, run.config.get("server"))
         wanted = {image.image_id for n in run.neurons for image in n.images()}
@@ -177,8 +158,6 @@ class ReportBuilder:
                     [repr(pair) for pair in neuron.ablation],
                     neuron.truth,
                     neuron.match,
-                    group_to_json(neuron.groups),
-                    neuron.groups_note,
                     previous.slug if previous else None,
                     following.slug if following else None,
                     [i in available for i in ids],

@@ -1,9 +1,10 @@
 """Reading a run folder into what the report shows: the config, and one view per neuron.
 
-Everything comes from the files of the run folder (:class:`agent.run_folder.RunFolder`): the
-config, one history per neuron, the results table (the demo's ``truth`` and ``match`` columns)
-and, when an evaluation wrote it, the CoSy table. A unit of the config without a history has
-not finished (the run is going on, or was interrupted); it is listed as ``unfinished``.
+Everything comes from the run folder (:class:`agent.run_folder.RunFolder`): the config, one
+record per neuron (:class:`agent.record.NeuronRecord`: its concepts, confirmation, verdict,
+concept groups in the analysis's order and, for ``line demo``, the planted truth) and the
+outputs of the evaluations that ran on it. A unit of the config without a record has not
+finished (the run is going on, or was interrupted); it is listed as ``unfinished``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.run_folder import FAULT_COUNTERS, OutageRecord, RunFolder
+from agent.record import (
+    FAULT_COUNTERS,
+    ConceptEntry,
+    Confirmation,
+    EditExperiment,
+    NeuronRecord,
+    NeuronResult,
+    SummaryStep,
+)
+from agent.run_folder import OutageRecord, RecordError, RunFolder, read_record_file
 from agent.runner import thread_id
 from analysis.groundtruth import attribute_match
 from inference.bases import BasisError, load_basis
-from inference.toyworld.latents import toy_basis_truth
-from inference.toyworld.truth import planted_ground_truth
 from prompts.variant import load_variant
+from toyworld.latents import toy_basis_truth
+from toyworld.truth import PlantedUnit, planted_ground_truth
 
 STATUS_ORDER = ("done", "dead", "failed", "unfinished")
 """Statuses shown in the report, in the order the index's filter lists them."""
@@ -127,23 +137,22 @@ class ConfirmationView:
     chosen: bool
 
 
-def confirmation_views(confirmation: Mapping[str, Any] | None) -> list[ConfirmationView]:
+def confirmation_views(confirmation: Confirmation | None) -> list[ConfirmationView]:
     """The confirmation's candidates, best AUC first (the chosen one marked)."""
-    if not confirmation:
+    if confirmation is None:
         return []
-    chosen = confirmation.get("label")
     views = [
         ConfirmationView(
-            concept=str(row.get("concept") or ""),
-            source=str(row.get("source") or ""),
-            auc=finite(row.get("auc")),
-            mean=finite(row.get("mean")),
-            search_score=finite(row.get("search_score")),
-            kept=bool(row.get("kept")),
-            note=str(row.get("note") or ""),
-            chosen=row.get("concept") == chosen,
+            concept=candidate.concept,
+            source=candidate.source,
+            auc=finite(candidate.auc),
+            mean=finite(candidate.mean),
+            search_score=finite(candidate.search_score),
+            kept=candidate.kept,
+            note=candidate.note,
+            chosen=candidate.concept == confirmation.label,
         )
-        for row in confirmation.get("candidates") or []
+        for candidate in confirmation.candidates
     ]
     return sorted(views, key=lambda view: -(view.auc if view.auc is not None else -1.0))
 
@@ -405,24 +414,13 @@ def read_cosy(folder: RunFolder) -> dict[tuple[str, int], list[CosyRow]]:
     return out
 
 
-def read_results(folder: RunFolder) -> dict[tuple[str, int], dict[str, str]]:
-    """The results table's rows by (layer, unit)."""
-    out = {}
-    for row in read_csv_rows(folder.results_csv):
-        try:
-            out[(row.get("layer", ""), int(row.get("unit", "")))] = row
-        except ValueError:
-            continue
-    return out
-
-
-def toy_world_truth(config: Mapping[str, Any]) -> dict[int, Any]:
+def toy_world_truth(config: Mapping[str, Any]) -> dict[int, PlantedUnit]:
     """Planted units (or a toy basis's latents) by index when the run's target is the toy
     world's planted model."""
     if not str(config.get("target", "")).startswith("planted:"):
         return {}
     units = planted_ground_truth()
-    if config.get("basis"):  # a toy basis's latents (inference.toyworld.latents)
+    if config.get("basis"):  # a toy basis's latents (toyworld.latents)
         try:
             units = toy_basis_truth(load_basis(str(config["basis"]))) or []
         except BasisError:  # the file moved: no truth column
@@ -431,42 +429,38 @@ def toy_world_truth(config: Mapping[str, Any]) -> dict[int, Any]:
 
 
 def truth_columns(
-    label: str, status: str, planted: Any, row: Mapping[str, str] | None
+    record: NeuronRecord, planted: PlantedUnit | None
 ) -> tuple[str | None, str | None]:
-    """(truth, match) from ``results.csv`` where the demo wrote them, else from the toy world."""
-    if row and row.get("truth"):
-        return row["truth"], row.get("match") or None
+    """(truth, match) from the record where the run checked it (``line demo``), else from the
+    toy world's planted unit; match is ``True``, ``False`` or ``-`` (a unit with no concept)."""
+    if record.truth is not None:
+        match = record.truth.match
+        return record.truth.concept, "-" if match is None else str(match)
     if planted is None:
         return None, None
-    match: str | None = None
-    if status == "done":
-        matched = attribute_match(label, planted)
-        match = "-" if matched is None else str(bool(matched))
-    return planted.concept, match
+    match_text: str | None = None
+    if record.status == "done":
+        matched = attribute_match(record.label, planted)
+        match_text = "-" if matched is None else str(bool(matched))
+    return planted.concept, match_text
 
 
-def entry_views(entries: Iterable[Mapping[str, Any]]) -> list[EntryView]:
-    """History entries as views, with the best score so far after each."""
+def entry_views(entries: Iterable[ConceptEntry]) -> list[EntryView]:
+    """A record's entries as views, with the best score so far after each."""
     views = []
     best: float | None = None
     for index, entry in enumerate(entries):
-        score = finite(entry.get("score"))
-        ids = list(entry.get("image_ids") or [])
-        activations = list(entry.get("activations") or [])
-        prompts = list(entry.get("prompts") or [])
-        seeds = list(entry.get("seeds") or [])
-        concept = str(entry.get("concept") or "")
-        iteration = int(entry.get("iteration") or 0)
+        score = finite(entry.score)
         images = [
             ImageView(
-                image_id=str(image_id),
-                activation=finite(activations[i]) if i < len(activations) else None,
-                prompt=str(prompts[i]) if i < len(prompts) else "",
-                seed=seeds[i] if i < len(seeds) else None,
-                concept=concept,
-                iteration=iteration,
+                image_id=image_id,
+                activation=finite(entry.activations[i]) if i < len(entry.activations) else None,
+                prompt=entry.prompts[i] if i < len(entry.prompts) else "",
+                seed=entry.seeds[i] if i < len(entry.seeds) else None,
+                concept=entry.concept,
+                iteration=entry.iteration,
             )
-            for i, image_id in enumerate(ids)
+            for i, image_id in enumerate(entry.image_ids)
         ]
         new_best = score is not None and (best is None or score > best)
         if new_best:
@@ -474,10 +468,10 @@ def entry_views(entries: Iterable[Mapping[str, Any]]) -> list[EntryView]:
         views.append(
             EntryView(
                 index=index,
-                concept=concept,
+                concept=entry.concept,
                 score=score,
-                iteration=iteration,
-                source=str(entry.get("source") or ""),
+                iteration=entry.iteration,
+                source=entry.source,
                 images=images,
                 best_so_far=best,
                 new_best=new_best,
@@ -486,74 +480,84 @@ def entry_views(entries: Iterable[Mapping[str, Any]]) -> list[EntryView]:
     return views
 
 
-def edit_views(edits: Iterable[Mapping[str, Any]]) -> list[EditView]:
-    """The agent's ``edit_images`` experiments of a history as views."""
+def edit_views(edits: Iterable[EditExperiment]) -> list[EditView]:
+    """The agent's ``edit_images`` experiments of a record as views."""
     views = []
     for index, edit in enumerate(edits):
-        instruction = str(edit.get("instruction") or "")
-        iteration = int(edit.get("after_iteration") or 0)
+        iteration = edit.after_iteration
+        instruction = edit.instruction
         pairs = [
             EditPair(
-                ImageView(str(source), finite(before), "", None, str(concept), iteration),
-                ImageView(str(edited), finite(after), instruction, seed, instruction, iteration),
+                ImageView(source, finite(before), "", None, concept, iteration),
+                ImageView(edited, finite(after), instruction, seed, instruction, iteration),
                 finite(drop),
             )
             for source, edited, before, after, drop, concept, seed in zip(
-                edit.get("source_ids") or [],
-                edit.get("edited_ids") or [],
-                edit.get("before") or [],
-                edit.get("after") or [],
-                edit.get("drops") or [],
-                edit.get("source_concepts") or [],
-                edit.get("seeds") or [],
+                edit.source_ids,
+                edit.edited_ids,
+                edit.before,
+                edit.after,
+                edit.drops,
+                edit.source_concepts,
+                edit.seeds,
                 strict=False,
             )
         ]
-        views.append(EditView(index, instruction, iteration, pairs, finite(edit.get("mean_drop"))))
+        views.append(EditView(index, instruction, iteration, pairs, finite(edit.mean_drop)))
     return views
 
 
-def neuron_from_history(layer: str, unit: int, slug: str, history: Mapping[str, Any]) -> NeuronView:
-    """A finished (or failed) neuron from its JSON history (``slug``: the history's file stem,
-    which names its report page too)."""
-    result = history.get("result") or {}
-    status = str(history.get("status") or ("done" if result else "failed"))
-    if status not in STATUS_ORDER:
-        status = "failed"
-    summary = history.get("summary") or {}
-    neuron = history.get("neuron") or {}
-    confirmed = history.get("confirmation") or {}
+def group_views(record: NeuronRecord) -> tuple[list[GroupView] | None, str]:
+    """The record's concept groups in the order the analysis gave them (best first), or
+    ``(None, why)`` when the run did not group this neuron's concepts."""
+    if record.groups is not None:
+        return [GroupView(list(g.concepts), list(g.scores)) for g in record.groups], ""
+    if record.groups_note:
+        return None, record.groups_note
+    return None, (
+        "concepts were not grouped: the run was made with --no-groups (or before LINE stored "
+        "groups in its records)"
+    )
+
+
+def neuron_from_record(record: NeuronRecord, slug: str) -> NeuronView:
+    """A neuron's view from its record (``slug``: the record's file stem, which names its
+    report page too)."""
+    result = record.result or NeuronResult()
+    summary = record.summary or SummaryStep()
+    confirmation = record.confirmation
+    groups, groups_note = group_views(record)
     return NeuronView(
-        layer=layer,
-        unit=unit,
+        layer=record.layer,
+        unit=record.unit,
         slug=slug,
-        status=status,
-        reason=str(history.get("reason") or ""),
-        label=str(result.get("label") or ""),
-        score=finite(result.get("score")),
-        selective=result.get("selective") if isinstance(result.get("selective"), bool) else None,
-        verdict=str(result.get("verdict") or ""),
-        score_low=finite(result.get("score_low")),
-        score_high=finite(result.get("score_high")),
-        mean_activation=finite(result.get("mean_activation")),
-        search_score=finite(result.get("search_score")),
-        choice=str(result.get("choice") or ""),
-        inhibitor=str(result.get("inhibitor") or ""),
-        inhibitor_score=finite(result.get("inhibitor_score")),
-        inhibitor_verdict=str(result.get("inhibitor_verdict") or ""),
-        confirmation=confirmation_views(confirmed),
-        confirmation_images=int(
-            (history.get("confirmation") or {}).get("images_per_candidate") or 0
-        ),
-        control_images=int((history.get("confirmation") or {}).get("control_images") or 0),
-        label_source=str(result.get("label_source") or ""),
-        summary_concept=str(result.get("summary_concept") or summary.get("concept") or ""),
-        summary_text=str(result.get("summary_text") or summary.get("text") or ""),
-        counters={k: v for k, v in (history.get("counters") or {}).items() if isinstance(v, int)},
-        entries=entry_views(history.get("entries") or []),
-        seed_concepts=[str(c) for c in neuron.get("seed_concepts") or []],
-        llm_log=list(history.get("llm_log") or []),
-        edits=edit_views(history.get("edits") or []),
+        status=record.status,
+        reason=record.reason,
+        label=result.label,
+        score=finite(result.score),
+        selective=result.selective,
+        verdict=result.verdict,
+        score_low=finite(result.score_low),
+        score_high=finite(result.score_high),
+        mean_activation=finite(result.mean_activation),
+        search_score=finite(result.search_score),
+        choice=result.choice,
+        inhibitor=result.inhibitor,
+        inhibitor_score=finite(result.inhibitor_score),
+        inhibitor_verdict=result.inhibitor_verdict,
+        confirmation=confirmation_views(confirmation),
+        confirmation_images=confirmation.images_per_candidate if confirmation else 0,
+        control_images=confirmation.control_images if confirmation else 0,
+        label_source=result.label_source,
+        summary_concept=result.summary_concept or summary.concept or "",
+        summary_text=result.summary_text or summary.text,
+        counters={k: int(v) for k, v in record.counters.items()},
+        entries=entry_views(record.entries),
+        seed_concepts=list(record.neuron.seed_concepts),
+        llm_log=list(record.llm_log),
+        edits=edit_views(record.edits),
+        groups=groups,
+        groups_note=groups_note,
     )
 
 
@@ -567,9 +571,9 @@ def run_units(config: Mapping[str, Any], folder: RunFolder) -> list[tuple[str, i
     """The run's (layer, unit) pairs: the config's units, plus any other history on disk."""
     layer = str(config["layer"])
     pairs = [(layer, int(unit)) for unit in config.get("units") or []]
-    known = {folder.history_path(*pair).stem for pair in pairs}
+    known = {folder.record_path(*pair).stem for pair in pairs}
     extra = []
-    for path in folder.history_paths():
+    for path in folder.record_paths():
         name, separator, unit = path.stem.rpartition("__")
         if separator and unit.isdigit() and path.stem not in known:
             extra.append((name, int(unit)))
@@ -588,36 +592,37 @@ def score_kind(config: Mapping[str, Any]) -> str:
 
 
 def load_run(run_dir: str | Path) -> RunView:
-    """Read a run folder (no server needed). Polysemanticity groups are added later."""
+    """Read a run folder (no server needed): the config, each neuron's record, the
+    evaluations' outputs."""
     folder = RunFolder(run_dir)
     config = read_config(folder)
-    results = read_results(folder)
     cosy = read_cosy(folder)
     ablation = read_ablation(folder)
     planted = toy_world_truth(config)
     views = []
     for layer, unit in run_units(config, folder):
-        path = folder.history_path(layer, unit)
+        path = folder.record_path(layer, unit)
         slug = path.stem
-        history = None
+        record = None
         signature = ""
-        if path.is_file():
-            try:
-                signature = file_signature(path)
-                history = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                history = None  # being replaced right now: the next build reads it
-        if isinstance(history, dict):
-            view = neuron_from_history(layer, unit, slug, history)
+        try:
+            signature = file_signature(path)
+            record = read_record_file(path)
+        except OSError:  # no record yet (or being replaced right now: the next build reads it)
+            record = None
+        except RecordError as error:
+            raise ReportError(str(error)) from error
+        if record is not None:
+            view = neuron_from_record(record, slug)
+            view.layer, view.unit = layer, unit
         else:
             view = NeuronView(layer=layer, unit=unit, slug=slug, status="unfinished")
+            record = NeuronRecord.unfinished(str(config["target"]), layer, unit)
         view.history_signature = signature
         view.cosy = cosy.get((layer, unit), [])
         view.ablation = ablation.get(thread_id(layer, unit), [])
         planted_unit = planted.get(unit) if layer == config["layer"] else None
-        view.truth, view.match = truth_columns(
-            view.label, view.status, planted_unit, results.get((layer, unit))
-        )
+        view.truth, view.match = truth_columns(record, planted_unit)
         views.append(view)
     return RunView(
         path=folder.path,

@@ -49,7 +49,7 @@ def run_signature(run_dir: str | Path) -> tuple:
     """Changes whenever the run writes a file the report reads."""
     folder = RunFolder(run_dir)
     parts: list[Any] = []
-    for path in (folder.config, folder.results_csv, folder.cosy_csv(), *folder.history_paths()):
+    for path in (folder.config, folder.results_csv, folder.cosy_csv(), *folder.record_paths()):
         try:
             stat = path.stat()
             parts.append((path.name, stat.st_mtime_ns, stat.st_size))

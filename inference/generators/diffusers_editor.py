@@ -31,6 +31,7 @@ from inference.protocols import (
     GeneratorOptions,
     RenderedImage,
 )
+from inference.registry import DIFFUSERS_FAMILY, EDITOR_GROUP, registered_families
 
 EDIT_KINDS = ("instruction", "image-to-image", "inpainting")
 IMAGE_GUIDANCE = 1.5
@@ -39,9 +40,14 @@ STRENGTH = 0.75
 """How far image-to-image and inpainting pipelines redraw the image (diffusers' default)."""
 KINDS_HELP = (
     "an instruction-editing pipeline (e.g. 'timbrooks/instruct-pix2pix'), an image-to-image "
-    "pipeline or an inpainting pipeline (diffusers hub id or folder), 'tiny-pix2pix' (offline, "
-    "random weights) or 'procedural:shapes' (the toy world)"
+    "pipeline or an inpainting pipeline (diffusers hub id or folder)"
 )
+
+
+def kinds_help() -> str:
+    """What to pass instead: the pipeline kinds that edit, and the editor families installed."""
+    families = ", ".join(sorted(set(registered_families(EDITOR_GROUP)) - {DIFFUSERS_FAMILY}))
+    return f"{KINDS_HELP}, or a registered editor family ({families or 'none'})"
 
 
 def edit_kind(pipeline: Any) -> str | None:
@@ -131,13 +137,13 @@ def load_editing_pipeline(source: str | Path, device: str, dtype: str) -> tuple[
         raise
     except Exception as error:  # hub, file and config errors all land here
         raise BackendSpecError(
-            f"could not load the diffusers pipeline {str(source)!r}: {error}. Pass {KINDS_HELP}"
+            f"could not load the diffusers pipeline {str(source)!r}: {error}. Pass {kinds_help()}"
         ) from error
     kind = edit_kind(pipeline)
     if kind is None:
         raise BackendSpecError(
             f"{str(source)!r} is a {type(pipeline).__name__}, which does not edit images (its "
-            f"call takes no input image); pass {KINDS_HELP}"
+            f"call takes no input image); pass {kinds_help()}"
         )
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)

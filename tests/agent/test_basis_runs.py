@@ -20,15 +20,15 @@ from inference.bases import BasisRegistry, load_basis, write_sae
 from inference.registry import load_generator, load_target
 from inference.service import open_service
 from inference.store import default_cache_dir
-from inference.toyworld.latents import write_toy_bases
-from inference.toyworld.vocabulary import parse_attributes
 from tools.client import LineClient
 from tools.controlset import RANDOM_CONCEPT_CONTROL_SIZE
 from tools.server_session import RunSetupError, server_session
+from toyworld.latents import write_toy_bases
+from toyworld.vocabulary import parse_attributes
 
 runner = CliRunner()
 TOY = ["--target", "planted:shapes", "--layer", "planted", "--generator", "procedural:shapes"]
-TRIANGLE, DENSE, DEAD = 5, 6, 7  # latents of the toy bases (inference.toyworld.latents)
+TRIANGLE, DENSE, DEAD = 5, 6, 7  # latents of the toy bases (toyworld.latents)
 
 
 @pytest.fixture(scope="module")

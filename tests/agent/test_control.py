@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from agent.runner import seed_concepts
-from inference.toyworld.procedural import render_prompt
 from tools.client import LineClient
 from tools.controlset import ControlSet, ControlSetError, control_activations
+from toyworld.procedural import render_prompt
 
 CLASSES = {"red_things": "a red circle", "blue_things": "a blue square", "stars": "a green star"}
 
@@ -82,7 +82,7 @@ def test_paper_run_is_seeded_with_the_top_control_classes(
         toy_world_server, tmp_path / "run", [0], iterations=1, control=control,
         seed_top_classes=1, seed_random_classes=1,
     )  # fmt: skip
-    neuron = json.loads(folder.history_path("planted", 0).read_text())
+    neuron = json.loads(folder.record_path("planted", 0).read_text())
     seeds = [e["concept"] for e in neuron["entries"] if e["source"] == "seed"]
     assert seeds[0] == "red things" and len(seeds) == 2  # the red unit's top class first
     assert rows[0]["status"] == "done"
@@ -94,7 +94,7 @@ def test_auc_scores_against_the_toy_control_set(toy_world_server, explain, tmp_p
         score="auc", llm="offline:vocab",
     )  # fmt: skip
     assert rows[0]["status"] == "done"
-    neuron = json.loads(folder.history_path("planted", 0).read_text())
+    neuron = json.loads(folder.record_path("planted", 0).read_text())
     assert all(0.0 <= e["score"] <= 1.0 for e in neuron["entries"])
     assert neuron["entries"][0]["concept"] == "red" and neuron["entries"][0]["score"] > 0.9
 

@@ -33,7 +33,7 @@ def results(folder: RunFolder) -> list[dict]:
 
 
 def history(folder: RunFolder, unit: int) -> dict:
-    return json.loads(folder.history_path("planted", unit).read_text())
+    return json.loads(folder.record_path("planted", unit).read_text())
 
 
 def metric(text: str, name: str) -> float:
@@ -233,7 +233,8 @@ def test_each_retried_llm_fault_reaches_its_own_results_column_once(
         )  # fmt: skip
     assert [llm.stats.count(reply.kind) for reply in RETRIED_FAULTS] == [1, 1, 1, 1]
     with folder.results_csv.open() as stream:
-        assert next(csv.reader(stream)) == RESULTS_HEADER
+        # then the polysemanticity columns: a run groups each neuron's concepts by default
+        assert next(csv.reader(stream)) == [*RESULTS_HEADER, "groups", "group_concepts"]
     [row] = results(folder)
     assert row["status"] == "done" and row["label"]
     assert {kind.value: row[kind.value] for kind in FaultKind} == {

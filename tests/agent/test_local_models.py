@@ -44,14 +44,14 @@ def test_a_chatty_small_model_at_2048_tokens_fails_no_neuron_and_labels_no_debri
     assert [row["status"] for row in rows] == ["done"] * 6
     for row in rows:
         assert validate_concept(row["label"]) == row["label"]
-    histories = [RunFolder(out).read_history("planted", unit) for unit in range(6)]
+    histories = RunFolder(out).records()
     refused = sum(int(row["reasks"]) + int(row["tool_errors"]) for row in rows)
     assert refused > 0  # debris came, and was re-asked (paper) or answered as a tool error
     if prompts == "paper":
         for history in histories:  # a re-ask replaces the last one: the request never grows
-            assert all(len(entry["request"]) <= 4 for entry in history["llm_log"])
+            assert all(len(entry["request"]) <= 4 for entry in history.llm_log)
     else:  # the agentic conversation outgrew the window and was trimmed
-        assert sum(h["counters"].get("trimmed_turns", 0) for h in histories) > 0
+        assert sum(h.counter("trimmed_turns") for h in histories) > 0
     assert json.loads(RunFolder(out).config.read_text())["llm_context"] is None  # read, not given
 
 

@@ -16,9 +16,9 @@ from agent.offline import (
     resolve_tool_choice,
     transcript_from_langchain,
 )
-from inference.toyworld.vocabulary import parse_attributes
 from tools.agent_tools import AGENTIC_TOOLS, PROPOSE_CONCEPT, SUBMIT_EXPLANATION
 from tools.scoreboard import format_score_lines, format_tried_lines
+from toyworld.vocabulary import parse_attributes
 
 
 def planted_score(concept: str, truth: set[str]) -> float:
@@ -300,7 +300,7 @@ def test_conjunction_partner_is_tried_even_when_off_the_scoreboard(halves, shown
 
 @pytest.fixture(scope="module")
 def planted():
-    from inference.toyworld.planted import PlantedShapesModel
+    from toyworld.planted import PlantedShapesModel
 
     return PlantedShapesModel()
 
@@ -313,8 +313,8 @@ def test_recovers_planted_units_in_the_demo_budget(concept, planted):
     best-scoring concept (the first of equal ones, as on the scoreboard) names exactly the
     planted attributes."""
     from agent.launch import DEMO_OFFLINE_ITERATIONS
-    from inference.toyworld.procedural import render_prompt
-    from inference.toyworld.truth import PLANTED_LAYER, planted_ground_truth
+    from toyworld.procedural import render_prompt
+    from toyworld.truth import PLANTED_LAYER, planted_ground_truth
 
     unit = next(u for u in planted_ground_truth() if u.concept == concept)
 

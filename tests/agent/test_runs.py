@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from inference.toyworld.truth import inhibited_ground_truth, planted_ground_truth
-from inference.toyworld.vocabulary import parse_attributes
 from testing.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
+from toyworld.truth import inhibited_ground_truth, planted_ground_truth
+from toyworld.vocabulary import parse_attributes
 
 OPENAI = "openai-compatible:scripted"
 
 
 def history(folder, unit: int, layer: str = "planted") -> dict:
-    return json.loads(folder.history_path(layer, unit).read_text())
+    return json.loads(folder.record_path(layer, unit).read_text())
 
 
 def test_paper_strategy_through_chatopenai(toy_world_server, explain, tmp_path):

@@ -29,7 +29,7 @@ OPENAI = "openai-compatible:scripted"
 
 
 def history(folder, unit: int, layer: str = "planted") -> dict:
-    return json.loads(folder.history_path(layer, unit).read_text())
+    return json.loads(folder.record_path(layer, unit).read_text())
 
 
 def requests_with(llm, tool: str) -> list[dict]:

@@ -8,22 +8,19 @@ import numpy as np
 import pytest
 
 from agent.launch import DEMO_OFFLINE_ITERATIONS
+from agent.record import GROUP_COLUMNS
 from analysis.polysemanticity import (
-    GROUP_COLUMNS,
     analyse_entries,
     average_linkage,
     concept_groups,
     content_words,
     core_concept,
-    history_polysemanticity,
     is_disjunction,
     is_refinement,
-    run_polysemanticity,
-    with_group_columns,
 )
 from analysis.similarity import default_embedder
-from inference.toyworld.vocabulary import parse_attributes
 from tools.scoreboard import ConceptEntry
+from toyworld.vocabulary import parse_attributes
 
 RED, STAR_OR_CROSS = 0, 2  # planted units: a single attribute and an OR unit
 
@@ -205,30 +202,33 @@ def toy_run(toy_world_server, tmp_path_factory, explain):
     return rows, folder
 
 
-def test_toy_world_or_unit_has_two_groups(toy_run, embedder):
+def test_toy_world_or_unit_has_two_groups(toy_run):
     _, folder = toy_run
-    result = history_polysemanticity(folder.history_path("planted", STAR_OR_CROSS))
-    assert result.count == 2, result.groups
-    meanings = [set().union(*(parse_attributes(c) for c in group.cores)) for group in result.groups]
+    record = folder.read_record("planted", STAR_OR_CROSS)
+    assert record.groups is not None and len(record.groups) == 2, record.groups
+    meanings = [set().union(*(parse_attributes(c) for c in group.cores)) for group in record.groups]
     assert {"star"} in [m & {"star", "cross"} for m in meanings]
     assert {"cross"} in [m & {"star", "cross"} for m in meanings]
 
 
-def test_toy_world_single_unit_has_one_group(toy_run, embedder):
+def test_toy_world_single_unit_has_one_group(toy_run):
     _, folder = toy_run
-    result = history_polysemanticity(folder.history_path("planted", RED))
-    assert result.count == 1, result.groups
-    assert "red" in parse_attributes(result.groups[0].best_concept)
+    record = folder.read_record("planted", RED)
+    assert record.groups is not None and len(record.groups) == 1, record.groups
+    assert "red" in parse_attributes(record.groups[0].best_concept)
 
 
-def test_run_folder_columns(toy_run, embedder):
+def test_the_run_stores_the_groups_once_in_the_analysis_order(toy_run, embedder):
+    """The runner writes each record's groups in :func:`analyse_entries`' order, and
+    ``results.csv``'s group columns are derived from them."""
     rows, folder = toy_run
-    by_neuron = run_polysemanticity(folder.path)
-    assert set(by_neuron) == {("planted", RED), ("planted", STAR_OR_CROSS)}
-    annotated = with_group_columns(rows, folder)
-    assert [row["groups"] for row in annotated] == [1, 2]
-    assert all(" | " in row["group_concepts"] for row in annotated if row["groups"] == 2)
-    folder.write_results(annotated, extra_columns=GROUP_COLUMNS)
+    for record in folder.records():
+        found = analyse_entries(record.entries, embedder=embedder)
+        assert [(g.concepts, g.scores) for g in record.groups] == [
+            (g.concepts, g.scores) for g in found.groups
+        ]
+        assert not math.isnan(found.cutoff)
+    assert [row["groups"] for row in rows] == [1, 2]
+    assert all(" | " in row["group_concepts"] for row in rows if row["groups"] == 2)
     header = folder.results_csv.read_text().splitlines()[0].split(",")
     assert header[-2:] == GROUP_COLUMNS
-    assert not math.isnan(by_neuron[("planted", RED)].cutoff)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.run_folder import RunFolder
-from inference.toyworld.truth import planted_ground_truth
+from toyworld.truth import planted_ground_truth
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from agent.report.build import build_report
 from agent.run_folder import RunFolder, RunSettings
 from cli.evals import eval_app
 from evals.ablation import control_concept, normalised_drops
-from inference.toyworld.vocabulary import describes_disjoint_objects
+from toyworld.vocabulary import describes_disjoint_objects
 
 runner = CliRunner()
 

@@ -19,7 +19,6 @@ from evals.cosy_eval import (
     read_label_csv,
     search_seeds,
 )
-from inference.toyworld.procedural import render_prompt
 from tools.client import LineClient
 from tools.controlset import (
     ControlSet,
@@ -28,6 +27,7 @@ from tools.controlset import (
     control_activations,
     measure_control,
 )
+from toyworld.procedural import render_prompt
 
 runner = CliRunner()
 
@@ -194,10 +194,9 @@ def test_other_labels_and_failed_neurons(cosy_toy_server, cosy_run, cosy_units, 
     red, blue, constant = cosy_units["red"], cosy_units["blue"], cosy_units["constant"]
     copy = RunFolder(tmp_path / "run")
     shutil.copytree(cosy_run.path, copy.path)
-    with copy.results_csv.open() as stream:
-        rows = list(csv.DictReader(stream))
-    next(r for r in rows if r["unit"] == str(blue)).update(status="failed", reason="Timeout")
-    copy.write_results(rows)
+    record = copy.read_record("planted", blue)
+    assert record is not None
+    copy.write_record(record.model_copy(update={"status": "failed", "reason": "Timeout"}))
     neurons, notes = cosy_neurons(copy)
     assert [n.unit for n in neurons] == sorted([red, constant])
     assert notes == [f"planted#{blue}: failed (Timeout), skipped"]

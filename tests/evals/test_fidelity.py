@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from agent.run_folder import RunFolder
 from cli.evals import eval_app
 from evals.fidelity import FIDELITY_COLUMNS, evaluate_fidelity, fidelity_summary_rows, match_classes
-from inference.toyworld.procedural import render_prompt
-from inference.toyworld.truth import planted_ground_truth
 from testing.toy_classes import write_toy_class_folders
 from tools.client import LineClient
 from tools.controlset import ControlSet, ControlSetError
+from toyworld.procedural import render_prompt
+from toyworld.truth import planted_ground_truth
 
 runner = CliRunner()
 UNITS = {u.concept: u.unit for u in planted_ground_truth() if u.kind == "single"}

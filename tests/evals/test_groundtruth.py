@@ -31,9 +31,9 @@ from evals.groundtruth import (
     run_verdict,
     summarize_groundtruth,
 )
-from inference.toyworld.dissection import cached_dissection, load_toy_world_target
-from inference.toyworld.truth import PLANTED_LAYER, planted_ground_truth
 from tools.server_session import RunSetupError
+from toyworld.dissection import cached_dissection, load_toy_world_target
+from toyworld.truth import PLANTED_LAYER, planted_ground_truth
 
 TRUTH = {unit.unit: unit for unit in planted_ground_truth()}
 RED, BLUE_TRIANGLE, STAR_OR_CROSS, MANY_SMALL, NOISE, CONSTANT = 0, 1, 2, 3, 4, 17

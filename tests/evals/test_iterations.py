@@ -9,19 +9,25 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from agent.record import NeuronRecord
 from agent.run_folder import RunFolder, RunSettings
 from cli.evals import eval_app
 from evals.iterations import iteration_rows, step_rank
+from tools.scoreboard import ConceptEntry
 
 runner = CliRunner()
 
 
-def entry(concept: str, score: float, iteration: int, source: str = "proposal") -> dict:
-    return {"concept": concept, "score": score, "iteration": iteration, "source": source}
+def entry(concept: str, score: float, iteration: int, source: str = "proposal") -> ConceptEntry:
+    return ConceptEntry(
+        concept, score, [score], [concept], [concept], [iteration], iteration, source
+    )
 
 
-def history(label: str, entries: list[dict], status: str = "done") -> dict:
-    return {"status": status, "result": {"label": label}, "entries": entries}
+def history(label: str, entries: list[ConceptEntry], status: str = "done") -> NeuronRecord:
+    return NeuronRecord.model_validate(
+        {"status": status, "result": {"label": label}, "entries": entries}
+    )
 
 
 HISTORIES = [
@@ -68,11 +74,12 @@ def test_the_known_curve_of_a_hand_built_history():
 def hand_built_run(folder: RunFolder) -> None:
     settings = RunSettings(target="planted:shapes", layer="planted", units=[0, 1, 2, 3], llm="x")
     folder.create(settings)
+    records = []
     for unit, neuron in enumerate(HISTORIES):
-        folder.write_history("planted", unit, neuron)
-    folder.write_results(
-        [{"unit": unit, "status": h["status"]} for unit, h in enumerate(HISTORIES)]
-    )
+        spec = {"target": settings.target, "layer": settings.layer, "unit": unit}
+        records.append(neuron.model_copy(update={"neuron": neuron.neuron.model_copy(update=spec)}))
+        folder.write_record(records[-1])
+    folder.write_results(records)
 
 
 def test_iterations_command_writes_each_run_and_the_pooled_analysis(cosy_run, tmp_path):

@@ -30,10 +30,10 @@ from evals.simulation import (
     top_activations,
 )
 from inference.generators.tiny_sd import ensure_tiny_sd
-from inference.toyworld.procedural import render_prompt
-from inference.toyworld.truth import planted_ground_truth
 from tools.client import LineClient
 from tools.controlset import ControlSet
+from toyworld.procedural import render_prompt
+from toyworld.truth import planted_ground_truth
 
 runner = CliRunner()
 OR_UNITS = {u.unit: u.concept for u in planted_ground_truth() if u.kind == "or"}

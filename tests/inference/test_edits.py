@@ -15,10 +15,10 @@ from inference.protocols import BackendSpecError
 from inference.registry import load_editor
 from inference.service import BatchingConfig, ServiceLimits, open_service
 from inference.store import edit_id
-from inference.toyworld.truth import planted_ground_truth
 from inference.wire import RenderOptions
 from tests.inference.test_server import metric
 from tools.client import LineClient, LineServerError
+from toyworld.truth import planted_ground_truth
 
 UNITS = {unit.concept: unit.unit for unit in planted_ground_truth() if unit.kind != "none"}
 
@@ -200,7 +200,7 @@ def test_a_pipeline_that_does_not_edit_is_refused_with_the_kinds_that_do(line_ca
     message = str(refused.value)
     assert "StableDiffusionPipeline, which does not edit images" in message
     assert "instruction-editing" in message and "image-to-image" in message
-    assert "procedural:shapes" in message
+    assert "registered editor family (procedural, tiny-pix2pix)" in message
 
 
 def test_unknown_toy_editors_and_arguments_are_refused():

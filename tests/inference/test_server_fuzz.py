@@ -33,7 +33,7 @@ from inference.service import (
     open_service,
 )
 from inference.store import upload_id
-from inference.toyworld.procedural import render_prompt
+from toyworld.procedural import render_prompt
 
 GENERATOR = "procedural:shapes"
 TARGET = "planted:shapes"
@@ -326,7 +326,7 @@ def test_sizes_below_what_every_backend_renders_are_refused(http):
     too_big = {"prompts": ["a red circle"], "seeds": [1], "width": 4096}
     response = http.post("/v1/images", json=too_big)
     assert response.status_code == 400
-    assert "width must be a multiple of 8 from 8 to 128, got 4096" in response.json()["detail"]
+    assert "width must be a multiple of 8 from 16 to 128, got 4096" in response.json()["detail"]
 
 
 def test_text_that_cannot_be_stored_is_refused_with_a_reason(http):

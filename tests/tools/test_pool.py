@@ -57,7 +57,7 @@ def test_several_servers_share_a_run(three_servers, toy_world_server, explain, t
     twice = {image for image in held if held.count(image) > 1}
     confirmation = set()
     for unit in units:
-        neuron = json.loads(pooled.history_path(rows[0]["layer"], unit).read_text())
+        neuron = json.loads(pooled.record_path(rows[0]["layer"], unit).read_text())
         for candidate in neuron["confirmation"]["candidates"]:
             confirmation.update(candidate["image_ids"])
     assert twice <= confirmation

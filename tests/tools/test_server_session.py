@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from inference.toyworld.truth import planted_ground_truth
 from tools.server_session import RunSetupError, server_session
+from toyworld.truth import planted_ground_truth
 
 TOY = ("planted:shapes", "planted", [0, 27], "procedural:shapes")
 PLANTED_UNITS = len(planted_ground_truth())

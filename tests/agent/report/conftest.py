@@ -23,8 +23,8 @@ def toy_run(toy_store, tmp_path_factory) -> ToyRun:
     """A finished run of four planted units with ground truth and a CoSy table."""
     url, store = toy_store
     folder = tmp_path_factory.mktemp("report-run") / "toy"
-    rows = run_toy(url, folder, TOY_UNITS, TOY_ITERATIONS)
-    add_truth(folder, rows)
+    run_toy(url, folder, TOY_UNITS, TOY_ITERATIONS)
+    add_truth(folder)
     add_cosy(folder, TOY_UNITS)
     return ToyRun(folder, store, list(TOY_UNITS))
 

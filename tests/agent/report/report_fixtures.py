@@ -53,18 +53,17 @@ def run_toy(server_url: str, out: Path, units: list[int], iterations: int) -> li
     return asyncio.run(go())
 
 
-def add_truth(folder: Path, rows: list[dict]) -> None:
-    """The demo's ``truth`` and ``match`` columns, as ``line demo`` writes them."""
-    from analysis.groundtruth import attribute_match
-    from inference.toyworld.truth import planted_ground_truth
+def add_truth(folder: Path) -> None:
+    """The planted truth in each record and ``results.csv``, as ``line demo`` writes them."""
+    from agent.launch import check_truth
+    from toyworld.truth import planted_ground_truth
 
-    truth = {unit.unit: unit for unit in planted_ground_truth()}
-    for row in rows:
-        unit = truth[row["unit"]]
-        row["truth"] = unit.concept
-        match = attribute_match(row["label"], unit) if row["status"] == "done" else False
-        row["match"] = "-" if match is None else match
-    RunFolder(folder).write_results(rows, extra_columns=["truth", "match"])
+    check = check_truth({unit.unit: unit for unit in planted_ground_truth()})
+    run = RunFolder(folder)
+    records = [check(record) for record in run.records()]
+    for record in records:
+        run.write_record(record)
+    run.write_results(records)
 
 
 def add_cosy(folder: Path, units: list[int]) -> None:

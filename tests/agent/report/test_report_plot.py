@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 
@@ -9,14 +10,16 @@ from agent.report.data import entry_views
 from agent.report.pages import units_text
 from agent.report.plot import nice_ticks, score_plot
 from agent.report.render import format_number
+from tools.scoreboard import ConceptEntry
 
 
-def entries(scores: list[float | None]) -> list[dict]:
-    """History entries with these scores, one per iteration."""
-    return [
-        {"concept": f"c{i}", "score": s, "iteration": i + 1, "source": "proposal"}
-        for i, s in enumerate(scores)
-    ]
+def entries(scores: list[float | None]) -> list[ConceptEntry]:
+    """A record's entries with these scores (None: unscored, NaN), one per iteration."""
+    return [entry(f"c{i}", math.nan if s is None else s, i + 1) for i, s in enumerate(scores)]
+
+
+def entry(concept: str, score: float, iteration: int) -> ConceptEntry:
+    return ConceptEntry(concept, score, [], [], [], [], iteration, "proposal")
 
 
 def test_best_so_far_and_new_best_marks():
@@ -45,7 +48,7 @@ def test_score_plot_edge_cases():
 
 
 def test_escaping_in_the_plot():
-    views = entry_views([{"concept": "<b>&", "score": 1.0, "iteration": 1}])
+    views = entry_views([entry("<b>&", 1.0, 1)])
     svg = score_plot(views, label="<b>&")
     assert "<b>&" not in svg and "&lt;b&gt;&amp;" in svg
     ET.fromstring(svg)

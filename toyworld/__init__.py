@@ -2,5 +2,5 @@
 
 ``procedural:shapes`` renders scenes of coloured, textured shapes from free text;
 ``planted:shapes`` reads pixels only and exposes units whose concepts are known
-(see :mod:`inference.toyworld.truth`), so LINE can run end to end offline and be scored.
+(see :mod:`toyworld.truth`), so LINE can run end to end offline and be scored.
 """

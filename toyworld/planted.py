@@ -1,9 +1,9 @@
 """``planted:shapes``: a target model whose units have known concepts, computed from pixels only.
 
-Each image is analysed by :mod:`inference.toyworld.detect` (objects with graded colour, shape,
+Each image is analysed by :mod:`toyworld.detect` (objects with graded colour, shape,
 texture and size). Two layers read that analysis:
 
-- ``planted``: the units listed in :mod:`inference.toyworld.truth`. A unit reads how strongly its
+- ``planted``: the units listed in :mod:`toyworld.truth`. A unit reads how strongly its
   concept is present and prominent, not how much of it there is: per object, the concept's
   membership (saturating: a clear red counts 1) times the object's prominence (saturating: any
   object of medium size or bigger counts 1, smaller ones less), then the maximum over objects.
@@ -26,21 +26,21 @@ import numpy as np
 from PIL import Image
 
 from inference.protocols import BackendSpecError, LayerInfo, UnknownLayerError
-from inference.toyworld.detect import (
+from toyworld.detect import (
     DetectedObject,
     ImageAnalysis,
     PixelClassifier,
     analyse_pixels,
     to_analysis_array,
 )
-from inference.toyworld.truth import (
+from toyworld.truth import (
     INHIBITED_LAYER,
     PLANTED_LAYER,
     PlantedUnit,
     inhibited_ground_truth,
     planted_ground_truth,
 )
-from inference.toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
+from toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
 
 TARGET_NAMES = ("shapes",)
 PLANTED_VERSION = "v3"  # v3: the inhibited layer

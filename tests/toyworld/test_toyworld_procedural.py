@@ -7,15 +7,15 @@ import pytest
 
 from inference.protocols import ImageGenerator, RenderJob, RenderSettings
 from inference.registry import BackendSpecError, GeneratorOptions, load_generator, load_target
-from inference.toyworld.controls import random_toy_scene_prompts
-from inference.toyworld.procedural import (
+from toyworld.controls import random_toy_scene_prompts
+from toyworld.procedural import (
     ProceduralShapesGenerator,
     create_procedural_generator,
     render_prompt,
 )
-from inference.toyworld.scenes import compose_scene
-from inference.toyworld.truth import planted_ground_truth
-from inference.toyworld.vocabulary import parse_scene_text
+from toyworld.scenes import compose_scene
+from toyworld.truth import planted_ground_truth
+from toyworld.vocabulary import parse_scene_text
 
 
 def _pixels(prompt: str, seed: int, width: int = 224, height: int = 224) -> np.ndarray:

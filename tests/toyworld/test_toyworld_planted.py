@@ -9,24 +9,24 @@ from scipy.stats import rankdata
 
 from inference.protocols import LayerInfo, TargetModel, UnknownLayerError
 from inference.registry import BackendSpecError, load_target
-from inference.toyworld.calibrate import main_object_detections, shape_feature_table
-from inference.toyworld.controls import random_toy_scene_prompts
-from inference.toyworld.detect import SHAPE_PROTOTYPES, PixelClassifier
-from inference.toyworld.planted import (
+from toyworld.calibrate import main_object_detections, shape_feature_table
+from toyworld.controls import random_toy_scene_prompts
+from toyworld.detect import SHAPE_PROTOTYPES, PixelClassifier
+from toyworld.planted import (
     FEATURE_UNITS,
     FEATURES_LAYER,
     PlantedShapesModel,
     create_planted_target,
 )
-from inference.toyworld.procedural import render_prompt
-from inference.toyworld.truth import (
+from toyworld.procedural import render_prompt
+from toyworld.truth import (
     INHIBITED_LAYER,
     PLANTED_LAYER,
     as_json,
     inhibited_ground_truth,
     planted_ground_truth,
 )
-from inference.toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
+from toyworld.vocabulary import COLOURS, SHAPES, TEXTURES
 
 SEEDS = range(6)
 CONTROL_SIZE = 80

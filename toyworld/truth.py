@@ -1,7 +1,7 @@
 """Ground truth of the planted model: which concept each planted unit encodes.
 
 Evaluation code scores a label for ``(layer, unit)`` against this registry; the inference server
-never reveals it. ``attributes`` use the canonical strings of :mod:`inference.toyworld.vocabulary`,
+never reveals it. ``attributes`` use the canonical strings of :mod:`toyworld.vocabulary`,
 so ``parse_attributes(label)`` can be compared with them directly.
 """
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference.toyworld.vocabulary import COLOURS, SHAPES, TEXTURES, ObjectSpec, SceneSpec
-from inference.toyworld.world import (
+from toyworld.vocabulary import COLOURS, SHAPES, TEXTURES, ObjectSpec, SceneSpec
+from toyworld.world import (
     DEFAULT_BACKGROUND_RGB,
     NAMED_BACKGROUND_RGB,
     RGB,

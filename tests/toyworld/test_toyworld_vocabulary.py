@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from inference.toyworld.truth import planted_ground_truth
-from inference.toyworld.vocabulary import (
+from toyworld.truth import planted_ground_truth
+from toyworld.vocabulary import (
     COLOURS,
     COUNTS,
     SHAPES,

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from inference.app import create_app, start_server_thread
-from inference.toyworld.procedural import render_prompt
-from inference.toyworld.truth import planted_ground_truth
 from testing.toy_service import toy_world_service
 from tools.client import LineClient
+from toyworld.procedural import render_prompt
+from toyworld.truth import planted_ground_truth
 
 
 @pytest.fixture(scope="module")

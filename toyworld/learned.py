@@ -2,11 +2,11 @@
 
 Unlike ``planted:shapes``, nobody wrote down what its units compute: they are learned, so they
 are distributed, partly selective and often polysemantic, like a real network's. Their reference
-concepts come from dissection (:mod:`inference.toyworld.dissection`), never from the weights.
+concepts come from dissection (:mod:`toyworld.dissection`), never from the weights.
 
 Architecture (named layers, each readable by LINE): ``conv1`` (16 units) -> 2x2 max-pool ->
 ``conv2`` (32) -> pool -> ``conv3`` (64) -> pool -> ``conv4`` (128) -> spatial mean -> ``head``
-(one logit per attribute of :data:`inference.toyworld.probes.ATTRIBUTES`). Convolutions are 3x3
+(one logit per attribute of :data:`toyworld.probes.ATTRIBUTES`). Convolutions are 3x3
 with a ReLU. Input: the image resized to 64x64 (box filter), scaled to ``(x / 255 - 0.5) / 0.25``.
 The model sees pixels only.
 
@@ -34,8 +34,8 @@ from torch import nn
 
 from inference.protocols import BackendSpecError
 from inference.targets.torch_target import TorchTarget, file_fingerprint
-from inference.toyworld.defaults import TrainConfig
-from inference.toyworld.probes import ATTRIBUTES, Probe, attribute_matrix, probe_set
+from toyworld.defaults import TrainConfig
+from toyworld.probes import ATTRIBUTES, Probe, attribute_matrix, probe_set
 
 TARGET_NAMES = ("shapes",)
 INPUT_SIZE = 64

@@ -1,6 +1,6 @@
 """``procedural:shapes``: a fast, deterministic text-to-image generator for the offline toy world.
 
-Text -> :func:`~inference.toyworld.vocabulary.parse_scene_text` -> :func:`compose_scene` (layout
+Text -> :func:`~toyworld.vocabulary.parse_scene_text` -> :func:`compose_scene` (layout
 from the seed) -> :func:`draw_scene` (pixels). Drawing supersamples 2x for smooth edges, then adds
 soft lighting and pixel noise; it runs on the CPU at hundreds of 224x224 images per second.
 """
@@ -20,9 +20,9 @@ from inference.protocols import (
     RenderJob,
     RenderSettings,
 )
-from inference.toyworld.scenes import PlacedObject, Scene, compose_scene
-from inference.toyworld.vocabulary import parse_scene_text
-from inference.toyworld.world import INK_RGB, OBJECT_RGB, shape_outline
+from toyworld.scenes import PlacedObject, Scene, compose_scene
+from toyworld.vocabulary import parse_scene_text
+from toyworld.world import INK_RGB, OBJECT_RGB, shape_outline
 
 RENDERER_VERSION = "v1"
 """Bump when a change alters pixels: it is part of the generator's identity (image ids)."""

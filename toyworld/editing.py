@@ -29,14 +29,14 @@ from inference.protocols import (
     GeneratorOptions,
     RenderedImage,
 )
-from inference.toyworld.procedural import (
+from toyworld.procedural import (
     GENERATOR_NAMES,
     ProceduralShapesGenerator,
     draw_scene,
 )
-from inference.toyworld.scenes import SIZE_RANGES, PlacedObject, Scene, compose_scene
-from inference.toyworld.vocabulary import ObjectSpec, SceneSpec, parse_scene_text
-from inference.toyworld.world import DEFAULT_BACKGROUND_RGB, NAMED_BACKGROUND_RGB
+from toyworld.scenes import SIZE_RANGES, PlacedObject, Scene, compose_scene
+from toyworld.vocabulary import ObjectSpec, SceneSpec, parse_scene_text
+from toyworld.world import DEFAULT_BACKGROUND_RGB, NAMED_BACKGROUND_RGB
 
 EDITOR_VERSION = "v1"
 """Bump when a change alters edited pixels: it is part of the editor's identity (edit ids)."""

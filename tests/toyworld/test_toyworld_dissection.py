@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from inference.registry import load_target
 from inference.store import default_cache_dir
-from inference.toyworld.dissection import (
+from toyworld.dissection import (
     HELDOUT_PROBE_SEED,
     PROBE_SEED,
     SELECTIVE_AUC,
@@ -29,10 +29,10 @@ from inference.toyworld.dissection import (
     load_toy_world_target,
     size_name,
 )
-from inference.toyworld.probes import MANY_OBJECTS, OBJECT_ATTRIBUTES, probe_set
-from inference.toyworld.scenes import COUNT_VALUES
-from inference.toyworld.truth import PLANTED_LAYER, planted_ground_truth
-from inference.toyworld.vocabulary import parse_attributes
+from toyworld.probes import MANY_OBJECTS, OBJECT_ATTRIBUTES, probe_set
+from toyworld.scenes import COUNT_VALUES
+from toyworld.truth import PLANTED_LAYER, planted_ground_truth
+from toyworld.vocabulary import parse_attributes
 
 
 def test_auc_matrix_equals_sklearn_with_ties():

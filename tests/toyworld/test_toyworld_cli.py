@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.toyworld import toyworld_app
-from inference.toyworld.learned import create_learned_target
-from inference.toyworld.truth import inhibited_ground_truth, planted_ground_truth
+from toyworld.learned import create_learned_target
+from toyworld.truth import inhibited_ground_truth, planted_ground_truth
 
 runner = CliRunner()
 

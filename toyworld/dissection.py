@@ -1,6 +1,6 @@
 """Dissection: every unit's reference concept, from data, the way network dissection does it.
 
-Render a probe set of scenes whose attributes are known (:mod:`inference.toyworld.probes`), read
+Render a probe set of scenes whose attributes are known (:mod:`toyworld.probes`), read
 every unit of every layer on them, and score each candidate concept by how well the unit's
 activation separates the scenes that have it from those that do not: the ROC AUC (the chance that
 a scene with the concept outranks one without; ties count one half). Candidates:
@@ -45,10 +45,10 @@ from scipy.stats import rankdata
 from inference.protocols import BackendSpecError, TargetModel
 from inference.registry import load_target
 from inference.store import default_cache_dir
-from inference.toyworld.defaults import PROBE_SCENES
-from inference.toyworld.probes import ATTRIBUTES, MANY_OBJECTS, Probe, object_size, probe_set
-from inference.toyworld.scenes import COUNT_VALUES, SIZE_RANGES
-from inference.toyworld.vocabulary import (
+from toyworld.defaults import PROBE_SCENES
+from toyworld.probes import ATTRIBUTES, MANY_OBJECTS, Probe, object_size, probe_set
+from toyworld.scenes import COUNT_VALUES, SIZE_RANGES
+from toyworld.vocabulary import (
     COLOURS,
     COUNTS,
     SHAPES,
@@ -180,7 +180,7 @@ class ProbeScenes:
 
 def size_name(radius: float) -> str:
     """``small``, ``medium`` or ``large`` when a radius falls in that size range, else ``""``
-    (``small`` and ``large`` as :func:`inference.toyworld.probes.object_size` reads them)."""
+    (``small`` and ``large`` as :func:`toyworld.probes.object_size` reads them)."""
     named = object_size(radius)
     if named is not None:
         return named
@@ -192,7 +192,7 @@ def size_name(radius: float) -> str:
 class ObjectTest:
     """Objects a concept asks for: each named field takes one of its values (none named: any
     value), and how many such objects: at least one (``count`` None), ``many`` (at least
-    :data:`~inference.toyworld.probes.MANY_OBJECTS`) or exactly ``one`` to ``five``."""
+    :data:`~toyworld.probes.MANY_OBJECTS`) or exactly ``one`` to ``five``."""
 
     colours: frozenset[str] = frozenset()
     shapes: frozenset[str] = frozenset()

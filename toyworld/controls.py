@@ -35,7 +35,7 @@ def random_toy_concepts(n: int, seed: int = 0) -> list[tuple[str, int]]:
     nothing), drawn like the probe scenes but from another stream. Rendered through a prompt
     template they give control images composed like concept images (one or a few named objects),
     so a label is compared with other concepts, not with busier scenes."""
-    from inference.toyworld.probes import random_prompt
+    from toyworld.probes import random_prompt
 
     rng = np.random.default_rng([seed, 6271])
     seeds = rng.choice(1_000_000, size=n, replace=False) + 1_000_000 * (seed + 1)

@@ -11,7 +11,7 @@ import torch
 
 from inference.protocols import BackendSpecError
 from inference.registry import load_target
-from inference.toyworld.learned import (
+from toyworld.learned import (
     HELD_OUT_PROBE_SEED,
     LAYER_WIDTHS,
     WEIGHTS_PATH,
@@ -25,7 +25,7 @@ from inference.toyworld.learned import (
     save_weights,
     train_learned_shapes,
 )
-from inference.toyworld.probes import ATTRIBUTES, MANY_OBJECTS, probe_set
+from toyworld.probes import ATTRIBUTES, MANY_OBJECTS, probe_set
 
 SHIPPED_MIN_AUC = 0.86
 """Documented floor of the shipped weights' held-out macro ROC AUC (README, toy world)."""

@@ -1,7 +1,7 @@
 """Reproduce the planted model's shape prototypes from rendered scenes.
 
 The planted model's only fitted numbers are the per-shape feature means and spreads in
-``detect.SHAPE_PROTOTYPES``. They were produced by ``python -m inference.toyworld.calibrate``,
+``detect.SHAPE_PROTOTYPES``. They were produced by ``python -m toyworld.calibrate``,
 which prints the table to paste; ``tests/toyworld`` checks that the stored table still
 matches the renderer.
 """
@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.toyworld.detect import (
+from toyworld.detect import (
     SHAPE_FEATURES,
     DetectedObject,
     PixelClassifier,
     analyse_pixels,
     to_analysis_array,
 )
-from inference.toyworld.procedural import draw_scene
-from inference.toyworld.scenes import compose_scene
-from inference.toyworld.vocabulary import SHAPES, TEXTURES, parse_scene_text
+from toyworld.procedural import draw_scene
+from toyworld.scenes import compose_scene
+from toyworld.vocabulary import SHAPES, TEXTURES, parse_scene_text
 
 CALIBRATION_SIZES = ("small", "medium", "large")
 MIN_STD = 0.012

@@ -25,9 +25,9 @@ from itertools import combinations
 import numpy as np
 from PIL import Image
 
-from inference.toyworld.procedural import DEFAULT_SIZE, draw_scene
-from inference.toyworld.scenes import COUNT_VALUES, SIZE_RANGES, Scene, compose_scene
-from inference.toyworld.vocabulary import (
+from toyworld.procedural import DEFAULT_SIZE, draw_scene
+from toyworld.scenes import COUNT_VALUES, SIZE_RANGES, Scene, compose_scene
+from toyworld.vocabulary import (
     BACKGROUND_COLOURS,
     COLOURS,
     SHAPES,

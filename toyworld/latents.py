@@ -25,7 +25,7 @@ from inference.bases import (
     write_directions,
     write_sae,
 )
-from inference.toyworld.truth import PLANTED_LAYER, PlantedUnit, UnitKind, planted_ground_truth
+from toyworld.truth import PLANTED_LAYER, PlantedUnit, UnitKind, planted_ground_truth
 
 TARGET = "planted:shapes"
 SAE_FOLDER = "shapes-sae"

@@ -10,7 +10,7 @@ from functools import cache
 
 import numpy as np
 
-from inference.toyworld.vocabulary import BACKGROUND_COLOURS, COLOURS, SHAPES
+from toyworld.vocabulary import BACKGROUND_COLOURS, COLOURS, SHAPES
 
 RGB = tuple[int, int, int]
 

@@ -20,8 +20,8 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from inference.toyworld.vocabulary import COLOURS, SHAPES
-from inference.toyworld.world import INK_RGB, OBJECT_RGB
+from toyworld.vocabulary import COLOURS, SHAPES
+from toyworld.world import INK_RGB, OBJECT_RGB
 
 ANALYSIS_SIZE = 224
 FOREGROUND_DISTANCE = 42.0
@@ -33,7 +33,7 @@ RADIAL_BINS = 48
 SHAPE_FEATURES = ("solidity", "rect_fill", "aspect", "h1", "h2", "h3", "h4", "h5", "h6")
 
 # Per-shape Gaussian prototypes over SHAPE_FEATURES (mean, std), fitted on rendered scenes by
-# inference.toyworld.calibrate.fit_shape_prototypes; a test checks they still match the renderer.
+# toyworld.calibrate.fit_shape_prototypes; a test checks they still match the renderer.
 SHAPE_PROTOTYPES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "circle": (
         (0.977, 0.783, 0.998, 0.001, 0.003, 0.002, 0.002, 0.002, 0.002),
