@@ -390,7 +390,8 @@ class VocabProposer:
     """The deterministic decision logic behind the offline proposer and the scripted LLM."""
 
     vocabulary: Vocabulary
-    images_per_concept: int = 5
+    images_per_concept: int | None = None
+    """``n`` of the ``generate_images`` calls; None leaves it to the run's prompt variant."""
     scoreboard_top_k: int = 10
     combine_top_k: int = 5
     """Combinations of the ``combine_top_k`` best entries come before the remaining ones."""
@@ -560,7 +561,7 @@ class VocabProposer:
             out = []
             for concept, reason in self.next_concepts(evidence, k):
                 args: dict[str, Any] = {"concept": concept}
-                if tool == GENERATE_TOOL:
+                if tool == GENERATE_TOOL and self.images_per_concept is not None:
                     args["n"] = self.images_per_concept
                 out.append(Decision(tool, args, f"tries '{concept}': {reason}"))
             return out
@@ -621,8 +622,8 @@ class OfflineVocabProposer(BaseChatModel):
 
     vocabulary_path: str | None = None
     """Vocabulary file; None for the built-in toy-world vocabulary."""
-    images_per_concept: int = 5
-    """``n`` of the ``generate_images`` calls it makes."""
+    images_per_concept: int | None = None
+    """``n`` of the ``generate_images`` calls it makes (None: the prompt variant's)."""
     parallel_calls: int = 1
     """How many tool calls one answer may hold (several concepts or measurements at once)."""
 

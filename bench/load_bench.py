@@ -65,6 +65,8 @@ class RunnerFigures:
     torch_loaded: bool
     """Whether a torch library was ever mapped into the runner."""
     rows: list[dict]
+    timeline: list[tuple[float, float]]
+    """(seconds, RSS MB), one sample per second."""
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -132,7 +134,16 @@ def _run(server: str, llm: str, out: Path, units: str, iterations: int) -> Runne
         steady_mb=statistics.median(window or [rss for _, rss in samples] or [0.0]),
         torch_loaded=torch_seen[0],
         rows=rows,
+        timeline=_per_second(samples),
     )
+
+
+def _per_second(samples: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The largest sample of each second (so the peak shows in the timeline)."""
+    seconds: dict[int, float] = {}
+    for at, rss in samples:
+        seconds[int(at)] = max(seconds.get(int(at), 0.0), rss)
+    return [(float(second), round(rss, 1)) for second, rss in sorted(seconds.items())]
 
 
 def measure(neurons: int = 1000, iterations: int = 2, baseline: int = 100) -> dict:
@@ -181,6 +192,7 @@ def measure(neurons: int = 1000, iterations: int = 2, baseline: int = 100) -> di
         "runner_peak_rss_mb_baseline": round(small.peak_mb, 1),
         "runner_peak_rss_mb": round(big.peak_mb, 1),
         "runner_loaded_torch": small.torch_loaded or big.torch_loaded,
+        "runner_rss_timeline_mb": big.timeline,
     }
 
 

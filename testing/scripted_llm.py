@@ -229,7 +229,7 @@ class ProposerPolicy:
 
     vocabulary: Vocabulary | str | Path | None = None
     parallel_calls: int = 1
-    images_per_concept: int = 5
+    images_per_concept: int | None = None
     _proposer: VocabProposer = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -444,8 +444,6 @@ def materialise(reply: Reply, request: Mapping[str, Any]) -> tuple[str | None, l
         args: dict[str, Any] = {"concept": concept}
         if tool == SUBMIT_TOOL:
             args["summary"] = "a very long concept"
-        if tool == GENERATE_TOOL:
-            args["n"] = 5
         calls = [ScriptedToolCall(tool, json.dumps(args))]
     else:
         calls = list(reply.tool_calls)

@@ -193,7 +193,11 @@ class SubmitExplanationArgs(BaseModel):
 
 class GenerateImagesArgs(BaseModel):
     concept: str = Field(description="A short visual concept (1-3 words).")
-    n: int = Field(5, description=f"How many images, 1 to {MAX_IMAGES_PER_CALL}.")
+    n: int | None = Field(
+        None,
+        description=f"How many images, 1 to {MAX_IMAGES_PER_CALL} (default: the prompt "
+        "variant's images per concept).",
+    )
 
 
 class MeasureActivationArgs(BaseModel):
@@ -254,9 +258,14 @@ def _reply(runtime: NeuronToolRuntime, text: str, **update: Any) -> Command:
     return Command(update={"messages": [message], **update})
 
 
-async def _generate_images(concept: str, runtime: NeuronToolRuntime, n: int = 5) -> Command:
-    """Render n synthetic photographs of a concept."""
+async def _generate_images(
+    concept: str, runtime: NeuronToolRuntime, n: int | None = None
+) -> Command:
+    """Render n synthetic photographs of a concept (the variant's images per concept if n is
+    not given)."""
     ctx, state = runtime.context, runtime.state
+    if n is None:
+        n = ctx.variant.settings.images_per_concept
     concept = validate_concept(concept, ctx.variant.settings.max_concept_words)
     if not 1 <= n <= MAX_IMAGES_PER_CALL:
         raise ValueError(f"n must be a whole number from 1 to {MAX_IMAGES_PER_CALL}, got {n!r}")
