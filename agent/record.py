@@ -258,6 +258,14 @@ class NeuronRecord(BaseModel):
         """The neuron's unit index."""
         return self.neuron.unit
 
+    def for_results(self) -> NeuronRecord:
+        """The record without its evidence (concept entries, LLM log, messages, edits, the
+        confirmation's candidates): what ``results.csv`` needs. The runner keeps this of each
+        finished neuron, so the evidence of 1,000 neurons is on disk, not in memory."""
+        return self.model_copy(
+            update={"entries": [], "llm_log": [], "messages": [], "edits": [], "confirmation": None}
+        )
+
     @property
     def label(self) -> str:
         """The final label ('' while there is none)."""

@@ -10,7 +10,11 @@ report, the evaluations and the analyses read it through :class:`RunFolder`.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import logging
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +31,8 @@ from agent.record import (
     result_row,
 )
 from tools.availability import DEFAULT_PATIENCE_S
+
+log = logging.getLogger("line.run")
 
 __all__ = ["FAULT_COUNTERS", "RESULT_COLUMNS", "NeuronRecord", "RunFolder", "RunSettings"]
 
@@ -241,9 +247,21 @@ class RunFolder:
         partial.write_text(record.model_dump_json(indent=1))
         partial.replace(path)
 
+    def _write_parquet(self) -> None:
+        """``results.parquet`` beside the CSV when pyarrow is installed (the ``parquet`` extra):
+        the same columns with their types read from the CSV, an empty cell as null. Written by
+        a short child process (:mod:`agent.parquet_copy`), so pyarrow's ~110 MB never add to the
+        peak memory of a runner that holds many neurons."""
+        if importlib.util.find_spec("pyarrow") is None:
+            return
+        copy = [sys.executable, "-m", "agent.parquet_copy", str(self.results_csv)]
+        done = subprocess.run([*copy, str(self.results_parquet)], capture_output=True, text=True)
+        if done.returncode != 0:
+            log.warning("results.parquet not written: %s", done.stderr.strip()[-500:])
+
     def write_results(self, records: Sequence[NeuronRecord]) -> list[dict[str, Any]]:
-        """``results.csv`` (and Parquet when pyarrow is present), derived from the records;
-        returns its rows. The columns are :func:`agent.record.result_fields`."""
+        """``results.csv`` (and ``results.parquet`` when pyarrow is present), derived from the
+        records; returns its rows. The columns are :func:`agent.record.result_fields`."""
         fields = result_fields(records)
         columns = list(fields)
         rows = [result_row(record, fields) for record in records]
@@ -251,19 +269,7 @@ class RunFolder:
             writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        try:
-            import pandas as pd
-
-            frame = pd.DataFrame(rows, columns=columns)
-            text = [column for column in frame.columns if frame[column].dtype == object]
-            for column in text:  # "" is the CSV's empty cell: a missing value, not a string
-                frame[column] = frame[column].map(lambda value: None if value == "" else value)
-            try:
-                frame.to_parquet(self.results_parquet)
-            except (ValueError, TypeError):  # a column mixing numbers and text: all as text
-                frame.astype(dict.fromkeys(text, "string")).to_parquet(self.results_parquet)
-        except ImportError:
-            pass
+        self._write_parquet()
         return rows
 
 

@@ -392,8 +392,9 @@ async def _explain_units(
                 record = NeuronRecord.from_state(
                     dead_state, "dead", reason, census=asdict(census.unit(unit))
                 )
-                records[unit] = completed(record)
-                folder.write_record(records[unit])
+                record = completed(record)
+                folder.write_record(record)
+                records[unit] = record.for_results()
                 progress.done += 1
                 if on_progress:
                     on_progress(progress)
@@ -462,7 +463,7 @@ async def _explain_units(
                     )
                 )
             folder.write_record(record)
-            records[unit] = record
+            records[unit] = record.for_results()  # the evidence stays on disk only
             progress.done += status == "done"
             progress.failed += status == "failed"
             progress.images += int(record.counter("images"))

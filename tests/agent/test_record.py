@@ -15,6 +15,7 @@ from agent.record import (
     RESULT_COLUMNS,
     TRUTH_COLUMNS,
     NeuronRecord,
+    result_row,
 )
 from agent.run_folder import RecordError, RunFolder, RunSettings
 
@@ -137,3 +138,33 @@ def test_results_csv_adds_group_and_truth_columns_only_where_records_have_them(t
     assert list(rows[0]) == RESULT_COLUMNS + GROUP_COLUMNS + TRUTH_COLUMNS
     assert rows[0]["group_concepts"] == "red star (1.20) | blue (0.90)"  # the stored order
     assert (rows[0]["groups"], rows[1]["groups"], rows[1]["truth"]) == (2, "", "")
+
+
+def test_results_parquet_holds_the_csv_rows_with_missing_values_as_nulls(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    folder = run_folder(tmp_path, units=(3, 4))
+    folder.record_path("planted", 3).write_text(OLD_HISTORY)
+    rows = folder.write_results(folder.records())  # unit 4 unfinished: blank label and score
+    table = pq.read_table(folder.results_parquet)
+    assert table.column_names == RESULT_COLUMNS
+    done, unfinished = table.to_pylist()
+    assert (done["label"], done["score"], done["unit"]) == ("red star", 0.93, 3)
+    assert (unfinished["status"], unfinished["label"], unfinished["score"]) == (
+        "unfinished",
+        None,
+        None,
+    )
+    with folder.results_csv.open() as stream:
+        assert [row["unit"] for row in csv.DictReader(stream)] == [str(r["unit"]) for r in rows]
+
+
+def test_the_runner_keeps_only_what_the_results_table_needs(tmp_path):
+    """The runner holds each finished neuron as ``for_results()``: the same results row,
+    without the evidence that is on disk."""
+    folder = run_folder(tmp_path)
+    folder.record_path("planted", 3).write_text(OLD_HISTORY)
+    [record] = folder.records()
+    kept = record.for_results()
+    assert result_row(kept) == result_row(record)
+    assert (kept.entries, kept.llm_log, kept.messages, kept.confirmation) == ([], [], [], None)
+    assert len(record.entries) == 3  # the record itself is untouched
