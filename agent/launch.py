@@ -28,6 +28,7 @@ from inference.positions import PositionsError, with_positions
 from prompts.variant import VariantError, load_variant
 from tools.controlset import ControlSet, ControlSetError
 from tools.server_session import RunSetupError, server_session
+from toyworld import TOY_WORLD_FAMILIES
 from toyworld.truth import PlantedUnit, planted_ground_truth
 
 TOY_EDITOR = "procedural:shapes"
@@ -244,8 +245,6 @@ def resolve_editor(settings: RunSettings, strategy: str, edit_tool: bool) -> Non
             "edits a finished run's top images)"
         )
     if edit_tool and not settings.editor:
-        from toyworld.dissection import TOY_WORLD_FAMILIES  # scipy: only for this check
-
         if settings.target.partition(":")[0] not in TOY_WORLD_FAMILIES:
             raise RunSetupError(
                 f"the prompt variant {settings.prompts!r} uses the edit_images tool, which needs "

@@ -462,7 +462,7 @@ def report(
     ] = None,
 ) -> None:
     """Write a run's static HTML report: opens from file://, no server or network needed."""
-    from agent.report import ReportError, build_report
+    from report import ReportError, build_report
 
     try:
         index = build_report(run_dir, store=store, out=out)
@@ -478,7 +478,7 @@ def view(
     store: RunStore = None,
 ) -> None:
     """Serve a run's report on 127.0.0.1; pages refresh while the run is still going."""
-    from agent.report import ReportError, serve_viewer
+    from report import ReportError, serve_viewer
 
     try:
         serve_viewer(
@@ -493,7 +493,7 @@ def view(
 
 def _write_report(folder: RunFolder, store: Path | None = None, echo: bool = True) -> Path | None:
     """Write the run's HTML report; a failure only warns (the results are safe)."""
-    from agent.report import build_report
+    from report import build_report
 
     try:
         return build_report(folder.path, store=store)

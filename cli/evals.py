@@ -695,7 +695,6 @@ def ablation_command(
     from agent.run_folder import RunFolder
     from evals.ablation import (
         ABLATION_SUMMARY_COLUMNS,
-        TOY_TARGET_FAMILIES,
         evaluate_ablation,
         summarize_ablation,
         write_ablation,
@@ -706,6 +705,7 @@ def ablation_command(
     from tools.client import LineServerError, LineServerUnavailable
     from tools.controlset import ControlSet, ControlSetError
     from tools.server_session import RunSetupError, server_session
+    from toyworld import TOY_WORLD_FAMILIES
 
     folder = RunFolder(run_dir)
     try:
@@ -717,7 +717,7 @@ def ablation_command(
                 "this run used a remote server (its config names no generator); pass --server URL"
             )
         if not server and editor is None:
-            if settings.target.partition(":")[0] not in TOY_TARGET_FAMILIES:
+            if settings.target.partition(":")[0] not in TOY_WORLD_FAMILIES:
                 raise RunSetupError(
                     "pass --editor SPEC: an image-editing pipeline such as "
                     "timbrooks/instruct-pix2pix (the toy world's procedural:shapes edits only "

@@ -33,7 +33,7 @@ from agent.runner import thread_id
 from evals.baseline import read_vocabulary
 from evals.cosy_eval import CosyNeuron, cosy_neurons
 from evals.defaults import DEFAULT_ABLATION_TEMPLATE, DEFAULT_ABLATION_TOP_K
-from evals.tables import markdown_table, write_rows
+from evals.tables import markdown_table, read_rows, write_rows
 from inference.wire import RenderOptions
 from tools.client import InferenceClient, LineServerError
 from tools.controlset import (
@@ -43,11 +43,11 @@ from tools.controlset import (
     store_control_images,
 )
 from tools.scoring import normalised_drops
+from toyworld import TOY_WORLD_FAMILIES
 from toyworld.vocabulary import describes_disjoint_objects
 
 EVERYDAY_CONCEPTS_PATH = Path(__file__).parent / "vocab" / "everyday.txt"
 """Random control concepts for models of natural images (``--control-concepts`` overrides)."""
-TOY_TARGET_FAMILIES = ("planted", "learned")
 ABLATION_COLUMNS = [
     "layer", "unit", "label", "k", "above", "before", "after", "drop", "fell", "control_concept",
     "control_after", "control_drop", "floor", "source", "instruction", "editor",
@@ -77,6 +77,24 @@ class AblationPair:
     control_after: float
 
 
+def read_ablation(
+    files: EvaluationFiles,
+) -> tuple[list[dict[str, str]], dict[str, list[AblationPair]]]:
+    """What :func:`write_ablation` wrote: the rows of ``ablation.csv`` and each neuron's image
+    pairs (``ablation.json``, keyed by neuron thread id); empty when no ablation ran."""
+    rows = read_rows(files.csv)
+    try:
+        raw = json.loads(files.details.read_text()) if files.details.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return rows, {}
+    names = AblationPair.__dataclass_fields__
+    pairs = {
+        neuron: [AblationPair(**{name: item[name] for name in names}) for item in items]
+        for neuron, items in raw.items()
+    }
+    return rows, pairs
+
+
 def instruction_for(template: str, label: str) -> str:
     """The edit instruction for a label; the template must contain ``{label}``."""
     if "{label}" not in template:
@@ -89,7 +107,7 @@ def instruction_for(template: str, label: str) -> str:
 def default_control_concepts(target: str) -> Path:
     """The random-concept vocabulary: the toy world's for toy targets, everyday objects else."""
     family = target.partition(":")[0]
-    return DEFAULT_VOCABULARY_PATH if family in TOY_TARGET_FAMILIES else EVERYDAY_CONCEPTS_PATH
+    return DEFAULT_VOCABULARY_PATH if family in TOY_WORLD_FAMILIES else EVERYDAY_CONCEPTS_PATH
 
 
 def control_concept(label: str, concepts: Sequence[str], seed: int, neuron: str) -> str:

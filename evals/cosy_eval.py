@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -22,6 +23,7 @@ from agent.run_folder import RunFolder, RunSettings, read_record_file
 from agent.runner import thread_id
 from evals.cosy import cosy_prompt, cosy_scores, cosy_seeds
 from evals.defaults import DEFAULT_COSY_TEMPLATE
+from evals.tables import read_rows
 from inference.store import default_cache_dir
 from inference.wire import RenderOptions
 from prompts.variant import VariantError, load_variant
@@ -440,6 +442,21 @@ def write_cosy_csv(path: Path, rows: list[dict]) -> None:
                 ]
             )  # fmt: skip
     partial.replace(path)
+
+
+def read_cosy_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CoSy table (``cosy.csv`` as :func:`write_cosy_csv` writes it, or CoSy's
+    own output) with lower-case keys (``auc``, ``u``, ``p``, ``mad``, ...) and an integer
+    ``unit``; rows without a unit number are skipped, empty when there is no table."""
+    rows = []
+    for raw in read_rows(path):
+        row: dict[str, Any] = {str(k).strip().lower(): v for k, v in raw.items() if k is not None}
+        try:
+            row["unit"] = int(row.get("unit", ""))
+        except ValueError:
+            continue
+        rows.append(row)
+    return rows
 
 
 def summarize_cosy(rows: list[dict]) -> dict[str, dict[str, float]]:

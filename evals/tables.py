@@ -51,6 +51,18 @@ def write_rows(path: Path, rows: Sequence[dict], columns: Sequence[str] | None =
         writer.writerows({key: csv_cell(row.get(key)) for key in names} for row in rows)
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV table that :func:`write_rows` (or another tool) wrote; empty when the
+    file does not exist or cannot be read (an evaluation that did not run)."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as stream:
+            return list(csv.DictReader(stream))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
 def present_columns(rows: Sequence[dict], columns: Columns) -> list[tuple[str, str]]:
     """The columns that at least one row has."""
     return [(key, header) for key, header in columns if any(key in row for row in rows)]

@@ -45,6 +45,7 @@ from scipy.stats import rankdata
 from inference.protocols import BackendSpecError, TargetModel
 from inference.registry import load_target
 from inference.store import default_cache_dir
+from toyworld import TOY_WORLD_FAMILIES
 from toyworld.defaults import PROBE_SCENES
 from toyworld.probes import ATTRIBUTES, MANY_OBJECTS, Probe, object_size, probe_set
 from toyworld.scenes import COUNT_VALUES, SIZE_RANGES
@@ -73,7 +74,6 @@ HELDOUT_PROBE_SEED = 4000
 """A second probe set, disjoint from the dissection's: labels are tested on it, and the layer is
 dissected again on it to see how stable the references are."""
 DISSECTION_VERSION = "v1"
-TOY_WORLD_FAMILIES = ("planted", "learned")
 
 
 class DissectionError(ValueError):

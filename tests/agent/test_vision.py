@@ -16,10 +16,10 @@ from PIL import Image
 from agent.launch import settings_from_options
 from agent.offline import EDIT_AFTER_CONCEPTS, OfflineVocabProposer
 from agent.providers import LLMConfigError, check_accepts_images, images_refusal
-from agent.report import build_report
 from inference.app import create_app, start_server_thread
 from inference.registry import load_generator, load_target
 from inference.service import open_service
+from report import build_report
 from testing.scripted_llm import ProposerPolicy, Reply, ScriptedReplies, start_scripted_llm
 from tools.agent_tools import AGENTIC_TOOLS, EDIT_IMAGES
 from tools.llm_images import LLM_IMAGE_PIXELS, extreme_images, image_blocks

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from agent.report.build import build_report
 from agent.run_folder import RunFolder, RunSettings
 from cli.evals import eval_app
 from evals.ablation import control_concept, normalised_drops
+from report.build import build_report
 from toyworld.vocabulary import describes_disjoint_objects
 
 runner = CliRunner()

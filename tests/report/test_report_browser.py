@@ -9,8 +9,8 @@ import time
 from chromium_cdp import Chromium
 from report_fixtures import copy_run, interrupt, large_run
 
-from agent.report import build_report, start_viewer
 from analysis.selectivity import shown_label
+from report import build_report, start_viewer
 
 VISIBLE_ROWS = "Array.from(document.querySelectorAll('#neurons tbody tr')).filter(r => !r.hidden)"
 SCORES = f"{VISIBLE_ROWS}.map(r => r.cells[3].dataset.v).filter(v => v !== '').map(Number)"

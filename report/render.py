@@ -1,4 +1,4 @@
-"""The report's Jinja2 templates (``agent/report/templates``), rendered with autoescaping.
+"""The report's Jinja2 templates (``report/templates``), rendered with autoescaping.
 
 Every value a template prints is HTML-escaped, labels and LLM text included; markup lives in
 the templates alone.
@@ -13,7 +13,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from agent.report.thumbs import thumbnail_path
+from report.thumbs import thumbnail_path
 
 
 def format_number(value: float | None, digits: int = 3) -> str:
@@ -36,7 +36,7 @@ def format_count(value: int) -> str:
 def template_environment() -> Environment:
     """The templates' environment (loaded once): autoescaping on, undefined names are errors."""
     environment = Environment(
-        loader=PackageLoader("agent.report", "templates"),
+        loader=PackageLoader("report", "templates"),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -50,7 +50,7 @@ def template_environment() -> Environment:
 
 
 def render(template: str, **context: Any) -> str:
-    """Render one template of ``agent/report/templates`` with ``context``."""
+    """Render one template of ``report/templates`` with ``context``."""
     return template_environment().get_template(template).render(**context)
 
 

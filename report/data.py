@@ -9,7 +9,6 @@ finished (the run is going on, or was interrupted); it is listed as ``unfinished
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -29,6 +28,9 @@ from agent.record import (
 from agent.run_folder import OutageRecord, RecordError, RunFolder, read_record_file
 from agent.runner import thread_id
 from analysis.groundtruth import attribute_match
+from evals.ablation import read_ablation as evals_read_ablation
+from evals.cosy_eval import read_cosy_csv
+from evals.tables import read_rows
 from inference.bases import BasisError, load_basis
 from prompts.variant import load_variant
 from toyworld.latents import toy_basis_truth
@@ -335,7 +337,7 @@ def read_evaluations(folder: RunFolder) -> list[EvaluationView]:
     """Every evaluation of the run folder (``RunFolder.evaluations``) as the index shows it."""
     views = []
     for files in folder.evaluations():
-        rows = read_csv_rows(files.csv)
+        rows = read_rows(files.csv)
         summary = files.summary.read_text(errors="replace") if files.summary.is_file() else ""
         views.append(
             EvaluationView(
@@ -351,16 +353,12 @@ def read_evaluations(folder: RunFolder) -> list[EvaluationView]:
 
 
 def read_ablation(folder: RunFolder) -> dict[str, list[AblationView]]:
-    """The ablated images per neuron (``ablation.json``, keyed by ``thread_id``), empty
-    without one."""
-    path = folder.evaluation("ablation").details
-    try:
-        pairs = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
+    """The ablated images per neuron (keyed by ``thread_id``), read with
+    :func:`evals.ablation.read_ablation`; empty without an ablation."""
+    rows, pairs = evals_read_ablation(folder.evaluation("ablation"))
     labels = {
         thread_id(row["layer"], int(row["unit"])): (row["label"], row["control_concept"])
-        for row in read_csv_rows(folder.evaluation("ablation").csv)
+        for row in rows
     }
     views: dict[str, list[AblationView]] = {}
     for neuron, items in pairs.items():
@@ -371,44 +369,31 @@ def read_ablation(folder: RunFolder) -> dict[str, list[AblationView]]:
 
         views[neuron] = [
             AblationView(
-                picture(item["source"], item["before"], "before"),
-                picture(item["edited"], item["after"], f"{label} removed"),
-                picture(item["control_edited"], item["control_after"], f"{control} removed"),
+                picture(item.source, item.before, "before"),
+                picture(item.edited, item.after, f"{label} removed"),
+                picture(item.control_edited, item.control_after, f"{control} removed"),
             )
             for item in items
         ]
     return views
 
 
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file, empty when it does not exist or cannot be read."""
-    if not path.is_file():
-        return []
-    try:
-        with path.open(newline="") as stream:
-            return list(csv.DictReader(stream))
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return []
+COSY_KNOWN = {"layer", "unit", "concept", "auc", "mad", "p", "neuron"}
+"""The CoSy columns the report shows by name; the others are listed as extras."""
 
 
 def read_cosy(folder: RunFolder) -> dict[tuple[str, int], list[CosyRow]]:
-    """The CoSy table's rows by (layer, unit); empty when no CoSy evaluation ran. Column names
-    are read case-insensitively (``AUC``/``auc``, ``MAD``/``mad``)."""
+    """The CoSy table's rows by (layer, unit), read with :func:`evals.cosy_eval.read_cosy_csv`
+    (column names case-insensitive: ``AUC``/``auc``); empty when no CoSy evaluation ran."""
     out: dict[tuple[str, int], list[CosyRow]] = {}
-    for raw in read_csv_rows(folder.cosy_csv()):
-        row = {str(k).strip().lower(): v for k, v in raw.items() if k is not None}
-        try:
-            key = (row.get("layer", ""), int(row.get("unit", "")))
-        except ValueError:
-            continue
-        known = {"layer", "unit", "concept", "auc", "mad", "p", "neuron"}
-        out.setdefault(key, []).append(
+    for row in read_cosy_csv(folder.cosy_csv()):
+        out.setdefault((str(row.get("layer", "")), row["unit"]), []).append(
             CosyRow(
-                concept=row.get("concept", ""),
+                concept=str(row.get("concept", "")),
                 auc=finite(row.get("auc")),
                 mad=finite(row.get("mad")),
                 p=finite(row.get("p")),
-                extra={k: v for k, v in row.items() if k not in known and k and v},
+                extra={k: v for k, v in row.items() if k not in COSY_KNOWN and k and v},
             )
         )
     return out

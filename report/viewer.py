@@ -31,9 +31,9 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from agent.report.build import BuildResult, ReportBuilder
-from agent.report.data import ReportError
 from agent.run_folder import RunFolder
+from report.build import BuildResult, ReportBuilder
+from report.data import ReportError
 
 log = logging.getLogger("line.report")
 

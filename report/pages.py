@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from agent.report.data import (
+from analysis.selectivity import NO_SELECTIVE_CONCEPT, SELECTIVE_AUC, WEAK_AUC, shown_label
+from report.data import (
     STATUS_ORDER,
     CosyRow,
     EditView,
@@ -27,9 +28,8 @@ from agent.report.data import (
     RunView,
     normalise,
 )
-from agent.report.plot import score_plot
-from agent.report.render import render
-from analysis.selectivity import NO_SELECTIVE_CONCEPT, SELECTIVE_AUC, WEAK_AUC, shown_label
+from report.plot import score_plot
+from report.render import render
 
 PAGE_SIZE = 50
 """Rows per page of the index."""

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.report.data import RunView, load_run
-from agent.report.pages import index_page, neuron_page, page_path
-from agent.report.render import templates_fingerprint
-from agent.report.thumbs import ImageSource, ThumbnailWriter
 from agent.run_folder import RunFolder
 from inference.store import default_store_dir
+from report.data import RunView, load_run
+from report.pages import index_page, neuron_page, page_path
+from report.render import templates_fingerprint
+from report.thumbs import ImageSource, ThumbnailWriter
 
 log = logging.getLogger("line.report")
 

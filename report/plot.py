@@ -9,8 +9,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.report.data import EntryView
-from agent.report.render import render
+from report.data import EntryView
+from report.render import render
 
 
 @dataclass(frozen=True)

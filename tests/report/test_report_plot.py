@@ -6,10 +6,10 @@ import math
 import re
 import xml.etree.ElementTree as ET
 
-from agent.report.data import entry_views
-from agent.report.pages import units_text
-from agent.report.plot import nice_ticks, score_plot
-from agent.report.render import format_number
+from report.data import entry_views
+from report.pages import units_text
+from report.plot import nice_ticks, score_plot
+from report.render import format_number
 from tools.scoreboard import ConceptEntry
 
 

@@ -12,12 +12,12 @@ import pytest
 from markupsafe import escape
 from report_fixtures import copy_run, interrupt, large_run
 
-from agent.report import ReportBuilder, ReportError, build_report
-from agent.report.data import load_run, read_cosy
 from agent.run_folder import RunFolder
 from agent.runner import add_groups
 from analysis.selectivity import NO_SELECTIVE_CONCEPT, shown_label
 from analysis.similarity import default_embedder
+from report import ReportBuilder, ReportError, build_report
+from report.data import load_run, read_cosy
 
 
 def report_files(report: Path) -> list[Path]:

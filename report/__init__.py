@@ -1,9 +1,9 @@
 """Reports of runs: a static HTML folder per run (``build_report``) and a live viewer
 (``serve_viewer`` / ``start_viewer``) that serves the same pages while the run goes on."""
 
-from agent.report.build import BuildResult, ReportBuilder, build_report
-from agent.report.data import ReportError
-from agent.report.viewer import ReportViewer, serve_viewer, start_viewer
+from report.build import BuildResult, ReportBuilder, build_report
+from report.data import ReportError
+from report.viewer import ReportViewer, serve_viewer, start_viewer
 
 __all__ = [
     "BuildResult",

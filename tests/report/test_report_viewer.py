@@ -9,8 +9,8 @@ import httpx
 import pytest
 from report_fixtures import copy_run, interrupt
 
-from agent.report import ReportError, start_viewer
-from agent.report.viewer import run_signature
+from report import ReportError, start_viewer
+from report.viewer import run_signature
 
 
 def wait_until(condition, timeout_s: float = 20.0):
