@@ -43,9 +43,7 @@ verdict's agreement is computed on the other units, and reported apart for the w
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +67,7 @@ from agent.runner import RunProgress, add_groups
 from analysis.groundtruth import KINDS, GroundTruth, score_label
 from analysis.similarity import SentenceEmbedder
 from evals.baseline import read_vocabulary, vocabulary_baseline
+from evals.tables import write_rows
 from inference.bases import out_of_range, split_unit_space
 from prompts.variant import load_variant
 from tools.server_session import server_session
@@ -844,20 +843,6 @@ def figures_text(figures: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    def cell(value: Any) -> Any:
-        if value is None:
-            return ""
-        if isinstance(value, float) and math.isfinite(value):
-            return round(value, 6)
-        return value
-
-    with path.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({key: cell(row.get(key)) for key in columns} for row in rows)
-
-
 def run_groundtruth_benchmark(
     out_dir: str | Path,
     target: str = TARGET,
@@ -954,8 +939,8 @@ def run_groundtruth_benchmark(
     }
     rows_csv, summary_csv = out / "groundtruth.csv", out / "groundtruth-summary.csv"
     summary_json = out / "summary.json"
-    _write_csv(rows_csv, ROW_COLUMNS, rows)
-    _write_csv(summary_csv, SUMMARY_COLUMNS, summary)
+    write_rows(rows_csv, rows, ROW_COLUMNS)
+    write_rows(summary_csv, summary, SUMMARY_COLUMNS)
     summary_json.write_text(json.dumps(figures, indent=2) + "\n")
     by_kind = {row["kind"]: row for row in summary}
     return {
