@@ -144,6 +144,11 @@ class ConceptGroupRecord(_Part):
         """The group's best score."""
         return self.scores[0] if self.scores else float("nan")
 
+    @property
+    def members(self) -> list[tuple[str, float]]:
+        """(concept, score) pairs, best first."""
+        return list(zip(self.concepts, self.scores, strict=True))
+
 
 class TruthCheck(_Part):
     """The label against a known truth (the toy world's planted units)."""

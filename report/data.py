@@ -19,6 +19,7 @@ from typing import Any
 from agent.record import (
     FAULT_COUNTERS,
     ConceptEntry,
+    ConceptGroupRecord,
     Confirmation,
     EditExperiment,
     NeuronRecord,
@@ -103,29 +104,6 @@ class CosyRow:
 
 
 @dataclass
-class GroupView:
-    """High-scoring concepts that share one meaning, best first."""
-
-    concepts: list[str]
-    scores: list[float]
-
-    @property
-    def best_concept(self) -> str:
-        """The group's best concept."""
-        return self.concepts[0]
-
-    @property
-    def best_score(self) -> float:
-        """The group's best score."""
-        return self.scores[0]
-
-    @property
-    def members(self) -> list[tuple[str, float]]:
-        """(concept, score) pairs, best first."""
-        return list(zip(self.concepts, self.scores, strict=True))
-
-
-@dataclass
 class ConfirmationView:
     """One candidate the confirmation re-checked on fresh images."""
 
@@ -200,7 +178,7 @@ class NeuronView:
     cosy: list[CosyRow] = field(default_factory=list)
     truth: str | None = None
     match: str | None = None
-    groups: list[GroupView] | None = None
+    groups: list[ConceptGroupRecord] | None = None
     groups_note: str = ""
     history_signature: str = ""
     ablation: list[AblationView] = field(default_factory=list)
@@ -492,11 +470,11 @@ def edit_views(edits: Iterable[EditExperiment]) -> list[EditView]:
     return views
 
 
-def group_views(record: NeuronRecord) -> tuple[list[GroupView] | None, str]:
+def group_views(record: NeuronRecord) -> tuple[list[ConceptGroupRecord] | None, str]:
     """The record's concept groups in the order the analysis gave them (best first), or
     ``(None, why)`` when the run did not group this neuron's concepts."""
     if record.groups is not None:
-        return [GroupView(list(g.concepts), list(g.scores)) for g in record.groups], ""
+        return list(record.groups), ""
     if record.groups_note:
         return None, record.groups_note
     return None, (
