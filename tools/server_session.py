@@ -16,9 +16,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from inference.app import RunningServer, create_app, start_server_thread
 from inference.bases import (
     BasisError,
     BasisRegistry,
@@ -35,10 +34,12 @@ from inference.registry import (
     load_generator,
     load_target,
 )
-from inference.service import open_service
 from inference.store import default_store_dir
 from tools.client import InferenceClient, LineClient, LineServerError, LineServerUnavailable
 from tools.pool import connect
+
+if TYPE_CHECKING:  # the server's modules (FastAPI, uvicorn) load only for a local server
+    from inference.app import RunningServer
 
 
 class RunSetupError(ValueError):
@@ -180,6 +181,9 @@ def start_local_server(
 ) -> RunningServer:
     """Load the target (and check layer and units), then the generator and editors, then serve
     them (and ``basis``)."""
+    from inference.app import create_app, start_server_thread
+    from inference.service import open_service
+
     try:
         model = load_target(target, device)
     except BackendSpecError as error:
