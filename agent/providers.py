@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -951,12 +952,14 @@ class LLMClient:
             if self.gate is not None:  # during an outage: wait with every other call
                 await self.gate.wait_until_up()
             attempts += 1
+            sent_at = time.monotonic()
             try:
                 async with self._semaphore:
+                    sent_at = time.monotonic()  # after the wait for a slot
                     return await asyncio.wait_for(runnable.ainvoke(request), self.attempt_timeout_s)
             except Exception as error:
                 if self.gate is not None and self._unreachable(error):
-                    self.gate.report(error)
+                    self.gate.report(error, sent_at)
                 raise
 
         def count(kind: FaultKind) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -152,6 +153,9 @@ class AvailabilityGate:
         self._up = asyncio.Event()
         self._up.set()
         self._check = 0  # counts checks (a failure reported while up starts one)
+        self._up_since = -math.inf
+        """When the last check ended (monotonic): a request sent before it failed because of
+        that check's outage, which is over, so its failure starts no new check."""
         self._down: Outage | None = None
         self._gave_up: EndpointUnreachable | None = None
         self._gave_up_check = -1
@@ -211,9 +215,15 @@ class AvailabilityGate:
         if self._gave_up is not None and self._gave_up_check == check:
             raise self._gave_up
 
-    def report(self, error: BaseException) -> None:
-        """A request could not reach the endpoint: check it (one prober for all requests)."""
+    def report(self, error: BaseException, sent_at: float | None = None) -> None:
+        """A request could not reach the endpoint: check it (one prober for all requests).
+
+        ``sent_at`` (``time.monotonic()`` when the request was sent): a request sent before the
+        last check ended belongs to that outage (its connection broke while the endpoint was
+        away and the failure came late), so it is simply sent again; one outage is one wait."""
         if not self._up.is_set():  # a check is under way already
+            return
+        if sent_at is not None and sent_at < self._up_since:
             return
         self._check += 1
         self._up.clear()
@@ -251,6 +261,7 @@ class AvailabilityGate:
         finally:
             self._down = None
             self._prober = None
+            self._up_since = time.monotonic()
             self._up.set()
             if outage is not None:
                 self._changed()

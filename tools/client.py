@@ -269,6 +269,7 @@ class LineClient:
                 retry=retry_if_exception(_is_transient),
                 reraise=True,
             )
+            sent_at = time.monotonic()
             try:
                 return await self._send_watched(retrying, method, path, **kwargs)
             except CONNECTION_ERRORS as error:
@@ -278,7 +279,7 @@ class LineClient:
                         f"tries in {time.monotonic() - started:.0f} s ({error}); is `line "
                         "serve` running there?"
                     ) from error
-                self.gate.report(error)
+                self.gate.report(error, sent_at)
 
     async def _send_watched(
         self, retrying: AsyncRetrying, method: str, path: str, **kwargs: Any

@@ -147,10 +147,10 @@ class ServerPool:
                 member.down_until = 0.0  # back: the next request may go there
         return any(answers)
 
-    async def _wait_for_a_server(self, error: BaseException) -> None:
-        """No server could take a request: wait (with every other request) until one answers;
-        :class:`LineServerDown` once none has for ``patience_s``."""
-        self.gate.report(error)
+    async def _wait_for_a_server(self, error: BaseException, sent_at: float | None = None) -> None:
+        """No server could take a request (first sent at ``sent_at``): wait (with every other
+        request) until one answers; :class:`LineServerDown` once none has for ``patience_s``."""
+        self.gate.report(error, sent_at)
         try:
             await self.gate.wait_until_up()
         except EndpointUnreachable as gave_up:
@@ -197,12 +197,13 @@ class ServerPool:
         and when all are down, again once one answers (up to ``patience_s``)."""
         tried: list[PoolMember] = []
         last: BaseException = LineServerUnavailable("no server answers")
+        sent_at = time.monotonic()
         while True:
             await self._gate_open()
             member = self._least_outstanding(exclude=tried)
             if member is None:
-                await self._wait_for_a_server(last)
-                tried = []
+                await self._wait_for_a_server(last, sent_at)
+                tried, sent_at = [], time.monotonic()
                 continue
             try:
                 return member, await self._on(member, call)
