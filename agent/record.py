@@ -265,7 +265,7 @@ class NeuronRecord(BaseModel):
 
     def for_results(self) -> NeuronRecord:
         """The record without its evidence (concept entries, LLM log, messages, edits, the
-        confirmation's candidates): what ``results.csv`` needs. The runner keeps this of each
+        confirmation): what ``results.csv`` needs. The runner keeps this of each
         finished neuron, so the evidence of 1,000 neurons is on disk, not in memory."""
         return self.model_copy(
             update={"entries": [], "llm_log": [], "messages": [], "edits": [], "confirmation": None}

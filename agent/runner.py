@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from langchain_core.runnables import RunnableConfig
@@ -47,6 +47,9 @@ from tools.availability import (
 from tools.census import Census, take_census
 from tools.client import InferenceClient
 from tools.controlset import MIN_CONTROL_IMAGES, ControlSet, ControlSetError, measure_control
+
+if TYPE_CHECKING:  # the sentence model loads only when groups are computed
+    from analysis.similarity import SentenceEmbedder
 
 log = logging.getLogger("line.run")
 
@@ -224,18 +227,19 @@ RecordHook = Callable[[NeuronRecord], NeuronRecord]
 :func:`agent.launch.execute_run`."""
 
 
-def add_groups(record: NeuronRecord) -> NeuronRecord:
+def add_groups(record: NeuronRecord, embedder: SentenceEmbedder | None = None) -> NeuronRecord:
     """The record with its polysemanticity groups in the analysis's order (best first): the
-    one place a run's groups are computed (:func:`analysis.polysemanticity.analyse_entries`).
-    Without the offline sentence-embedding model the record says why it has none
-    (``groups_note``); a neuron that did not finish gets none."""
+    one place a run's groups are computed (:func:`analysis.polysemanticity.analyse_entries`,
+    with ``embedder`` or the default sentence model). Without the offline sentence-embedding
+    model the record says why it has none (``groups_note``); a neuron that did not finish gets
+    none."""
     from analysis.polysemanticity import analyse_entries  # loads scikit-learn
     from analysis.similarity import EmbedderUnavailable
 
     if record.status != "done" or not record.entries:
         return record
     try:
-        found = analyse_entries(record.entries)
+        found = analyse_entries(record.entries, embedder=embedder)
     except EmbedderUnavailable as error:
         log.warning("no concept groups: %s", error)
         return record.model_copy(update={"groups": None, "groups_note": f"not grouped: {error}"})

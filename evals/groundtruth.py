@@ -464,7 +464,7 @@ def score_run_rows(
         truth = GroundTruth.of(truths[unit])
         record = folder.read_record(row["layer"], unit) or NeuronRecord()
         if record.groups is None:  # a run made without groups (--no-groups, or older)
-            record = add_groups(record)
+            record = add_groups(record, embedder)
         done = row["status"] == "done"
         label = row["label"] if done else ""
         score = row["score"] if done and row["score"] not in ("", None) else None

@@ -44,8 +44,9 @@ def registered_families(group: str) -> dict[str, EntryPoint]:
     return {entry.name: entry for entry in entry_points(group=group)}
 
 
-def _family_list(group: str) -> str:
-    names = sorted(registered_families(group))
+def family_list(group: str, exclude: tuple[str, ...] = ()) -> str:
+    """The names of the families registered in a group, for messages ("none" without one)."""
+    names = sorted(set(registered_families(group)) - set(exclude))
     return ", ".join(names) if names else "none"
 
 
@@ -92,7 +93,7 @@ def spec_help(group: str, kind: str) -> str:
         EDITOR_GROUP: " or a diffusers image-editing pipeline by hub id (e.g. "
         "'timbrooks/instruct-pix2pix') or local folder",
     }.get(group, "")
-    families = _family_list(group)
+    families = family_list(group)
     return f"'<family>[:<arguments>]' with a registered {kind} family ({families}){pipeline}"
 
 

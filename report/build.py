@@ -153,7 +153,7 @@ class ReportBuilder:
                     templates,
                     run.config,
                     run.score_kind,
-                    neuron.history_signature,
+                    neuron.record_signature,
                     [vars(row) for row in neuron.cosy],
                     [repr(pair) for pair in neuron.ablation],
                     neuron.truth,

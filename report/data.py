@@ -180,12 +180,12 @@ class NeuronView:
     match: str | None = None
     groups: list[ConceptGroupRecord] | None = None
     groups_note: str = ""
-    history_signature: str = ""
+    record_signature: str = ""
     ablation: list[AblationView] = field(default_factory=list)
 
     @property
     def has_page(self) -> bool:
-        """Whether the neuron has a history (and so a page of its own)."""
+        """Whether the neuron has a record (and so a page of its own)."""
         return self.status != "unfinished"
 
     @property
@@ -214,7 +214,7 @@ class NeuronView:
         return self.cosy[0] if self.cosy else None
 
     def images(self) -> list[ImageView]:
-        """Every image of the history, each once."""
+        """Every image of the record, each once."""
         seen: dict[str, ImageView] = {}
         for entry in self.entries:
             for image in entry.images:
@@ -531,7 +531,7 @@ def file_signature(path: Path) -> str:
 
 
 def run_units(config: Mapping[str, Any], folder: RunFolder) -> list[tuple[str, int]]:
-    """The run's (layer, unit) pairs: the config's units, plus any other history on disk."""
+    """The run's (layer, unit) pairs: the config's units, plus any other record on disk."""
     layer = str(config["layer"])
     pairs = [(layer, int(unit)) for unit in config.get("units") or []]
     known = {folder.record_path(*pair).stem for pair in pairs}
@@ -581,7 +581,7 @@ def load_run(run_dir: str | Path) -> RunView:
         else:
             view = NeuronView(layer=layer, unit=unit, slug=slug, status="unfinished")
             record = NeuronRecord.unfinished(str(config["target"]), layer, unit)
-        view.history_signature = signature
+        view.record_signature = signature
         view.cosy = cosy.get((layer, unit), [])
         view.ablation = ablation.get(thread_id(layer, unit), [])
         planted_unit = planted.get(unit) if layer == config["layer"] else None

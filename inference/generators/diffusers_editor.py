@@ -31,7 +31,7 @@ from inference.protocols import (
     GeneratorOptions,
     RenderedImage,
 )
-from inference.registry import DIFFUSERS_FAMILY, EDITOR_GROUP, registered_families
+from inference.registry import DIFFUSERS_FAMILY, EDITOR_GROUP, family_list
 
 EDIT_KINDS = ("instruction", "image-to-image", "inpainting")
 IMAGE_GUIDANCE = 1.5
@@ -46,8 +46,8 @@ KINDS_HELP = (
 
 def kinds_help() -> str:
     """What to pass instead: the pipeline kinds that edit, and the editor families installed."""
-    families = ", ".join(sorted(set(registered_families(EDITOR_GROUP)) - {DIFFUSERS_FAMILY}))
-    return f"{KINDS_HELP}, or a registered editor family ({families or 'none'})"
+    families = family_list(EDITOR_GROUP, exclude=(DIFFUSERS_FAMILY,))
+    return f"{KINDS_HELP}, or a registered editor family ({families})"
 
 
 def edit_kind(pipeline: Any) -> str | None:
